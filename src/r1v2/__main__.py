@@ -1,0 +1,4 @@
+from r1v2.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

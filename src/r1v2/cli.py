@@ -1,0 +1,149 @@
+"""The ``r1v2`` command: parses arguments, resolves the command's config, calls one function.
+
+Every subcommand takes the same shape of arguments::
+
+    r1v2 COMMAND [CONFIG.yaml] [key=value ...] [--key value ...] [--print-config]
+
+``--key value`` is the same as ``key=value`` (dots for nested keys: ``--ssb.enabled false``).
+A command may name one field that takes bare positional arguments (``r1v2 data check FILE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+from collections.abc import Sequence
+
+from r1v2 import __version__
+from r1v2.config import ConfigError, leaf_fields, parse_override, resolve, to_yaml
+from r1v2.errors import R1V2Error
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str  # words of the command, e.g. "data check"
+    help: str  # one line for `r1v2 --help`
+    config: str  # "module:DataclassName"
+    run: str  # "module:function"; called with the resolved config, returns an exit code
+    positional: str | None = None  # the config field that takes bare positional arguments
+    description: str = ""  # longer text for `r1v2 COMMAND --help`
+
+
+COMMANDS: list[Command] = [
+    # Each entry is a command that does the real thing; keep this list sorted by name.
+]
+
+
+def _load(ref: str):
+    module, attr = ref.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = [f"  {c.name:<16} {c.help}" for c in sorted(COMMANDS, key=lambda c: c.name)]
+    parser = argparse.ArgumentParser(
+        prog="r1v2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Train multimodal reasoning models the Skywork R1V2 way: modular reassembly, "
+            "Mixed Preference Optimization, GRPO with the Selective Sample Buffer, evaluation."
+        ),
+        epilog="commands:\n" + "\n".join(lines) + "\n\nRun `r1v2 COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"r1v2 {__version__}")
+    parser.add_argument("command", nargs="*", help="the command to run (see below)")
+    return parser
+
+
+def _command_parser(cmd: Command, config_cls: type) -> argparse.ArgumentParser:
+    pos = f" [{cmd.positional.upper()} ...]" if cmd.positional else ""
+    parser = argparse.ArgumentParser(
+        prog=f"r1v2 {cmd.name}",
+        usage=f"r1v2 {cmd.name}{pos} [CONFIG.yaml] [key=value ...] [--key value ...]",
+        description=cmd.description or cmd.help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+    )
+    group = parser.add_argument_group("config (also settable as key=value or in CONFIG.yaml)")
+    for key, (tp, help_text, default) in leaf_fields(config_cls).items():
+        shown = "required" if default is dataclasses.MISSING else f"default: {default!r}"
+        group.add_argument(
+            f"--{key}",
+            dest=f"cfg:{key}",
+            metavar="VALUE",
+            default=argparse.SUPPRESS,
+            help=f"{help_text} ({shown})".replace("%", "%%"),
+        )
+    return parser
+
+
+def _match(argv: Sequence[str]) -> tuple[Command | None, list[str]]:
+    best, best_len = None, 0
+    for cmd in COMMANDS:
+        words = cmd.name.split()
+        if list(argv[: len(words)]) == words and len(words) > best_len:
+            best, best_len = cmd, len(words)
+    return best, list(argv[best_len:])
+
+
+def _split_args(args: list[str], cmd: Command) -> tuple[str | None, list[str], list[str]]:
+    config_file, overrides, positional = None, [], []
+    for i, a in enumerate(args):
+        if "=" in a and not a.startswith("-"):
+            overrides.append(a)
+        elif i == 0 and a.endswith((".yaml", ".yml")) and config_file is None:
+            config_file = a
+        elif cmd.positional is not None:
+            positional.append(a)
+        else:
+            raise ConfigError(
+                f"unexpected argument {a!r}: expected CONFIG.yaml first, then key=value overrides"
+            )
+    return config_file, overrides, positional
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd, rest = _match(argv)
+    if cmd is None:
+        parser = _top_parser()
+        ns = parser.parse_args(argv)
+        if ns.command:
+            parser.error(f"unknown command: {' '.join(ns.command)}")
+        parser.print_help()
+        return 0
+    config_cls = _load(cmd.config)
+    ns = _command_parser(cmd, config_cls).parse_args(rest)
+    try:
+        config_file, overrides, positional = _split_args(ns.args, cmd)
+        flags = [(k[4:], v) for k, v in vars(ns).items() if k.startswith("cfg:")]
+        items: list = list(overrides)
+        items += [parse_override(f"{k}={v}") for k, v in flags]
+        if positional:
+            field_type = leaf_fields(config_cls)[cmd.positional][0]
+            value = positional if "list" in str(field_type).lower() else positional[0]
+            if not isinstance(value, list) and len(positional) > 1:
+                raise ConfigError(f"{cmd.name} takes one {cmd.positional}, got {positional}")
+            items.append((cmd.positional, value))
+        cfg = resolve(config_cls, config_file, items)
+    except ConfigError as e:
+        print(f"r1v2 {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+    if ns.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    try:
+        code = _load(cmd.run)(cfg)
+    except R1V2Error as e:
+        print(f"r1v2 {cmd.name}: error: {e}", file=sys.stderr)
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""Command configs: one dataclass per command, filled from YAML and ``key=value`` overrides.
+
+Every field carries its help text in ``field(metadata={"help": ...})``; use :func:`option`
+to write that briefly. Nested dataclasses give dotted keys (``ssb.enabled=false``).
+
+Resolution order (later wins): dataclass defaults, the YAML file, overrides in the order given.
+Override values are parsed as YAML scalars (``3`` is an int, ``0.5`` a float, ``true`` a bool,
+``[1, 2]`` a list, ``null`` None), then checked against the field's type annotation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from r1v2.errors import R1V2Error
+
+T = TypeVar("T")
+
+
+class ConfigError(R1V2Error, ValueError):
+    """A config value, key or file that cannot be used; the message says which and why."""
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with help text. Mutable defaults are wrapped in a factory."""
+    if not help:
+        raise ValueError("every config field needs a help string")
+    metadata = {"help": help}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        value = default
+        return dataclasses.field(
+            default_factory=lambda: _copy(value), metadata=metadata, **kwargs
+        )
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+def leaf_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, str, Any]]:
+    """Map each dotted key of ``cls`` to ``(type, help, default)``; nested dataclasses flatten."""
+    out: dict[str, tuple[Any, str, Any]] = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            out.update(leaf_fields(tp, key + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out[key] = (tp, f.metadata.get("help", ""), default)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "None"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp``; return it (ints widen to float). Raise ConfigError."""
+    ok, out = _coerce(value, tp)
+    if not ok:
+        raise ConfigError(
+            f"config field '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+        )
+    return out
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    if tp is Any:
+        return True, value
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, None
+    if origin is Literal:
+        return (value in get_args(tp)), value
+    if tp is type(None):
+        return value is None, None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, None
+    if tp is str:
+        return isinstance(value, str), value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        args = get_args(tp)
+        if not args:
+            return True, list(value)
+        items = []
+        for v in value:
+            ok, out = _coerce(v, args[0])
+            if not ok:
+                return False, None
+            items.append(out)
+        return True, items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            return False, None
+        args = get_args(tp)
+        if not args:
+            return True, dict(value)
+        out_d = {}
+        for k, v in value.items():
+            ok_k, kk = _coerce(k, args[0])
+            ok_v, vv = _coerce(v, args[1])
+            if not (ok_k and ok_v):
+                return False, None
+            out_d[kk] = vv
+        return True, out_d
+    return isinstance(value, tp), value
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(kk, str) for kk in v):
+            out[key] = v  # kept whole too: a dict-typed field takes it as is
+            for kk, vv in _flatten(v, key + ".").items():
+                out[kk] = vv
+        else:
+            out[key] = v
+    return out
+
+
+def _select(raw: dict[str, Any], fields: dict[str, tuple[Any, str, Any]], source: str):
+    """Pick the entries of a flattened mapping that name fields; reject unknown leaves."""
+    picked: dict[str, Any] = {}
+    groups = {k.rsplit(".", 1)[0] for k in fields if "." in k}
+    for key, value in raw.items():
+        if key in fields:
+            picked[key] = value
+        elif key in groups or any(key.startswith(f + ".") for f in fields if _is_dict(fields[f][0])):
+            continue  # a section header, or a key inside a dict-typed field
+        else:
+            raise ConfigError(
+                f"{source}: unknown config key '{key}'. Valid keys: {', '.join(sorted(fields))}"
+            )
+    return picked
+
+
+def _is_dict(tp: Any) -> bool:
+    if tp is dict or get_origin(tp) is dict:
+        return True
+    return any(_is_dict(a) for a in get_args(tp)) if get_origin(tp) in (Union, types.UnionType) else False
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"a.b=3"`` -> ``("a.b", 3)``; the value is read as a YAML scalar."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().removeprefix("--").replace("-", "_")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    return data
+
+
+def build(cls: type[T], values: dict[str, Any]) -> T:
+    """Instantiate ``cls`` from a flat ``{dotted_key: value}`` mapping of checked values."""
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            prefix = f.name + "."
+            sub = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
+            kwargs[f.name] = build(tp, sub)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def resolve(
+    cls: type[T],
+    config_file: str | Path | None = None,
+    overrides: typing.Sequence[str | tuple[str, Any]] = (),
+) -> T:
+    """Build a config of type ``cls`` from defaults, an optional YAML file and overrides."""
+    fields = leaf_fields(cls)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_select(_flatten(load_yaml(config_file)), fields, str(config_file)))
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}'. Valid keys: {', '.join(sorted(fields))}"
+            )
+        values[key] = value
+    checked = {k: coerce(k, v, fields[k][0]) for k, v in values.items()}
+    missing = [k for k, (_, _, d) in fields.items() if d is dataclasses.MISSING and k not in checked]
+    if missing:
+        raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
+    cfg = build(cls, checked)
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,70 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from r1v2.config import ConfigError, option, resolve, to_yaml
+
+
+@dataclass
+class Inner:
+    enabled: bool = option(True, "turn it on")
+    alpha: float = option(1.0, "an exponent")
+
+
+@dataclass
+class Outer:
+    model: str = option("m", "model path")
+    steps: int = option(10, "how many steps")
+    mode: Literal["a", "b"] = option("a", "which mode")
+    tags: list[str] = option(["x"], "some tags")
+    weights: dict[str, float] = option({"dpo": 0.8}, "named weights")
+    limit: int | None = option(None, "optional limit")
+    inner: Inner = field(default_factory=Inner, metadata={"help": "nested"})
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("steps: 3\ninner:\n  alpha: 2\nweights: {dpo: 1.0, nll: 0.5}\n")
+    cfg = resolve(Outer, f, ["inner.enabled=false", "steps=5", "limit=7", "tags=[a, b]"])
+    assert cfg.steps == 5  # override beats file
+    assert cfg.inner.alpha == 2.0 and isinstance(cfg.inner.alpha, float)
+    assert cfg.inner.enabled is False
+    assert cfg.weights == {"dpo": 1.0, "nll": 0.5}
+    assert cfg.limit == 7 and cfg.tags == ["a", "b"]
+    assert cfg.model == "m" and cfg.mode == "a"
+    assert "alpha: 2.0" in to_yaml(cfg)
+
+
+def test_defaults_are_not_shared():
+    a, b = resolve(Outer), resolve(Outer)
+    a.tags.append("y")
+    assert b.tags == ["x"]
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        resolve(Outer, None, ["stepz=3"])
+    assert "stepz" in str(e.value) and "inner.alpha" in str(e.value) and "steps" in str(e.value)
+    f = tmp_path / "c.yaml"
+    f.write_text("inner:\n  beta: 1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'inner.beta'"):
+        resolve(Outer, f)
+
+
+@pytest.mark.parametrize(
+    "override, field_name",
+    [("steps=abc", "steps"), ("steps=1.5", "steps"), ("mode=c", "mode"), ("inner.enabled=3", "inner.enabled")],
+)
+def test_wrong_type_names_field_and_value(override, field_name):
+    with pytest.raises(ConfigError) as e:
+        resolve(Outer, None, [override])
+    msg = str(e.value)
+    assert f"'{field_name}'" in msg and override.split("=")[1] in msg
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("steps: 3\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        resolve(Outer, f)
