@@ -70,7 +70,7 @@ def _command_parser(cmd: Command, config_cls: type) -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     group = parser.add_argument_group("config (also settable as key=value or in CONFIG.yaml)")
-    for key, (tp, help_text, default) in leaf_fields(config_cls).items():
+    for key, (_tp, help_text, default) in leaf_fields(config_cls).items():
         shown = "required" if default is dataclasses.MISSING else f"default: {default!r}"
         group.add_argument(
             f"--{key}",

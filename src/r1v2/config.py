@@ -114,33 +114,35 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is str:
         return isinstance(value, str), value
     if origin in (list, tuple) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False, None
-        args = get_args(tp)
-        if not args:
-            return True, list(value)
-        items = []
-        for v in value:
-            ok, out = _coerce(v, args[0])
-            if not ok:
-                return False, None
-            items.append(out)
-        return True, items
+        return _coerce_list(value, get_args(tp))
     if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            return False, None
-        args = get_args(tp)
-        if not args:
-            return True, dict(value)
-        out_d = {}
-        for k, v in value.items():
-            ok_k, kk = _coerce(k, args[0])
-            ok_v, vv = _coerce(v, args[1])
-            if not (ok_k and ok_v):
-                return False, None
-            out_d[kk] = vv
-        return True, out_d
+        return _coerce_dict(value, get_args(tp))
     return isinstance(value, tp), value
+
+
+def _coerce_list(value: Any, args: tuple) -> tuple[bool, Any]:
+    if not isinstance(value, (list, tuple)):
+        return False, None
+    items = []
+    for v in value:
+        ok, out = _coerce(v, args[0]) if args else (True, v)
+        if not ok:
+            return False, None
+        items.append(out)
+    return True, items
+
+
+def _coerce_dict(value: Any, args: tuple) -> tuple[bool, Any]:
+    if not isinstance(value, dict):
+        return False, None
+    out = {}
+    for k, v in value.items():
+        ok_k, kk = _coerce(k, args[0]) if args else (True, k)
+        ok_v, vv = _coerce(v, args[1]) if args else (True, v)
+        if not (ok_k and ok_v):
+            return False, None
+        out[kk] = vv
+    return True, out
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
