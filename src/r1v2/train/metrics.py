@@ -1,0 +1,81 @@
+"""Metric logging: ``metrics.jsonl`` always, TensorBoard when installed, W&B when configured."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: tensors become floats, NaN/inf become None."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to ``output_dir/metrics.jsonl`` (flushed each time).
+
+    On resume the file is truncated to the steps before the resumed one, so a resumed run's
+    log reads like an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        resume_step: int = 0,
+        tensorboard: bool = True,
+        wandb_project: str | None = None,
+        run_config: dict[str, Any] | None = None,
+    ):
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+        self._wandb = None
+        if wandb_project:
+            import wandb
+
+            self._wandb = wandb.init(project=wandb_project, config=run_config or {})
+
+    def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                if self._tb is not None:
+                    self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(record, step=step)
+        return record
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
