@@ -6,10 +6,17 @@ and a tiny LM over a closed vocabulary learns fastest with one token per word.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+    TokenizersBackend,
+)
 
 # ChatML-style template whose generation prompt opens the reasoning block (R1 style).
 CHATML_THINK_TEMPLATE = (
@@ -61,3 +68,25 @@ def word_tokenizer(
     if chat_template is not None:
         tok.chat_template = chat_template
     return tok
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load the tokenizer saved in ``path`` exactly as it was saved.
+
+    ``AutoTokenizer`` swaps in the model family's own class for some model types (Qwen2 among
+    them), which rebuilds the pre-tokenizer and breaks word-level tokenizers. A tokenizer whose
+    ``tokenizer_config.json`` names ``TokenizersBackend`` (the class transformers saves for a
+    ``tokenizer.json``-only tokenizer) is therefore loaded with that class; every other one
+    goes through ``AutoTokenizer``.
+    """
+    path = Path(path)
+    config_file = path / "tokenizer_config.json"
+    declared = None
+    if config_file.is_file():
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+    if (
+        declared in ("TokenizersBackend", "PreTrainedTokenizerFast")
+        and (path / "tokenizer.json").is_file()
+    ):
+        return TokenizersBackend.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)

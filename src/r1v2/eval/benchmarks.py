@@ -1,0 +1,643 @@
+"""Benchmark adapters: local copies of public benchmarks, in their published field layouts, as Samples.
+
+Each adapter maps one row to a :class:`r1v2.data.schema.Sample` (or a :class:`Skip` with a
+reason) and names the scorer that grades it (``r1v2.eval.scoring.SCORERS``). Every adapter puts
+the field its benchmark reports breakdowns by into ``metadata["category"]``.
+
+Files: ``.jsonl``, ``.json`` (a list of rows) or ``.parquet``; a folder is read recursively in
+sorted order (MMMU ships one parquet per subject). For parquet, "line" in messages is the
+1-based row number. Images may be embedded (raw bytes, HF-style ``{"bytes": ..., "path": ...}``
+dicts, base64 strings or ``data:`` URIs) or files relative to the data file's folder.
+
+Layouts (field names as published):
+
+- ``mathvista`` (testmini): pid, question, image / decoded_image, choices, unit, precision,
+  answer, question_type, answer_type, metadata, query. Multiple-choice answers are option texts
+  and become letters; ``query`` is not used (the prompt is built here, with unit and precision
+  hints); category = metadata.task.
+- ``mmmu`` (validation): id, question, options (a string repr of a list), image_1..image_7,
+  answer, question_type; ``<image k>`` placeholders become ``[image k]``; category = subject
+  (from the ``subject`` field or the id ``validation_<Subject>_<n>``). Open answers written as a
+  list (``"['24/7', '3.429']"``) accept any of them.
+- ``mmmu-pro``: the standard layout as MMMU (with ``subject``), or the vision layout (id, image,
+  options, answer, subject) whose question and options are inside the image.
+- ``mathvision``: id, question, options, image / decoded_image, answer, level, subject.
+- ``olympiadbench``: id, question, context, final_answer (list), is_multiple_answer,
+  answer_type, unit, error, image_1..image_5, subject, subfield. Rows without a final answer
+  (theorem proving) are skipped with a reason. category = subject.
+- ``aime2024``: ID, Problem, Solution, Answer (lower-case names are accepted too). Text only.
+- ``pope``: question_id, question, answer (yes/no), image, category.
+- ``samples`` (alias ``synthetic``): the project's Sample JSONL/parquet, through
+  ``r1v2.data.loaders.load_samples``; the synthetic task's output (a scene in metadata) enables
+  the hallucination rate. category = metadata.category, else ``level N`` from metadata.level.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from r1v2.data.images import ImageError, ImageSource, describe_source, probe_image
+from r1v2.data.schema import Sample
+from r1v2.errors import R1V2Error
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class BenchmarkError(R1V2Error):
+    """A benchmark file that cannot be read; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A row the benchmark's protocol cannot score (e.g. a proof without a final answer)."""
+
+    reason: str
+
+
+@dataclass
+class Benchmark:
+    """A loaded benchmark: its samples, the scorer that grades them, and skipped rows."""
+
+    name: str  # the label results are reported under
+    adapter: str
+    path: Path
+    samples: list[Sample]
+    scorer: str
+    instruct: bool  # whether prompts get the boxed-answer instruction
+    skipped: list[str] = field(default_factory=list)  # "file:line: reason"
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where a row came from, with helpers that name file, line and field in errors."""
+
+    file: Path
+    line: int
+    data: dict
+
+    def where(self, name: str | None = None) -> str:
+        return f"{self.file}:{self.line}" + (f": field '{name}'" if name else "")
+
+    def error(self, name: str | None, reason: str) -> BenchmarkError:
+        return BenchmarkError(f"{self.where(name)}: {reason}")
+
+    def get(self, *names: str, default: Any = ..., kind: type | tuple[type, ...] | None = None):
+        """The first of ``names`` present and not None; ``default`` or an error otherwise."""
+        for name in names:
+            value = self.data.get(name)
+            if value is not None and not _is_nan(value):
+                if kind is not None and not isinstance(value, kind):
+                    raise self.error(
+                        name, f"expected {_kind_name(kind)}, got {type(value).__name__}"
+                    )
+                return value
+        if default is not ...:
+            return default
+        raise self.error(names[0], "missing")
+
+    def image(self, name: str) -> ImageSource | None:
+        return image_source(self.data.get(name), self.file.parent, self, name)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+# ---- reading rows -----------------------------------------------------------------------
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files at ``path``: the file itself, or a folder's files (recursive, sorted)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise BenchmarkError(f"{path}: no {', '.join(DATA_SUFFIXES)} files in this folder")
+        return files
+    if not path.exists():
+        raise BenchmarkError(f"{path}: no such file or folder")
+    if path.suffix not in DATA_SUFFIXES:
+        raise BenchmarkError(f"{path}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+    return [path]
+
+
+def read_rows(path: str | Path) -> Iterator[Row]:
+    """Every row of the file(s) at ``path``, with its file and 1-based line (or row) number."""
+    for file in data_files(path):
+        if file.suffix == ".parquet":
+            yield from _parquet_rows(file)
+        elif file.suffix == ".json":
+            yield from _json_rows(file)
+        else:
+            yield from _jsonl_rows(file)
+
+
+def _jsonl_rows(file: Path) -> Iterator[Row]:
+    with file.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BenchmarkError(f"{file}:{i}: malformed JSON: {e.msg}") from e
+            if not isinstance(data, dict):
+                raise BenchmarkError(
+                    f"{file}:{i}: expected a JSON object, got {type(data).__name__}"
+                )
+            yield Row(file, i, data)
+
+
+def _json_rows(file: Path) -> Iterator[Row]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BenchmarkError(f"{file}:{e.lineno}: malformed JSON: {e.msg}") from e
+    if isinstance(data, dict):  # {"id": row, ...}, as some benchmark dumps are written
+        data = [
+            {"id": k, **v} if isinstance(v, dict) and "id" not in v else v for k, v in data.items()
+        ]
+    for i, row in enumerate(data, 1):
+        if not isinstance(row, dict):
+            raise BenchmarkError(f"{file}:{i}: row {i} is not an object")
+        yield Row(file, i, row)
+
+
+def _parquet_rows(file: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(file)
+    except Exception as e:  # pyarrow raises several types for a broken file
+        raise BenchmarkError(f"{file}: cannot read parquet: {e}") from e
+    i = 0
+    for batch in pf.iter_batches(batch_size=256):
+        for data in batch.to_pylist():
+            i += 1
+            yield Row(file, i, data)
+
+
+# ---- images -----------------------------------------------------------------------------
+
+
+def image_source(value: Any, base_dir: Path, row: Row | None = None, name: str = "image"):
+    """Normalise an image field to a Path (checked to exist) or bytes (header checked), or None.
+
+    Accepts raw bytes, ``{"bytes": ..., "path": ...}`` dicts (bytes win), base64 strings, data
+    URIs, and file paths relative to ``base_dir``.
+    """
+
+    def fail(reason: str) -> BenchmarkError:
+        return row.error(name, reason) if row is not None else BenchmarkError(f"{name}: {reason}")
+
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return image_source(value["bytes"], base_dir, row, name)
+        if value.get("path"):
+            return image_source(str(value["path"]), base_dir, row, name)
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _checked(bytes(value), fail)
+    if not isinstance(value, str):
+        raise fail(f"expected image bytes, a path or base64 text, got {type(value).__name__}")
+    if value.startswith("data:"):
+        value = value.split(",", 1)[-1]
+    elif len(value) < 260:
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        if path.is_file():
+            return _checked(path, fail)
+    try:
+        # Any real image is longer than a path; a short string is read as a missing file.
+        data = base64.b64decode(value, validate=True) if len(value) >= 100 else None
+    except (binascii.Error, ValueError):
+        data = None
+    if data is None:
+        raise fail(f"file not found: {value[:200]}")
+    return _checked(data, fail)
+
+
+def _checked(source: ImageSource, fail: Callable[[str], BenchmarkError]) -> ImageSource:
+    """Read only the header (size, format): refuses non-images and images over the pixel limit."""
+    try:
+        probe_image(source)
+    except ImageError as e:
+        raise fail(e.describe(describe_source(source))) from e
+    return source
+
+
+# ---- shared helpers -----------------------------------------------------------------------
+
+
+def _as_list(row: Row, name: str, value: Any) -> list:
+    """A list field, also when written as a string repr (MMMU's ``options``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as e:
+            raise row.error(name, f"cannot read a list from {text[:80]!r}") from e
+    if not isinstance(value, (list, tuple)):
+        raise row.error(name, f"expected a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _letter_answer(
+    row: Row, name: str, answer: str, choices: tuple[str, ...], *, text_first: bool = False
+) -> str:
+    """The answer as a letter: a letter in range, or the text of one of the choices.
+
+    ``text_first`` tries the option texts before the letters (MathVista's answers are texts,
+    and an option text may itself be a letter).
+    """
+    text = answer.strip()
+    if text_first and text in choices:
+        return LETTERS[choices.index(text)]
+    letter = text.strip("()").rstrip(".").upper()
+    if len(letter) == 1 and letter in LETTERS[: len(choices)]:
+        return letter
+    if text in choices:
+        return LETTERS[choices.index(text)]
+    raise row.error(
+        name,
+        f"answer {answer!r} is neither a letter A-{LETTERS[len(choices) - 1]} nor one of the choices",
+    )
+
+
+def _images(row: Row, names: list[str]) -> tuple[list[ImageSource], dict[int, int]]:
+    """Non-empty image fields in order, and each field's 1-based number -> its position."""
+    images, position = [], {}
+    for name in names:
+        src = row.image(name)
+        if src is not None:
+            images.append(src)
+            position[int(re.sub(r"\D", "", name))] = len(images)
+    return images, position
+
+
+def _renumber(text: str, pattern: str, position: dict[int, int]) -> str:
+    """Replace image placeholders (``<image 2>``, ``<image_2>``, ``<image2>``) by ``[image k]``,
+    k the image's position in the prompt."""
+    return re.sub(
+        pattern, lambda m: f"[image {position.get(int(m.group(1)), int(m.group(1)))}]", text
+    )
+
+
+def _sample(**kwargs: Any) -> Sample:
+    kwargs["images"] = tuple(kwargs.get("images", ()))
+    return Sample(**kwargs)
+
+
+# ---- adapters -----------------------------------------------------------------------------
+
+
+def mathvista(row: Row):
+    pid = str(row.get("pid", "id"))
+    question = row.get("question", kind=str)
+    answer = str(row.get("answer"))
+    meta = row.get("metadata", default={}) or {}
+    image = (
+        row.image("decoded_image")
+        if row.data.get("decoded_image") is not None
+        else row.image("image")
+    )
+    choices = tuple(str(c) for c in _as_list(row, "choices", row.data.get("choices"))) or None
+    precision = row.get("precision", default=None)
+    unit = row.get("unit", default="") or ""
+    hints = []
+    if unit and not choices:
+        hints.append(f"(Unit: {unit})")
+    if precision is not None and not choices and row.get("answer_type", default="") == "float":
+        # Our wording of MathVista's precision hint; its `query` field is not used.
+        hints.append(f"Give the answer as a number with {int(precision)} decimal place(s).")
+    if choices:
+        answer = _letter_answer(row, "answer", answer, choices, text_first=True)
+    return _sample(
+        id=pid,
+        question=" ".join([question, *hints]),
+        images=[image] if image is not None else [],
+        answer=answer,
+        choices=choices,
+        kind="choice" if choices else "math",
+        metadata={
+            "category": meta.get("task") if isinstance(meta, dict) else None,
+            "precision": int(precision) if precision is not None else None,
+            "unit": unit,
+            "answer_type": row.get("answer_type", default=None),
+            "question_type": row.get("question_type", default=None),
+            "source_metadata": meta,
+        },
+    )
+
+
+def _mmmu_subject(row: Row, sample_id: str) -> str | None:
+    subject = row.get("subject", default=None)
+    if subject is None:
+        m = re.match(r"^[a-z]+_(.+)_\d+$", sample_id)
+        subject = m.group(1) if m else None
+    return subject
+
+
+_MMMU_PLACEHOLDER = r"<image (\d+)>"
+
+
+def mmmu(row: Row):
+    sample_id = str(row.get("id"))
+    if "question" not in row.data and "image" in row.data:
+        return _mmmu_pro_vision(row, sample_id)
+    images, position = _images(row, [f"image_{k}" for k in range(1, 8)])
+    question = _renumber(row.get("question", kind=str), _MMMU_PLACEHOLDER, position)
+    options = [
+        _renumber(str(o), _MMMU_PLACEHOLDER, position)
+        for o in _as_list(row, "options", row.data.get("options"))
+    ]
+    qtype = row.get("question_type", default="multiple-choice" if options else "open")
+    answer = row.get("answer")
+    meta = {"category": _mmmu_subject(row, sample_id), "question_type": qtype}
+    if qtype == "multiple-choice" and options:
+        choices = tuple(options)
+        return _sample(
+            id=sample_id,
+            question=question,
+            images=images,
+            choices=choices,
+            kind="choice",
+            answer=_letter_answer(row, "answer", str(answer), choices),
+            metadata=meta,
+        )
+    alternatives = (
+        _as_list(row, "answer", answer)
+        if isinstance(answer, (list, tuple)) or str(answer).startswith("[")
+        else [answer]
+    )
+    alternatives = [str(a) for a in alternatives]
+    if not alternatives:
+        raise row.error("answer", "empty")
+    meta["answers"] = alternatives  # MMMU open questions may accept several answers
+    return _sample(
+        id=sample_id,
+        question=question,
+        images=images,
+        choices=None,
+        kind="open",
+        answer=alternatives[0],
+        metadata=meta,
+    )
+
+
+def _mmmu_pro_vision(row: Row, sample_id: str):
+    image = row.image("image")
+    if image is None:
+        raise row.error("image", "missing")
+    choices = tuple(str(o) for o in _as_list(row, "options", row.data.get("options")))
+    if not choices:
+        raise row.error("options", "empty")
+    return _sample(
+        id=sample_id,
+        question="The question and its options are shown in the image. Solve it.",
+        images=[image],
+        answer=_letter_answer(row, "answer", str(row.get("answer")), choices),
+        choices=choices,
+        kind="choice",
+        metadata={"category": row.get("subject", default=None), "choices_in_image": True},
+    )
+
+
+def mathvision(row: Row):
+    sample_id = str(row.get("id"))
+    image = (
+        row.image("decoded_image")
+        if row.data.get("decoded_image") is not None
+        else row.image("image")
+    )
+    images = [image] if image is not None else []
+    question = _renumber(row.get("question", kind=str), r"<image(\d+)>", {1: 1})
+    choices = tuple(str(o) for o in _as_list(row, "options", row.data.get("options"))) or None
+    answer = str(row.get("answer"))
+    if choices:
+        answer = _letter_answer(row, "answer", answer, choices)
+    return _sample(
+        id=sample_id,
+        question=question,
+        images=images,
+        answer=answer,
+        choices=choices,
+        kind="choice" if choices else "math",
+        metadata={
+            "category": row.get("subject", default=None),
+            "level": row.get("level", default=None),
+        },
+    )
+
+
+def _strip_dollars(text: str) -> str:
+    """``"$x$"`` -> ``"x"`` (math delimiters around an answer, or left over from a split)."""
+    return text.strip().strip("$").strip()
+
+
+def olympiadbench(row: Row):
+    sample_id = str(row.get("id", "question_id", default=row.line))
+    raw = row.data.get("final_answer")
+    finals = (
+        _as_list(row, "final_answer", raw)
+        if not isinstance(raw, str) or raw.startswith("[")
+        else [raw]
+    )
+    if not finals:
+        return Skip("no final answer (theorem proving is not scored by rules)")
+    answers: list[str] = []
+    for item in finals:
+        answers += [_strip_dollars(a) for a in re.split(r"\$\s*,\s*\$", str(item))]
+    images, position = _images(row, [f"image_{k}" for k in range(1, 6)])
+    text = row.get("question", kind=str)
+    context = row.get("context", default="") or ""
+    question = _renumber(f"{context}\n{text}".strip(), r"<image_(\d+)>", position)
+    multiple = bool(row.get("is_multiple_answer", default=False)) and len(answers) > 1
+    unit = row.get("unit", default="") or ""
+    hints = []
+    if multiple:
+        hints.append(
+            "The problem has several answers: give all of them in one \\boxed{}, separated by commas."
+        )
+    if unit:
+        hints.append(f"The unit of the answer is {unit}; leave it out of the box.")
+    error = row.get("error", default=None)
+    tolerance = None
+    if error is not None:
+        try:
+            tolerance = float(str(error).split(",")[0])
+        except ValueError as e:
+            raise row.error("error", f"not a number: {error!r}") from e
+    return _sample(
+        id=sample_id,
+        question=" ".join([question, *hints]),
+        images=images,
+        answer=", ".join(answers),
+        choices=None,
+        kind="math",
+        metadata={
+            "category": row.get("subject", default=None),
+            "subfield": row.get("subfield", default=None),
+            "answers": answers,
+            "multiple": multiple,
+            "tolerance": tolerance,
+            "unit": unit,
+            "answer_type": row.get("answer_type", default=None),
+        },
+    )
+
+
+def aime2024(row: Row):
+    return _sample(
+        id=str(row.get("ID", "id", default=row.line)),
+        question=row.get("Problem", "problem", kind=str),
+        images=[],
+        answer=str(row.get("Answer", "answer")).strip(),
+        choices=None,
+        kind="math",
+        metadata={"category": None},
+    )
+
+
+def pope(row: Row):
+    answer = str(row.get("answer")).strip().lower()
+    if answer not in ("yes", "no"):
+        raise row.error("answer", f"expected yes or no, got {answer!r}")
+    image = row.image("image")
+    if image is None:
+        raise row.error("image", "missing")
+    return _sample(
+        id=str(row.get("question_id", "id")),
+        question=row.get("question", kind=str),
+        images=[image],
+        answer=answer,
+        choices=None,
+        kind="open",
+        metadata={"category": row.get("category", default=None)},
+    )
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one benchmark layout becomes Samples, and how they are scored."""
+
+    name: str
+    convert: Callable[[Row], Any] | None  # row -> Sample | Skip; None: a Sample file
+    scorer: str
+    instruct: bool = True
+
+
+ADAPTERS: dict[str, Adapter] = {
+    a.name: a
+    for a in [
+        Adapter("mathvista", mathvista, "mathvista"),
+        Adapter("mmmu", mmmu, "any_of"),
+        Adapter("mmmu-pro", mmmu, "any_of"),
+        Adapter("mathvision", mathvision, "accuracy"),
+        Adapter("olympiadbench", olympiadbench, "olympiad"),
+        Adapter("aime2024", aime2024, "accuracy"),
+        Adapter("pope", pope, "yesno"),
+        # Sample files are shown as they are stored: the toy models know only their own words.
+        Adapter("samples", None, "accuracy", instruct=False),
+    ]
+}
+ALIASES = {
+    "aime24": "aime2024",
+    "aime": "aime2024",
+    "mmmupro": "mmmu-pro",
+    "synthetic": "samples",
+    "synth": "samples",
+    "jsonl": "samples",
+    "generic": "samples",
+}
+
+
+def adapter_for(name: str) -> Adapter:
+    """The adapter called ``name`` (case, ``-`` and ``_`` ignored; aliases accepted)."""
+    key = re.sub(r"[-_ ]", "", name.lower())
+    for canon in ADAPTERS:
+        if key == canon.replace("-", ""):
+            return ADAPTERS[canon]
+    if key in ALIASES:
+        return ADAPTERS[ALIASES[key]]
+    names = ", ".join([*ADAPTERS, *ALIASES])
+    raise BenchmarkError(
+        f"unknown benchmark {name!r}; known: {names} (use LABEL:ADAPTER=PATH for your own label)"
+    )
+
+
+def parse_bench(spec: str) -> tuple[str, Adapter, Path]:
+    """``NAME=PATH`` or ``LABEL:ADAPTER=PATH`` -> (label, adapter, path)."""
+    if "=" not in spec:
+        raise BenchmarkError(f"--bench {spec!r}: expected NAME=PATH (or LABEL:ADAPTER=PATH)")
+    name, path = spec.split("=", 1)
+    label, _, adapter = name.partition(":")
+    if not label or not path:
+        raise BenchmarkError(f"--bench {spec!r}: expected NAME=PATH (or LABEL:ADAPTER=PATH)")
+    return label, adapter_for(adapter or label), Path(path)
+
+
+def load_benchmark(spec: str, *, limit: int | None = None) -> Benchmark:
+    """Load ``NAME=PATH`` (see :func:`parse_bench`); ``limit`` keeps the first N samples."""
+    label, adapter, path = parse_bench(spec)
+    if adapter.convert is None:
+        samples = _load_sample_file(path)
+        skipped: list[str] = []
+    else:
+        samples, skipped = [], []
+        seen: dict[str, str] = {}
+        for row in read_rows(path):
+            if limit is not None and len(samples) >= limit:
+                break
+            out = adapter.convert(row)
+            if isinstance(out, Skip):
+                skipped.append(f"{row.where()}: {out.reason}")
+                continue
+            if out.id in seen:
+                raise BenchmarkError(
+                    f"{row.where('id')}: duplicate id {out.id!r} (first at {seen[out.id]})"
+                )
+            seen[out.id] = row.where()
+            samples.append(out)
+    if limit is not None:
+        samples = samples[:limit]
+    if not samples:
+        raise BenchmarkError(f"{path}: no samples to evaluate for benchmark {label!r}")
+    return Benchmark(label, adapter.name, path, samples, adapter.scorer, adapter.instruct, skipped)
+
+
+def _load_sample_file(path: Path) -> list:
+    from r1v2.data.loaders import load_samples
+
+    result = load_samples(path)
+    return list(getattr(result, "samples", result))
+
+
+def category(sample) -> str | None:
+    """The breakdown key of a sample: metadata.category, else ``level N``, else None."""
+    meta = sample.metadata or {}
+    if meta.get("category") is not None:
+        return str(meta["category"])
+    if meta.get("level") is not None:
+        return f"level {meta['level']}"
+    return None

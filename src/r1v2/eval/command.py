@@ -1,0 +1,305 @@
+"""``r1v2 eval`` and ``r1v2 eval compare``: configs and the functions the CLI calls.
+
+Two ways to get responses: generate them with a checkpoint (``--model DIR``; cached per
+(model, settings, benchmark), resumable), or read another system's (``--responses FILE``).
+Either way they are scored by rules, optionally by an LLM judge, and reported in ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from r1v2.config import ConfigError, option
+from r1v2.errors import R1V2Error
+from r1v2.eval.benchmarks import ADAPTERS, Benchmark, load_benchmark
+from r1v2.eval.harness import (
+    GenerateFn,
+    ResponseCache,
+    cache_path,
+    generate_responses,
+    model_key,
+    pending_count,
+    read_responses,
+    score_benchmark,
+    summarize,
+)
+from r1v2.eval.judge import JudgeClient, load_prompt
+from r1v2.eval.prompts import INSTRUCTIONS
+from r1v2.eval.report import pct, print_comparison, results_document, write_reports
+
+
+@dataclass
+class EvalConfig:
+    bench: list[str] = option(
+        [],
+        f"benchmarks, each NAME=PATH or LABEL:ADAPTER=PATH; repeat the flag for several. "
+        f"Adapters: {', '.join(ADAPTERS)}",
+    )
+    model: str | None = option(
+        None, "checkpoint folder that generates the responses (or give responses)"
+    )
+    responses: str | None = option(
+        None, 'JSONL of responses from any system, one {"id", "run", "response"} per line'
+    )
+    out: str = option(
+        "eval_results", "output folder: results.json, results.md, results.png, scores.jsonl"
+    )
+    runs: int = option(
+        5,
+        "sampled responses per question; Pass@1 is their mean (paper: 5). With responses, "
+        "the file's run ids are used instead",
+    )
+    max_new_tokens: int = option(2048, "generation limit in tokens per response (paper: 64K)")
+    temperature: float = option(0.6, "sampling temperature (0: greedy)")
+    top_p: float = option(
+        0.95, "nucleus sampling: keep the smallest token set with this probability"
+    )
+    top_k: int | None = option(None, "sample from the k most likely tokens only (None: off)")
+    batch_size: int = option(8, "questions per generation batch (each asks for all missing runs)")
+    limit: int | None = option(None, "evaluate only the first N questions of each benchmark")
+    seed: int = option(0, "random seed for sampling")
+    device: str = option("auto", "device for generation: auto, cpu, cuda, cuda:1, ...")
+    dtype: str = option("auto", "model dtype for generation: auto, float32, bfloat16, float16")
+    cache_dir: str | None = option(None, "where generated responses are cached (None: OUT/cache)")
+    judge_url: str | None = option(
+        None, "OpenAI-compatible endpoint of an LLM judge (None: rules only)"
+    )
+    judge_model: str | None = option(None, "model name sent to the judge endpoint")
+    judge_api_key_env: str = option(
+        "OPENAI_API_KEY", "environment variable holding the judge's API key"
+    )
+    judge_when: Literal["undecided", "fallback", "always"] = option(
+        "fallback",
+        "ask the judge where rules give None (undecided), also where they give 0 but "
+        "an answer is present (fallback), or for every response (always)",
+    )
+    judge_timeout: float = option(60.0, "seconds per judge request")
+    judge_retries: int = option(
+        3, "judge retries after a timeout, HTTP 429/5xx or a malformed reply"
+    )
+    judge_backoff: float = option(1.0, "seconds before the first judge retry; doubles each time")
+    judge_concurrency: int = option(8, "judge requests in flight at most")
+    judge_prompt: str | None = option(
+        None, "judge prompt file (None: the packaged judge_prompt.txt)"
+    )
+    judge_cache: str | None = option(
+        None, "judge verdict cache, JSONL (None: OUT/judge_cache.jsonl)"
+    )
+
+    def validate(self) -> None:
+        if (self.model is None) == (self.responses is None):
+            raise ConfigError(
+                "r1v2 eval needs exactly one of model (generate) or responses (score a file)"
+            )
+        if not self.bench:
+            raise ConfigError("r1v2 eval needs at least one --bench NAME=PATH")
+        for name in ("runs", "batch_size", "max_new_tokens", "judge_concurrency"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+        if self.judge_url is not None and not self.judge_model:
+            raise ConfigError("judge_url needs judge_model (the model name the endpoint serves)")
+
+    def generation_settings(self) -> dict:
+        """What changes generated text: part of the response cache's key."""
+        keys = ("max_new_tokens", "temperature", "top_p", "top_k", "seed")
+        return {k: getattr(self, k) for k in keys}
+
+
+def build_judge(cfg: EvalConfig) -> JudgeClient | None:
+    if cfg.judge_url is None:
+        return None
+    return JudgeClient(
+        cfg.judge_url,
+        cfg.judge_model or "",
+        api_key=os.environ.get(cfg.judge_api_key_env),
+        timeout=cfg.judge_timeout,
+        retries=cfg.judge_retries,
+        backoff=cfg.judge_backoff,
+        concurrency=cfg.judge_concurrency,
+        cache_path=cfg.judge_cache or Path(cfg.out) / "judge_cache.jsonl",
+        prompt_template=load_prompt(cfg.judge_prompt),
+    )
+
+
+def policy_generate(cfg: EvalConfig) -> GenerateFn:
+    """A GenerateFn over :class:`r1v2.model.policy.Policy`, loading the model at its first call
+    (a fully cached evaluation never loads it)."""
+    state: dict = {}
+
+    def generate(prompts: list, n: int) -> list[list[str]]:
+        if "policy" not in state:
+            import torch
+
+            from r1v2.model.policy import Policy, SamplingConfig
+
+            torch.manual_seed(cfg.seed)  # once: a resumed run does not replay the same samples
+            state["policy"] = Policy.from_pretrained(
+                cfg.model or "", dtype=cfg.dtype, device=cfg.device
+            )
+            sample = cfg.temperature > 0
+            state["sampling"] = SamplingConfig(
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=sample,
+                temperature=cfg.temperature if sample else 1.0,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k or 0,
+            )
+        rollout = state["policy"].generate(prompts, state["sampling"], group_size=n)
+        texts = rollout.texts  # group-major: completion j of prompt i is i * n + j
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    return generate
+
+
+def collect_generated(
+    cfg: EvalConfig, benches: list[Benchmark], generate: GenerateFn | None = None
+):
+    """Generate (or take from the cache) ``cfg.runs`` responses per question of each benchmark."""
+    if not Path(cfg.model or "").is_dir():
+        raise R1V2Error(f"model {cfg.model}: no such checkpoint folder")
+    generate = generate or policy_generate(cfg)
+    # The instructions are part of what was asked: rewording them starts a fresh cache.
+    key = model_key(cfg.model or "", {**cfg.generation_settings(), "instructions": INSTRUCTIONS})
+    cache_dir = Path(cfg.cache_dir or Path(cfg.out) / "cache")
+    caches = {b.name: ResponseCache(cache_path(cache_dir, key, b)) for b in benches}
+    tables = {}
+    with _progress() as progress:
+        for b in benches:
+            todo = pending_count(b, caches[b.name].responses, cfg.runs)
+            task = progress.add_task(f"generating {b.name}", total=todo)
+            tables[b.name] = generate_responses(
+                b,
+                generate,
+                caches[b.name],
+                runs=cfg.runs,
+                batch_size=cfg.batch_size,
+                on_progress=lambda k, t=task: progress.advance(t, k),
+            )
+    return (
+        tables,
+        {b.name: list(range(cfg.runs)) for b in benches},
+        {b.name: str(caches[b.name].path) for b in benches},
+    )
+
+
+def _progress():
+    """A rich progress display on stderr: description, bar, done/total, time left."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    ]
+    return Progress(*columns, console=Console(stderr=True))
+
+
+def _score(
+    bench: Benchmark, responses: dict, runs: list[int], judge: JudgeClient | None, cfg: EvalConfig
+):
+    """score_benchmark with a progress display for rules and judge."""
+    with _progress() as progress:
+        task = progress.add_task(f"scoring {bench.name}", total=len(bench.samples) * len(runs))
+        judging: list = []
+        return score_benchmark(
+            bench,
+            responses,
+            runs,
+            judge=judge,
+            judge_when=cfg.judge_when,
+            on_scored=lambda k: progress.advance(task, k),
+            on_judge_start=lambda n: judging.append(
+                progress.add_task(f"judging {bench.name}", total=n)
+            ),
+            on_judged=lambda: progress.advance(judging[0], 1),
+        )
+
+
+def collect_responses(cfg: EvalConfig, benches: list[Benchmark]):
+    """Read another system's responses; run ids are the ones the file uses."""
+    tables = read_responses(cfg.responses or "", benches)
+    runs = {}
+    for b in benches:
+        ids = sorted({r for _, r in tables[b.name]})
+        if not ids:
+            raise R1V2Error(f"{cfg.responses}: no responses for benchmark {b.name!r}")
+        runs[b.name] = ids
+    return tables, runs
+
+
+def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
+    """Load the benchmarks, get responses, score, write the reports, print the headline table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    err = Console(stderr=True)
+    benches = [load_benchmark(spec, limit=cfg.limit) for spec in cfg.bench]
+    names = [b.name for b in benches]
+    if len(set(names)) != len(names):
+        raise R1V2Error(f"benchmark labels must differ, got {names}; use LABEL:ADAPTER=PATH")
+    for b in benches:
+        skipped = f", {len(b.skipped)} rows skipped (first: {b.skipped[0]})" if b.skipped else ""
+        err.print(f"{b.name}: {len(b.samples)} questions from {b.path} ({b.adapter}){skipped}")
+    caches: dict[str, str] = {}
+    if cfg.responses is not None:
+        tables, runs = collect_responses(cfg, benches)
+    else:
+        tables, runs, caches = collect_generated(cfg, benches, generate)
+    judge = build_judge(cfg)
+    results, scores = {}, {}
+    for b in benches:
+        table = _score(b, tables[b.name], runs[b.name], judge, cfg)
+        results[b.name] = summarize(b, table, runs[b.name])
+        if b.name in caches:
+            results[b.name]["responses_cache"] = caches[b.name]
+        scores[b.name] = [x.to_json() for row in table for x in row]
+        if results[b.name]["n_missing"]:
+            err.print(
+                f"[yellow]{b.name}: {results[b.name]['n_missing']} (question, run) pairs have no response; scored 0[/yellow]"
+            )
+    if judge is not None:
+        err.print(f"judge: {judge.stats}")
+    settings = dataclasses.asdict(cfg)
+    doc = results_document(results, model=cfg.model, responses=cfg.responses, settings=settings)
+    paths = write_reports(cfg.out, doc, scores)
+    table = Table(title=f"r1v2 eval ({Path(cfg.model or cfg.responses or '').name})")
+    for col in ("benchmark", "Pass@1 (%)", "samples", "runs"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for name, r in doc["benchmarks"].items():
+        table.add_row(
+            name, pct(r["pass@1"], r["pass@1_std"]), str(r["n_samples"]), str(r["n_runs"])
+        )
+    Console().print(table)
+    err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+@dataclass
+class EvalCompareConfig:
+    paths: list[str] = option([], "two results.json files: A then B")
+
+    def validate(self) -> None:
+        if len(self.paths) != 2:
+            raise ConfigError(
+                f"r1v2 eval compare takes two results.json files, got {len(self.paths)}"
+            )
+
+
+def run_compare(cfg: EvalCompareConfig) -> int:
+    """Print two evaluation results side by side, with B - A in points."""
+    print_comparison(cfg.paths[0], cfg.paths[1])
+    return 0

@@ -1,0 +1,340 @@
+"""The evaluation harness: sample k responses per question (cached, resumable), score, summarise.
+
+Generation goes through a ``GenerateFn(prompts, n) -> n completions per prompt``; the CLI builds
+one from :class:`r1v2.model.policy.Policy`, tests pass fakes. Responses are appended to a JSONL
+cache, one line ``{"id", "run", "response"}`` per (sample, run), flushed after every batch: an
+interrupted evaluation resumes with only the missing (sample, run) pairs. The cache file has the
+layout ``r1v2 eval --responses`` reads, so it can be rescored on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from r1v2.data.schema import Sample
+from r1v2.errors import R1V2Error
+from r1v2.eval import metrics
+from r1v2.eval.benchmarks import Benchmark, category
+from r1v2.eval.jsonl import complete_lines
+from r1v2.eval.judge import JudgeClient, JudgeItem
+from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
+from r1v2.eval.scoring import SCORERS, has_answer, yes_no
+
+GenerateFn = Callable[[list[Sample], int], list[list[str]]]  # prompts [B], n -> [B][n] texts
+Key = tuple[str, int]  # (sample id, run)
+JudgeWhen = Literal["undecided", "fallback", "always"]
+JUDGE_TAIL_CHARS = 4000  # the judge sees at most this much of a response's end
+
+
+class ResponseCache:
+    """Responses on disk, one JSON line per (sample, run); appended and flushed per batch."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.responses: dict[Key, str] = {}
+        for line in complete_lines(self.path):  # a line cut short: that pair is generated again
+            try:
+                entry = json.loads(line)
+                self.responses[(str(entry["id"]), int(entry["run"]))] = str(entry["response"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+
+    def add(self, items: Sequence[tuple[str, int, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for sample_id, run, response in items:
+                f.write(json.dumps({"id": sample_id, "run": run, "response": response}) + "\n")
+                self.responses[(sample_id, run)] = response
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def pending(
+    samples: Sequence[Sample], done: dict[Key, str], runs: int, batch_size: int
+) -> Iterator[tuple[list[Sample], tuple[int, ...]]]:
+    """Batches of samples that miss the same runs: (samples, missing run indices)."""
+    groups: dict[tuple[int, ...], list[Sample]] = {}  # in order of first appearance
+    for s in samples:
+        missing = tuple(r for r in range(runs) if (s.id, r) not in done)
+        if missing:
+            groups.setdefault(missing, []).append(s)
+    for missing, items in groups.items():
+        for i in range(0, len(items), batch_size):
+            yield items[i : i + batch_size], missing
+
+
+def generate_responses(
+    bench: Benchmark,
+    generate: GenerateFn,
+    cache: ResponseCache,
+    *,
+    runs: int,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[Key, str]:
+    """Fill ``cache`` with ``runs`` responses per sample of ``bench``; return them all."""
+    for batch, missing in pending(bench.samples, cache.responses, runs, batch_size):
+        prompts = [prompt_sample(s, bench.scorer, bench.instruct) for s in batch]
+        outs = generate(prompts, len(missing))
+        if len(outs) != len(batch) or any(len(o) != len(missing) for o in outs):
+            raise R1V2Error(
+                f"generation returned {[len(o) for o in outs]} completions for {len(batch)} "
+                f"prompts x {len(missing)} runs"
+            )
+        cache.add([(s.id, r, text) for s, out in zip(batch, outs) for r, text in zip(missing, out)])
+        if on_progress is not None:
+            on_progress(len(batch) * len(missing))
+    return {k: v for k, v in cache.responses.items() if k[1] < runs}
+
+
+def pending_count(bench: Benchmark, done: dict[Key, str], runs: int) -> int:
+    return sum(1 for s in bench.samples for r in range(runs) if (s.id, r) not in done)
+
+
+def cache_path(cache_dir: str | Path, model_key: str, bench: Benchmark) -> Path:
+    """``cache_dir/<model_key>/<label>-<hash of adapter and data path>.jsonl``."""
+    ident = json.dumps([bench.adapter, str(bench.path.resolve())])
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:10]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in bench.name)
+    return Path(cache_dir) / model_key / f"{safe}-{digest}.jsonl"
+
+
+def model_key(model_dir: str | Path, settings: dict) -> str:
+    """A name for (checkpoint, generation settings): the folder name and a hash of both.
+
+    The checkpoint is fingerprinted by its top-level files' names, sizes and modification times.
+    """
+    path = Path(model_dir).resolve()
+    files = (
+        sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()
+        )
+        if path.is_dir()
+        else []
+    )
+    ident = json.dumps([str(path), files, settings], sort_keys=True, default=str)
+    return f"{path.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
+
+
+# ---- responses from another system ------------------------------------------------------------
+
+
+def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, dict[Key, str]]:
+    """Read ``{"id", "run", "response"}`` lines (an optional ``"bench"`` names the benchmark).
+
+    Returns ``{bench name: {(id, run): response}}``. Unknown ids, unknown benchmarks, ids found
+    in several benchmarks without a ``bench`` field, duplicate (id, run) pairs and malformed
+    lines are errors naming file and line.
+    """
+    path = Path(path)
+    owners: dict[str, list[str]] = {}
+    for b in benches:
+        for s in b.samples:
+            owners.setdefault(s.id, []).append(b.name)
+    names = {b.name for b in benches}
+    ids = {b.name: {s.id for s in b.samples} for b in benches}
+    out: dict[str, dict[Key, str]] = {b.name: {} for b in benches}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise R1V2Error(f"cannot read responses file {path}: {e.strerror}") from e
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{i}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise R1V2Error(f"{where}: malformed JSON: {e.msg}") from e
+        if not isinstance(entry, dict):
+            raise R1V2Error(f"{where}: expected a JSON object")
+        for name, kind in (("id", (str, int)), ("run", int), ("response", str)):
+            if name not in entry:
+                raise R1V2Error(f"{where}: field '{name}': missing")
+            if not isinstance(entry[name], kind) or isinstance(entry[name], bool):
+                raise R1V2Error(f"{where}: field '{name}': wrong type {type(entry[name]).__name__}")
+        sample_id, run = str(entry["id"]), entry["run"]
+        bench = entry.get("bench")
+        if bench is not None and bench not in names:
+            raise R1V2Error(
+                f"{where}: field 'bench': unknown benchmark {bench!r} (given: {', '.join(sorted(names))})"
+            )
+        candidates = [bench] if bench is not None else owners.get(sample_id, [])
+        if not candidates or sample_id not in ids[candidates[0]]:
+            raise R1V2Error(
+                f"{where}: field 'id': unknown id {sample_id!r} (not in benchmark {', '.join(candidates or sorted(names))})"
+            )
+        if len(candidates) > 1:
+            raise R1V2Error(
+                f"{where}: field 'id': {sample_id!r} is in several benchmarks ({', '.join(candidates)}); add a 'bench' field"
+            )
+        table = out[candidates[0]]
+        if (sample_id, run) in table:
+            raise R1V2Error(f"{where}: duplicate response for id {sample_id!r} run {run}")
+        table[(sample_id, run)] = entry["response"]
+    return out
+
+
+# ---- scoring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Scored:
+    """One (sample, run): the response, the rule score, the judge's verdict, the final score."""
+
+    id: str
+    run: int
+    response: str | None  # None: no response was given for this pair
+    rule: float | None
+    verdict: bool | None = None  # the judge's verdict; None when not asked or undecided
+    judged: bool = False  # the judge was asked
+    score: float | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "run": self.run,
+            "score": self.score,
+            "rule": self.rule,
+            "judged": self.judged,
+            "verdict": self.verdict,
+            "missing": self.response is None,
+        }
+
+
+def needs_judge(s: Scored, scorer: str, when: JudgeWhen) -> bool:
+    """Whether the judge is asked about ``s``.
+
+    "undecided": only where rules gave None; "fallback": also where they gave 0 and the
+    response has a final answer; "always": every response. POPE's yes/no is never judged
+    (our choice: a yes/no word needs no judge).
+    """
+    if s.response is None or scorer == "yesno":
+        return False
+    if when == "always":
+        return True
+    if s.rule is None:
+        return True
+    return when == "fallback" and s.rule == 0.0 and has_answer(s.response, scorer)
+
+
+def judge_item(sample: Sample, response: str) -> JudgeItem:
+    tail = response.rsplit("</think>", 1)[-1].strip() or response
+    return JudgeItem(judge_question(sample), judge_reference(sample), tail[-JUDGE_TAIL_CHARS:])
+
+
+def score_benchmark(
+    bench: Benchmark,
+    responses: dict[Key, str],
+    runs: Sequence[int],
+    *,
+    judge: JudgeClient | None = None,
+    judge_when: JudgeWhen = "fallback",
+    on_scored: Callable[[int], None] | None = None,
+    on_judge_start: Callable[[int], None] | None = None,
+    on_judged: Callable[[], None] | None = None,
+) -> list[list[Scored]]:
+    """Scores ``[sample][run]`` of ``bench`` for the run ids ``runs``.
+
+    A missing response scores 0.0 (an answer not given is wrong) and is flagged ``missing``.
+    Progress callbacks: ``on_scored(k)`` after each sample's k runs, ``on_judge_start(n)``
+    before n judge requests, ``on_judged()`` after each verdict.
+    """
+    scorer = SCORERS[bench.scorer]
+    table = []
+    for s in bench.samples:
+        row = []
+        for r in runs:
+            text = responses.get((s.id, r))
+            rule = scorer(text, s) if text is not None else 0.0
+            row.append(Scored(s.id, r, text, rule, score=rule))
+        table.append(row)
+        if on_scored is not None:
+            on_scored(len(row))
+    if judge is not None:
+        asked = [
+            (s, x)
+            for s, row in zip(bench.samples, table)
+            for x in row
+            if needs_judge(x, bench.scorer, judge_when)
+        ]
+        if on_judge_start is not None:
+            on_judge_start(len(asked))
+        verdicts = judge.judge_many(
+            [judge_item(s, x.response or "") for s, x in asked], on_done=on_judged
+        )
+        for (_, x), v in zip(asked, verdicts):
+            x.judged, x.verdict = True, v
+            if v is not None:
+                x.score = float(v)
+    return table
+
+
+def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) -> dict:
+    """Metrics of one benchmark (fractions in [0, 1]; see ``r1v2.eval.metrics``)."""
+    n_runs = len(runs)
+    scores = [[x.score for x in row] for row in table]
+    out = metrics.pass_summary(scores, n_runs)
+    out["runs"] = list(runs)
+    out["n_missing"] = sum(1 for row in table for x in row if x.response is None)
+    out["n_judged"] = sum(1 for row in table for x in row if x.judged)
+    out["n_judge_undecided"] = sum(
+        1 for row in table for x in row if x.judged and x.verdict is None
+    )
+    out["n_skipped_rows"] = len(bench.skipped)
+    cats = [category(s) for s in bench.samples]
+    if any(c is not None for c in cats):
+        out["categories"] = metrics.by_category(scores, cats, n_runs)
+    if bench.scorer == "yesno":
+        out["pope"] = _pope(bench, table, runs)
+    scenes = [s.metadata.get("scene") for s in bench.samples]
+    if any(sc is not None for sc in scenes):
+        out.update(_hallucination(table, scenes, n_runs))
+    return out
+
+
+def _pope(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) -> dict:
+    labels = [s.answer.strip().lower() for s in bench.samples]
+    per_run = []
+    for j in range(len(runs)):
+        preds = [yes_no(row[j].response) if row[j].response is not None else None for row in table]
+        per_run.append(metrics.pope_metrics(preds, labels))
+    out = metrics.mean_std_dicts(per_run)
+    cats = [category(s) for s in bench.samples]
+    by_cat = {}
+    for cat in sorted({c for c in cats if c is not None}):
+        idx = [i for i, c in enumerate(cats) if c == cat]
+        runs_cat = []
+        for j in range(len(runs)):
+            preds = [
+                yes_no(table[i][j].response) if table[i][j].response is not None else None
+                for i in idx
+            ]
+            runs_cat.append(metrics.pope_metrics(preds, [labels[i] for i in idx]))
+        by_cat[cat] = metrics.mean_std_dicts(runs_cat)
+    if by_cat:
+        out["categories"] = by_cat
+    return out
+
+
+def _hallucination(table: list[list[Scored]], scenes: list, n_runs: int) -> dict:
+    """Share of responses with at least one false claim about the scene, per run: mean, std."""
+    from r1v2.data.synthetic import hallucination_rate
+
+    rates = []
+    for j in range(n_runs):
+        pairs = [
+            (row[j].response, sc)
+            for row, sc in zip(table, scenes)
+            if sc is not None and row[j].response is not None
+        ]
+        if pairs:
+            rates.append(hallucination_rate([p for p, _ in pairs], [sc for _, sc in pairs]))
+    m, s = metrics.mean_std(rates)
+    return {"hallucination_rate": m, "hallucination_rate_std": s}

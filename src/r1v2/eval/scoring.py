@@ -1,0 +1,147 @@
+r"""Rule scorers: one response against one sample's reference, -> 1.0, 0.0, or None.
+
+Every scorer reads the final answer the way the rewards do (``r1v2.rewards.answers``: the last
+``\boxed{}``, after ``</think>`` first) and grades with the accuracy reward (letters, numbers with
+tolerance, math-verify) plus what its benchmark's protocol adds:
+
+- ``accuracy``: the accuracy reward as it is (letters for multiple choice, option text too).
+- ``any_of``: correct when any of ``metadata["answers"]`` matches (MMMU open questions).
+- ``mathvista``: float answers with a ``precision`` compare after rounding both sides to that
+  many decimals (MathVista's rule); everything else as ``accuracy``.
+- ``olympiad``: an absolute ``tolerance`` for numbers (OlympiadBench's ``error`` field,
+  ``|pred - ref| <= tol * 1.01`` as its judge writes it); several answers (``multiple``) must
+  all be matched, in any order, by the comma-separated parts of the boxed answer.
+- ``yesno``: POPE's yes/no (see :func:`yes_no`).
+
+A response without a final answer scores 0.0; None means the reference cannot be graded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from r1v2.data.schema import Sample
+from r1v2.rewards.accuracy import accuracy_reward
+from r1v2.rewards.answers import THINK_CLOSE, as_number, clean, extract_answer
+
+Scorer = Callable[[str, Sample], "float | None"]
+
+
+def score_accuracy(response: str, sample: Sample) -> float | None:
+    return accuracy_reward(response, sample.answer, choices=sample.choices)
+
+
+def _best(scores: list[float | None]) -> float | None:
+    """1.0 if any alternative matched, None if none could be graded, else 0.0."""
+    known = [s for s in scores if s is not None]
+    return max(known) if known else None
+
+
+def score_any_of(response: str, sample: Sample) -> float | None:
+    answers = sample.metadata.get("answers") or [sample.answer]
+    return _best([accuracy_reward(response, a, choices=sample.choices) for a in answers])
+
+
+def _number(text: str | None) -> float | None:
+    """A plain number (``as_number`` after ``clean``; a percent sign is read literally)."""
+    if text is None:
+        return None
+    parsed = as_number(clean(text))
+    return parsed[0] if parsed is not None else None
+
+
+def score_mathvista(response: str, sample: Sample) -> float | None:
+    precision = sample.metadata.get("precision")
+    if precision is not None and not sample.choices:
+        pred, ref = _number(extract_answer(response)), _number(sample.answer)
+        if pred is not None and ref is not None:
+            return float(round(pred, int(precision)) == round(ref, int(precision)))
+    return score_accuracy(response, sample)
+
+
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside brackets and braces: ``"(1, 2), 3"`` -> ``["(1, 2)", "3"]``."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(text):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == sep and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _match_one(pred: str, ref: str, tolerance: float | None) -> float | None:
+    """One predicted answer against one reference, with OlympiadBench's absolute tolerance."""
+    if tolerance is not None:
+        p, r = _number(pred), _number(ref)
+        if p is not None and r is not None:
+            return float(abs(p - r) <= tolerance * 1.01)
+    return accuracy_reward("\\boxed{" + pred + "}", ref)
+
+
+def score_olympiad(response: str, sample: Sample) -> float | None:
+    pred = extract_answer(response)
+    if pred is None:
+        return 0.0
+    tol = sample.metadata.get("tolerance")
+    answers = sample.metadata.get("answers") or [sample.answer]
+    if not sample.metadata.get("multiple"):
+        return _match_one(pred, answers[0], tol)
+    parts = split_top_level(clean(pred))
+    if len(parts) != len(answers):
+        return 0.0
+    unused = list(range(len(parts)))
+    for ref in answers:  # greedy matching; references are distinct values in practice
+        hit = None
+        for i in unused:
+            s = _match_one(parts[i], ref, tol)
+            if s is None:
+                return None
+            if s >= 1.0:
+                hit = i
+                break
+        if hit is None:
+            return 0.0
+        unused.remove(hit)
+    return 1.0
+
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def yes_no(response: str) -> str | None:
+    r"""POPE's answer: "yes", "no" or None.
+
+    The boxed answer when there is one; else the text after the last ``</think>`` (or the whole
+    response when there is none). The first "yes"/"no" word of that text is the answer.
+    """
+    text = extract_answer(response)
+    if text is None:
+        text = response.rsplit(THINK_CLOSE, 1)[-1]
+    m = _YES_NO.search(text)
+    return m.group(1).lower() if m else None
+
+
+def score_yesno(response: str, sample: Sample) -> float | None:
+    return float(yes_no(response) == sample.answer.strip().lower())
+
+
+SCORERS: dict[str, Scorer] = {
+    "accuracy": score_accuracy,
+    "any_of": score_any_of,
+    "mathvista": score_mathvista,
+    "olympiad": score_olympiad,
+    "yesno": score_yesno,
+}
+
+
+def has_answer(response: str, scorer: str) -> bool:
+    """Whether the response states a final answer (the judge fallback only sees these)."""
+    if scorer == "yesno":
+        return yes_no(response) is not None
+    return extract_answer(response) is not None

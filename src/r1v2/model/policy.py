@@ -1,0 +1,465 @@
+"""The policy: prompts with images in, sampled completions and per-token log-probs out.
+
+A :class:`Policy` wraps an assembled vision-language model (``InternVLForConditionalGeneration``
+and its processor) or a plain causal LM (and its tokenizer). It
+
+- renders chat prompts (question, lettered choices, images) through the chat template, whose
+  generation prompt ends in ``<think>\\n``;
+- samples ``G`` completions per prompt with transformers ``generate``;
+- scores completions: per-token log-probs of each completion given its prompt.
+
+Samples of one prompt share its vision features: the vision encoder and the adapter run once
+per prompt, their output is merged into the prompt's token embeddings at the image-token
+positions, and those embeddings are repeated ``G`` times for the language model (in
+generation and in the log-prob pass alike).
+
+Sample order is group-major: sample ``i`` belongs to prompt ``i // G``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import GenerationConfig
+
+from r1v2.algos.logprobs import token_logprobs
+from r1v2.config import option
+from r1v2.errors import R1V2Error
+
+
+@dataclasses.dataclass
+class SamplingConfig:
+    """How completions are sampled (the model's own generation defaults are not used)."""
+
+    max_new_tokens: int = option(256, "most tokens generated per completion")
+    do_sample: bool = option(True, "sample; false = greedy decoding")
+    temperature: float = option(1.0, "softmax temperature when sampling")
+    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off")
+    top_k: int = option(0, "sample among the k likeliest tokens; 0 = off")
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise R1V2Error("config field 'max_new_tokens' must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise R1V2Error("config field 'temperature' must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise R1V2Error("config field 'top_p' must be in (0, 1]")
+        if self.top_k < 0:
+            raise R1V2Error("config field 'top_k' must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """What the policy needs of one sample: the user turn's text and its images."""
+
+    text: str
+    images: tuple[Image.Image, ...] = ()
+
+
+@dataclasses.dataclass
+class PromptBatch:
+    """``P`` rendered, tokenised, left-padded prompts and their pixels.
+
+    ``input_ids``/``attention_mask`` are ``[P, Tp]`` (mask bool, True = a real token);
+    ``pixel_values`` is ``[I, C, H, W]`` for the ``I`` image tiles of all prompts in order
+    (``tiles[p]`` of them for prompt ``p``), or None when no prompt has an image.
+    """
+
+    input_ids: torch.Tensor  # [P, Tp]
+    attention_mask: torch.Tensor  # [P, Tp] bool
+    pixel_values: torch.Tensor | None  # [I, C, H, W]
+    tiles: list[int]
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, indices: Sequence[int]) -> PromptBatch:
+        """The prompts at ``indices`` (in that order), with their pixels."""
+        idx = list(indices)
+        pixels = None
+        if self.pixel_values is not None:
+            starts = [0]
+            for n in self.tiles:
+                starts.append(starts[-1] + n)
+            rows = [r for i in idx for r in range(starts[i], starts[i + 1])]
+            pixels = self.pixel_values[rows] if rows else None
+        return PromptBatch(
+            input_ids=self.input_ids[idx],
+            attention_mask=self.attention_mask[idx],
+            pixel_values=pixels,
+            tiles=[self.tiles[i] for i in idx],
+            texts=[self.texts[i] for i in idx],
+        )
+
+
+@dataclasses.dataclass
+class Rollout:
+    """``N = P * G`` completions, group-major (sample ``i`` answers prompt ``i // G``).
+
+    ``completion_ids`` is ``[N, Tc]``, padded with the pad id after the first EOS;
+    ``completion_mask`` is ``[N, Tc]`` bool, True up to and including the first EOS.
+    """
+
+    prompts: PromptBatch
+    group_size: int
+    completion_ids: torch.Tensor  # [N, Tc]
+    completion_mask: torch.Tensor  # [N, Tc] bool
+    finished: torch.Tensor  # [N] bool: the completion ended with EOS
+    texts: list[str]
+
+    @property
+    def prompt_index(self) -> torch.Tensor:
+        """``[N]``: the prompt each sample answers."""
+        return torch.arange(len(self.prompts)).repeat_interleave(self.group_size)
+
+
+def format_question(question: str, choices: Sequence[str] | None = None) -> str:
+    """The user-turn text: the question, then one ``A. choice`` line per choice.
+
+    Example: ``format_question("Colour?", ["red", "blue"]) == "Colour?\\nA. red\\nB. blue"``.
+    """
+    if not choices:
+        return question
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    if len(choices) > len(letters):
+        raise R1V2Error(f"{len(choices)} choices: at most {len(letters)} can be lettered")
+    lines = [f"{letters[i]}. {c}" for i, c in enumerate(choices)]
+    return "\n".join([question, *lines])
+
+
+def to_prompt(item: Any) -> Prompt:
+    """A :class:`Prompt` from a Sample-like object, a ``(question, images)`` pair or a string.
+
+    Sample-like: has ``question``, optionally ``choices``, and images through
+    ``open_images()`` (preferred) or an ``images`` attribute. Images may be PIL images, paths
+    or encoded bytes; they are converted to RGB.
+    """
+    if isinstance(item, Prompt):
+        return item
+    if isinstance(item, str):
+        return Prompt(item)
+    if isinstance(item, tuple) and len(item) == 2:
+        question, images = item
+        return Prompt(question, tuple(_open(im) for im in images or ()))
+    if not hasattr(item, "question"):
+        raise R1V2Error(
+            f"cannot make a prompt from {type(item).__name__}: expected an object with "
+            "'question' (and 'choices', 'images'), a (question, images) pair, or a string"
+        )
+    text = format_question(item.question, getattr(item, "choices", None))
+    if callable(getattr(item, "open_images", None)):
+        images = item.open_images()
+    else:
+        images = getattr(item, "images", None) or ()
+    return Prompt(text, tuple(_open(im) for im in images))
+
+
+def _open(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (str, Path, bytes)):
+        source = io.BytesIO(image) if isinstance(image, bytes) else image
+        with Image.open(source) as im:
+            return im.convert("RGB")
+    raise R1V2Error(
+        f"cannot use {type(image).__name__} as an image (PIL image, path or encoded bytes)"
+    )
+
+
+class Policy:
+    """A model plus its processor (VLM) or tokenizer (text-only LM).
+
+    Args:
+        model: ``InternVLForConditionalGeneration`` (or another model with
+            ``get_image_features``), or any causal LM for text-only prompts.
+        processor: the model's processor (VLM) or tokenizer (text-only).
+        system_prompt: an optional system turn placed before every prompt.
+    """
+
+    def __init__(self, model, processor, *, system_prompt: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.system_prompt = system_prompt
+        self.is_vlm = hasattr(processor, "image_processor") and hasattr(model, "get_image_features")
+        self.image_token_id = model.config.image_token_id if self.is_vlm else None
+        self.image_seq_length = getattr(processor, "image_seq_length", None)
+        self.eos_ids = _eos_ids(model, self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else self.eos_ids[0]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | str = "auto",
+        device: str | torch.device | None = None,
+        system_prompt: str | None = None,
+    ) -> Policy:
+        """Load a VLM (``AutoModelForImageTextToText`` + ``AutoProcessor``) or a causal LM.
+
+        ``device``: None keeps the model on the CPU; ``"auto"`` picks CUDA when available.
+        """
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+        )
+
+        from r1v2.model.tokenizer import load_tokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise R1V2Error(f"{path / 'config.json'}: file not found (not a checkpoint)")
+        config = AutoConfig.from_pretrained(path)
+        if hasattr(config, "vision_config"):
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(path)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            processor = load_tokenizer(path)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device is not None:
+            model = model.to(device)
+        return cls(model.eval(), processor, system_prompt=system_prompt)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ---- prompts -------------------------------------------------------------------------
+
+    def render(self, prompt: Prompt) -> str:
+        """The chat-template text of one prompt, ending in the generation prompt."""
+        messages = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        if prompt.images:
+            if not self.is_vlm:
+                raise R1V2Error("this policy is a text-only LM: it cannot take images")
+            parts = [{"type": "image"} for _ in prompt.images]
+            messages.append(
+                {"role": "user", "content": [*parts, {"type": "text", "text": prompt.text}]}
+            )
+        else:
+            messages.append({"role": "user", "content": prompt.text})
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise R1V2Error("the tokenizer has no chat template (assemble the model first)")
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def encode(self, items: Sequence[Any]) -> PromptBatch:
+        """Render and tokenise prompts (left padding); process their images."""
+        prompts = [to_prompt(item) for item in items]
+        if not prompts:
+            raise R1V2Error("no prompts given")
+        texts = [self.render(p) for p in prompts]
+        images = [im for p in prompts for im in p.images]
+        if self.is_vlm:
+            enc = self.processor(
+                text=texts,
+                images=images or None,
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+            )
+        else:
+            enc = self.tokenizer(
+                texts,
+                padding=True,
+                padding_side="left",
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+        input_ids = enc["input_ids"]
+        pixel_values = enc.get("pixel_values") if images else None
+        tiles = [0] * len(prompts)
+        if pixel_values is not None:
+            per_row = (input_ids == self.image_token_id).sum(dim=1)  # [P]
+            tiles = [int(n) // self.image_seq_length for n in per_row]
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=enc["attention_mask"].bool(),
+            pixel_values=pixel_values,
+            tiles=tiles,
+            texts=texts,
+        )
+
+    def prompt_embeds(self, batch: PromptBatch) -> torch.Tensor:
+        """``[P, Tp, H]`` token embeddings with each prompt's image features merged in.
+
+        Runs the vision encoder and adapter once over all images of the batch. Gradients reach
+        whichever of them has trainable parameters; a frozen encoder records no graph.
+        """
+        device = self.device
+        input_ids = batch.input_ids.to(device)
+        embeds = self.model.get_input_embeddings()(input_ids)  # [P, Tp, H]
+        if batch.pixel_values is None:
+            return embeds
+        pixels = batch.pixel_values.to(device=device, dtype=embeds.dtype)
+        features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
+        features = features.pooler_output  # [I, image_seq_length, H]
+        slots = input_ids == self.image_token_id  # [P, Tp]
+        if int(slots.sum()) != features.shape[0] * features.shape[1]:
+            raise R1V2Error(
+                f"prompt has {int(slots.sum())} image tokens but the images give "
+                f"{features.shape[0] * features.shape[1]} features"
+            )
+        return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+
+    # ---- generation ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        items: Sequence[Any] | PromptBatch,
+        sampling: SamplingConfig | None = None,
+        *,
+        group_size: int = 1,
+        batch_size: int | None = None,
+    ) -> Rollout:
+        """Sample ``group_size`` completions per prompt.
+
+        ``batch_size`` caps the sequences per ``generate`` call (None: all ``P * G`` at once);
+        the prompts' vision features are computed once either way. Sampling draws from
+        torch's global RNG (seed it for reproducible samples).
+        """
+        sampling = sampling or SamplingConfig()
+        sampling.validate()
+        batch = items if isinstance(items, PromptBatch) else self.encode(items)
+        embeds = self.prompt_embeds(batch)  # [P, Tp, H]
+        mask = batch.attention_mask.to(self.device)  # [P, Tp]
+        n = len(batch) * group_size
+        chunks = []
+        for sl in iter_chunks(n, batch_size):
+            rows = torch.arange(sl.start, sl.stop, device=self.device) // group_size  # [n_c]
+            chunks.append(self._generate(embeds[rows], mask[rows], sampling))  # [n_c, T_c]
+        width = max(c.shape[1] for c in chunks)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        row = 0
+        for c in chunks:
+            ids[row : row + c.shape[0], : c.shape[1]] = c.cpu()
+            row += c.shape[0]
+        completion_mask, finished = completion_masks(ids, self.eos_ids)
+        ids = ids.masked_fill(~completion_mask, self.pad_id)
+        keep = int(completion_mask.sum(dim=1).max()) if n else 0
+        ids, completion_mask = ids[:, :keep], completion_mask[:, :keep]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return Rollout(batch, group_size, ids, completion_mask, finished, texts)
+
+    def _generate(self, embeds, mask, sampling: SamplingConfig) -> torch.Tensor:
+        """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]``."""
+        config = GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature if sampling.do_sample else None,
+            top_p=sampling.top_p if sampling.do_sample else None,
+            top_k=sampling.top_k if sampling.do_sample else None,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+        )
+        # With inputs_embeds and no input_ids, generate returns only the new tokens.
+        return self.model.generate(
+            inputs_embeds=embeds, attention_mask=mask.long(), generation_config=config
+        )
+
+    # ---- scoring -------------------------------------------------------------------------
+
+    def logprobs(
+        self,
+        prompts: PromptBatch,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        *,
+        group_size: int = 1,
+        micro_batch_size: int | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Per-token log-probs ``[N, Tc]`` (float32) of completions given their prompts.
+
+        ``completion_ids``/``completion_mask`` are ``[N, Tc]`` with ``N = len(prompts) *
+        group_size`` in group-major order. Entry ``[i, t]`` is ``log p(c_t | prompt, c_<t)``
+        under ``softmax(logits / temperature)``; entries where the mask is False are 0. Runs
+        under the caller's grad mode: with grad enabled the result carries the graph to every
+        trainable parameter (the shared image features included). Vision features are computed
+        once per prompt for the whole call; the language model runs in micro-batches of
+        ``micro_batch_size`` sequences (None: all at once).
+        """
+        n = completion_ids.shape[0]
+        if n != len(prompts) * group_size:
+            raise R1V2Error(f"{n} completions for {len(prompts)} prompts x group size {group_size}")
+        device = self.device
+        embeds = self.prompt_embeds(prompts)  # [P, Tp, H]
+        prompt_mask = prompts.attention_mask.to(device)  # [P, Tp]
+        ids = completion_ids.to(device)
+        cmask = completion_mask.to(device).bool()
+        out = []
+        for sl in iter_chunks(n, micro_batch_size):
+            rows = torch.arange(sl.start, sl.stop, device=device) // group_size  # [n_c]
+            out.append(
+                self._score(embeds[rows], prompt_mask[rows], ids[sl], cmask[sl], temperature)
+            )
+        return torch.cat(out, dim=0)  # [N, Tc]
+
+    def _score(self, prompt_embeds, prompt_mask, ids, cmask, temperature: float):
+        """Log-probs ``[B, Tc]`` for one micro-batch."""
+        tc = ids.shape[1]
+        if tc == 0:
+            return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        completion_embeds = self.model.get_input_embeddings()(ids)  # [B, Tc, H]
+        embeds = torch.cat([prompt_embeds, completion_embeds.to(prompt_embeds.dtype)], dim=1)
+        mask = torch.cat([prompt_mask, cmask], dim=1)  # [B, Tp + Tc]
+        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
+        out = self.model(
+            inputs_embeds=embeds,
+            attention_mask=mask.long(),
+            position_ids=position_ids,
+            logits_to_keep=tc + 1,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1]  # [B, Tc, V]: position Tp-1+t predicts completion token t
+        if temperature != 1.0:
+            logits = logits / temperature
+        logps = token_logprobs(logits, ids)  # [B, Tc]
+        return logps.masked_fill(~cmask, 0.0)
+
+
+def completion_masks(
+    ids: torch.Tensor, eos_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mask [N, T] bool, finished [N] bool)`` for generated ids ``[N, T]``.
+
+    ``mask[i, t]`` is True while no EOS occurred before ``t`` (the first EOS itself counts).
+    Example: ids ``[5, 3, 0]`` with EOS 3 -> mask ``[True, True, False]``, finished True.
+    """
+    is_eos = torch.isin(ids, torch.tensor(list(eos_ids), dtype=ids.dtype))  # [N, T]
+    eos_before = (is_eos.long().cumsum(dim=1) - is_eos.long()) > 0  # [N, T]
+    return ~eos_before, is_eos.any(dim=1)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise R1V2Error("the model has no EOS token (generation_config.eos_token_id)")
+    return ids
+
+
+def iter_chunks(n: int, size: int | None) -> Iterator[slice]:
+    """Slices covering ``range(n)`` in steps of ``size`` (one slice when None)."""
+    step = size or max(n, 1)
+    for start in range(0, n, step):
+        yield slice(start, min(start + step, n))

@@ -1,0 +1,192 @@
+r"""Reading answers out of text: boxed extraction, clean-up, letters, numbers.
+
+Pure string functions shared by the accuracy and format rewards. The rules:
+
+- The final answer is the content of the last top-level ``\boxed{...}`` (braces matched,
+  ``\{`` and ``\}`` escaped braces skipped). Two boxed answers: the last one counts. A last
+  ``\boxed{`` whose braces never close means no answer (an earlier boxed answer is not used:
+  the model's final answer is broken).
+- When the completion contains ``</think>``, the answer is looked for after the last
+  ``</think>`` first; only when that part holds no ``\boxed`` is the whole completion searched.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOXED = re.compile(r"\\boxed\s*\{")
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+def matching_brace(text: str, open_index: int) -> int | None:
+    r"""Index of the ``}`` closing the ``{`` at ``open_index``; None when it never closes.
+
+    Backslash-escaped characters (``\{``, ``\}``, ``\\``) are skipped.
+    """
+    depth = 0
+    i = open_index
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return None
+
+
+def boxed_contents(text: str) -> list[str | None]:
+    r"""Contents of each top-level ``\boxed{...}`` in order; None for one that never closes.
+
+    A ``\boxed`` nested inside another belongs to the outer one. Scanning stops at an
+    unclosed one (it swallows the rest of the text).
+    """
+    out: list[str | None] = []
+    pos = 0
+    while (m := _BOXED.search(text, pos)) is not None:
+        open_index = m.end() - 1
+        close = matching_brace(text, open_index)
+        if close is None:
+            out.append(None)
+            break
+        out.append(text[open_index + 1 : close])
+        pos = close + 1
+    return out
+
+
+def answer_region(completion: str) -> str:
+    r"""The part of ``completion`` that holds its final answer (see the module rules)."""
+    if THINK_CLOSE in completion:
+        after = completion.rsplit(THINK_CLOSE, 1)[1]
+        if _BOXED.search(after):
+            return after
+    return completion
+
+
+def extract_answer(completion: str) -> str | None:
+    r"""The completion's final boxed answer (stripped), or None when it has none or it is broken."""
+    boxes = boxed_contents(answer_region(completion))
+    if not boxes or boxes[-1] is None:
+        return None
+    return boxes[-1].strip()
+
+
+def balanced(text: str) -> bool:
+    """True when every unescaped ``{`` in ``text`` has its ``}`` and no ``}`` is unmatched."""
+    depth = 0
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0
+
+
+_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|rm)\s*\{([^{}]*)\}")
+_DELIMS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def clean(text: str) -> str:
+    r"""Strip math delimiters, ``\text{}``-style wrappers, LaTeX spacing and a trailing period.
+
+    ``"$\text{(B)}.$"`` -> ``"(B)"``; ``"1{,}000\,\text{cm}"`` -> ``"1,000 cm"``.
+    """
+    s = text.strip()
+    for left, right in _DELIMS:
+        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            s = s[len(left) : -len(right)].strip()
+            break
+    m = _BOXED.match(s)
+    if m and matching_brace(s, m.end() - 1) == len(s) - 1:
+        s = s[m.end() : -1].strip()
+    prev = None
+    while prev != s:
+        prev, s = s, _TEXT_WRAPPERS.sub(r"\1", s)
+    s = s.replace("{,}", ",").replace("\\%", "%").replace("\\$", "").replace("\u2212", "-")
+    s = re.sub(r"(?<=\d)\\[,!](?=\d)", "", s)  # 1\,000 -> 1000 (thin space as separator)
+    s = re.sub(r"\\[,;:! ]|~", " ", s)
+    s = re.sub(r"\s+", " ", s).strip()
+    return s.rstrip(".").strip()
+
+
+_LETTER_BARE = re.compile(r"(?:(?:option|choice|answer)\s*:?\s*)?\(?([A-Za-z])\)?[.:]?", re.I)
+_LETTER_TEXT = re.compile(
+    r"(?:(?:option|choice|answer)\s*:?\s*)?(?:\(([A-Za-z])\)|([A-Za-z])[.:)])\s*\S.*", re.I | re.S
+)
+
+
+def as_letter(text: str, *, allow_lower: bool) -> int | None:
+    """The option index named by a multiple-choice answer, or None when it names none.
+
+    Accepted (after :func:`clean`): ``B``, ``(B)``, ``B.``, ``B)``, ``B:``, ``Option B``, and a
+    letter followed by its option text (``(B) 5``, ``B. 5``). ``A`` is 0. Lower-case letters
+    count only with ``allow_lower`` (a lone ``b`` is usually a variable unless the question
+    lists options).
+    """
+    m = _LETTER_BARE.fullmatch(text) or _LETTER_TEXT.fullmatch(text)
+    if m is None:
+        return None
+    letter = next(g for g in m.groups() if g)
+    if letter.islower() and not allow_lower:
+        return None
+    return ord(letter.upper()) - ord("A")
+
+
+_NUMBER = re.compile(
+    r"(?P<num>[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?(?:[eE][+-]?\d+)?|[+-]?\.\d+(?:[eE][+-]?\d+)?)"
+    r"\s*(?P<pct>%)?\s*(?P<unit>.*)",
+    re.S,
+)
+_DEGREE = re.compile(r"(?:\^\s*\{?\s*\\circ\s*\}?|\\circ|°|degrees?)")
+_UNIT = re.compile(
+    r"[A-Za-z]{2,}(?:\^\{?\d\}?|[²³])?(?:\s*(?:/|\s)\s*[A-Za-z]{1,}(?:\^\{?\d\}?|[²³])?){0,2}"
+)
+# Words that make the trailing text mathematics, not a unit ("2 pi" is not 2).
+_MATH_WORDS = frozenset(
+    "pi sqrt log ln lg sin cos tan cot sec csc exp arcsin arccos arctan sinh cosh tanh mod "
+    "and or to times cdot over plus minus infty inf".split()
+)
+
+
+def as_number(text: str) -> tuple[float, bool] | None:
+    """``(value, had_percent)`` for a plain number, or None when ``text`` is something else.
+
+    Plain means (after :func:`clean`): a decimal number, optionally with thousands
+    separators (``1,000``), an exponent (``1e-3``), a percent sign, and a trailing unit: a
+    degree sign or one to three words of two or more letters (``cm``, ``km/h``, ``square
+    meters``) that are not mathematics (``pi``, ``sqrt``...). Units are dropped, not converted
+    (``50 cm`` == ``50 m``); one-letter units (``5 m``) are not recognised here (a variable?)
+    and are left to math-verify.
+    """
+    m = _NUMBER.fullmatch(text)
+    if m is None:
+        return None
+    unit = m["unit"].strip()
+    if unit and not _DEGREE.fullmatch(unit):
+        if not _UNIT.fullmatch(unit):
+            return None
+        if any(w.lower() in _MATH_WORDS for w in re.findall(r"[A-Za-z]+", unit)):
+            return None
+    return float(m["num"].replace(",", "")), m["pct"] is not None
+
+
+_WORDS = re.compile(r"[A-Za-z][A-Za-z' -]*")
+
+
+def is_words(text: str) -> bool:
+    """True for plain words (letters, spaces, hyphens, apostrophes): ``red circle``, ``yes``."""
+    return _WORDS.fullmatch(text) is not None

@@ -1,0 +1,260 @@
+r"""The hybrid reward of GRPO (RECIPE §3, eq. 7): r = w_acc r_rule + w_rm r_rm + w_fmt r_format.
+
+- ``accuracy`` (r_rule): :func:`r1v2.rewards.accuracy_reward` on the sample's ``answer`` and
+  ``choices``, in {0, 1} or None.
+- ``rm`` (r_rm): a :class:`RewardModel`'s unbounded score ``s`` mapped to
+  ``min(sigmoid((s - center) / scale), cap)`` (RECIPE §5, "calibrated threshold"). The model is
+  called once per batch.
+- ``format`` (r_format): :func:`r1v2.rewards.format_reward`, in {0, 1}.
+
+Every component's value is returned per sample, so the trainer logs each one. A component
+that raises gives None for that sample (for the whole batch for ``rm``) and is counted in
+``errors``; the step goes on.
+
+None in a component makes the sample's total None: the sample is excluded from the
+advantages rather than scored on the other terms (RECIPE §3: "None when it cannot be scored
+(excluded, never silently 0)"); a partial sum would silently treat the missing term as 0.
+A component whose weight is 0 is not computed at all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from r1v2.config import option
+from r1v2.errors import R1V2Error
+from r1v2.rewards.accuracy import accuracy_reward
+from r1v2.rewards.fmt import format_reward
+from r1v2.rewards.rm_interface import RewardModel, RMInput
+
+DEFAULT_WEIGHTS = {"accuracy": 1.0, "rm": 1.0, "format": 1.0}
+COMPONENTS = tuple(DEFAULT_WEIGHTS)
+
+
+def rm_to_reward(score: float, center: float = 0.0, scale: float = 1.0, cap: float = 1.0) -> float:
+    """``min(sigmoid((score - center) / scale), cap)``: an unbounded RM score mapped into [0, cap].
+
+    E.g. center 0, scale 5, cap 0.9: score 5 -> sigmoid(1) = 0.7311; score 20 -> sigmoid(4) =
+    0.9820, capped to 0.9. Written to stay finite for any float score.
+    """
+    z = (score - center) / scale
+    s = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    return min(s, cap)
+
+
+@dataclass
+class HybridRewardConfig:
+    """The hybrid reward's settings; train configs nest it (``reward.rm_cap=0.8``)."""
+
+    weights: dict[str, float] = option(
+        dict(DEFAULT_WEIGHTS),
+        "weight of each reward component (accuracy, rm, format); a component left out or "
+        "weighted 0 is not computed",
+    )
+    rm_path: str | None = option(
+        None,
+        "reward model checkpoint (sequence classifier or value head); without one the rm term is left out",
+    )
+    rm_device: str = option("cpu", "device the reward model runs on")
+    rm_dtype: str = option("float32", "dtype the reward model runs in (float32, bfloat16, float16)")
+    rm_batch_size: int = option(8, "samples per reward model forward pass")
+    rm_center: float = option(
+        0.0, "RM score mapped to 0.5: r_rm = min(sigmoid((s - center) / scale), cap)"
+    )
+    rm_scale: float = option(1.0, "RM score units per unit of the sigmoid's input (> 0)")
+    rm_cap: float = option(
+        1.0, "upper bound of the mapped RM reward, in [0, 1] (calibrated threshold)"
+    )
+    accuracy_timeout: float = option(5.0, "seconds allowed per math-verify check (timeout -> None)")
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.weights) - set(COMPONENTS))
+        if unknown:
+            raise R1V2Error(
+                f"reward.weights: unknown component(s) {', '.join(unknown)}; valid: {', '.join(COMPONENTS)}"
+            )
+        if self.rm_scale <= 0:
+            raise R1V2Error(f"reward.rm_scale must be > 0, got {self.rm_scale}")
+        if not 0.0 <= self.rm_cap <= 1.0:
+            raise R1V2Error(f"reward.rm_cap must be in [0, 1], got {self.rm_cap}")
+
+
+@dataclass
+class RewardResult:
+    """Rewards of one batch. Lists are per sample, in the order of the completions.
+
+    ``errors[name]`` counts samples whose component ``name`` raised (``error_messages[name]``
+    keeps the first message); ``unscored[name]`` counts samples where it gave None for any
+    reason (raised, or could not be scored).
+    """
+
+    total: list[float | None]
+    components: dict[str, list[float | None]]
+    errors: dict[str, int]
+    unscored: dict[str, int] = field(default_factory=dict)
+    error_messages: dict[str, str] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Means over scored samples (``reward/<name>``, ``reward/total``) and the counts."""
+        out: dict[str, float] = {}
+        for name, values in [("total", self.total), *self.components.items()]:
+            scored = [v for v in values if v is not None]
+            out[f"reward/{name}"] = sum(scored) / len(scored) if scored else math.nan
+        for name in self.components:
+            out[f"reward/{name}_errors"] = float(self.errors.get(name, 0))
+            out[f"reward/{name}_none"] = float(self.unscored.get(name, 0))
+        out["reward/total_none"] = float(sum(v is None for v in self.total))
+        return out
+
+
+def _get(sample: Any, name: str, default: Any = None) -> Any:
+    if isinstance(sample, Mapping):
+        return sample.get(name, default)
+    return getattr(sample, name, default)
+
+
+def _question(sample: Any) -> str:
+    return _get(sample, "question", "")
+
+
+class HybridReward:
+    """Weighted sum of named reward components over a batch of completions.
+
+    ``samples[i]`` describes the prompt of ``completions[i]``: an object or mapping with
+    ``answer``, ``choices`` (or None), and for the reward model ``question`` and ``images``
+    (paths, bytes or PIL images). ``question_fn(sample)`` gives the question text the reward
+    model sees (default: ``sample.question``); pass the function that built the policy's prompt
+    so both see the same text.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        *,
+        reward_model: RewardModel | None = None,
+        rm_center: float = 0.0,
+        rm_scale: float = 1.0,
+        rm_cap: float = 1.0,
+        accuracy_timeout: float = 5.0,
+        question_fn: Callable[[Any], str] = _question,
+    ) -> None:
+        weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        HybridRewardConfig(weights=weights, rm_scale=rm_scale, rm_cap=rm_cap).validate()
+        self.weights = {k: float(v) for k, v in weights.items() if v != 0}
+        if "rm" in self.weights and reward_model is None:
+            raise R1V2Error(
+                "the rm reward has a weight but no reward model was given (reward.rm_path)"
+            )
+        self.reward_model = reward_model
+        self.rm_center, self.rm_scale, self.rm_cap = rm_center, rm_scale, rm_cap
+        self.accuracy_timeout = accuracy_timeout
+        self.question_fn = question_fn
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: HybridRewardConfig,
+        *,
+        reward_model: RewardModel | None = None,
+        question_fn: Callable[[Any], str] = _question,
+    ) -> HybridReward:
+        """Build from a config; loads ``cfg.rm_path`` unless ``reward_model`` is given.
+
+        Without a reward model (no ``rm_path``) the rm term is left out, whatever its weight.
+        """
+        cfg.validate()
+        weights = dict(cfg.weights)
+        if reward_model is None and cfg.rm_path is not None and weights.get("rm", 0) != 0:
+            from r1v2.rewards.reward_model import TransformersRewardModel
+
+            reward_model = TransformersRewardModel.from_pretrained(
+                cfg.rm_path, device=cfg.rm_device, dtype=cfg.rm_dtype, batch_size=cfg.rm_batch_size
+            )
+        if reward_model is None:
+            weights.pop("rm", None)
+        return cls(
+            weights,
+            reward_model=reward_model,
+            rm_center=cfg.rm_center,
+            rm_scale=cfg.rm_scale,
+            rm_cap=cfg.rm_cap,
+            accuracy_timeout=cfg.accuracy_timeout,
+            question_fn=question_fn,
+        )
+
+    def __call__(self, completions: Sequence[str], samples: Sequence[Any]) -> RewardResult:
+        if len(completions) != len(samples):
+            raise ValueError(f"{len(completions)} completions but {len(samples)} samples")
+        components: dict[str, list[float | None]] = {}
+        errors: dict[str, int] = {}
+        messages: dict[str, str] = {}
+        for name in self.weights:
+            values, n_errors, message = self._component(name, completions, samples)
+            components[name], errors[name] = values, n_errors
+            if message is not None:
+                messages[name] = message
+        total: list[float | None] = []
+        for i in range(len(completions)):
+            parts = [components[name][i] for name in self.weights]
+            if any(p is None for p in parts):
+                total.append(None)
+            else:
+                total.append(sum(self.weights[n] * p for n, p in zip(self.weights, parts)))
+        unscored = {name: sum(v is None for v in vals) for name, vals in components.items()}
+        return RewardResult(total, components, errors, unscored, messages)
+
+    def _component(
+        self, name: str, completions: Sequence[str], samples: Sequence[Any]
+    ) -> tuple[list[float | None], int, str | None]:
+        """Values of one component, how many samples raised, and the first error message."""
+        if name == "rm":
+            return self._rm(completions, samples)
+        fn = self._accuracy if name == "accuracy" else self._format
+        values: list[float | None] = []
+        n_errors, message = 0, None
+        for completion, sample in zip(completions, samples):
+            try:
+                values.append(fn(completion, sample))
+            except Exception as e:  # counted; one bad sample must not stop the step
+                values.append(None)
+                n_errors += 1
+                message = message or f"{type(e).__name__}: {e}"
+        return values, n_errors, message
+
+    def _accuracy(self, completion: str, sample: Any) -> float | None:
+        return accuracy_reward(
+            completion,
+            _get(sample, "answer"),
+            choices=_get(sample, "choices"),
+            timeout=self.accuracy_timeout,
+        )
+
+    @staticmethod
+    def _format(completion: str, sample: Any) -> float:
+        return format_reward(completion)
+
+    def _rm(
+        self, completions: Sequence[str], samples: Sequence[Any]
+    ) -> tuple[list[float | None], int, str | None]:
+        inputs = [
+            RMInput(self.question_fn(s), c, tuple(_get(s, "images", None) or ()))
+            for c, s in zip(completions, samples)
+        ]
+        try:
+            scores = list(self.reward_model.score(inputs))
+            if len(scores) != len(inputs):
+                raise ValueError(
+                    f"reward model gave {len(scores)} scores for {len(inputs)} samples"
+                )
+        except Exception as e:  # the whole batch is unscored and counted
+            return [None] * len(inputs), len(inputs), f"{type(e).__name__}: {e}"
+        values: list[float | None] = [
+            None
+            if s is None or not math.isfinite(s)
+            else rm_to_reward(s, self.rm_center, self.rm_scale, self.rm_cap)
+            for s in scores
+        ]
+        return values, 0, None

@@ -1,0 +1,328 @@
+r"""Reward models from transformers checkpoints: a scalar score per (question, images, completion).
+
+Two kinds of checkpoint are read:
+
+- a sequence classifier (``AutoModelForSequenceClassification`` with ``num_labels=1``): the
+  score is its logit, pooled by the model itself (its last non-pad token);
+- a value head on a (vision-)language model, in this project's format: the base model's
+  ordinary checkpoint (``save_pretrained``: config, weights, tokenizer or processor) plus
+
+      value_head.safetensors   "weight" [1, H] and "bias" [1] of a Linear(H, 1), float32
+      value_head.json          {"format": "r1v2-value-head", "version": 1,
+                                "base_class": "Qwen2ForCausalLM", "hidden_size": H}
+
+  ``base_class`` names the transformers class the base loads with. The score is the head
+  applied to the base model's last hidden state (after its final norm) at the last token
+  whose attention mask is 1.
+
+Inputs are rendered with the checkpoint's chat template. The default ``template="generation"``
+renders the user turn (images first, then the question) with the generation prompt and
+appends the completion and the EOS token: exactly the tokens the policy produced, since its
+completions start after the generation prompt (``<think>\n`` included). ``"conversation"``
+renders a user and an assistant message instead, for reward models trained on that layout.
+VLM checkpoints go through their ``AutoProcessor``, which expands each image's tokens.
+Sequences are right-padded. Scores are unbounded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from r1v2.errors import R1V2Error
+from r1v2.rewards.rm_interface import RewardModel, RMInput
+
+__all__ = [
+    "RMInput",
+    "RewardModel",
+    "TransformersRewardModel",
+    "ValueHeadModel",
+    "encode",
+    "render",
+    "save_value_head",
+]
+
+HEAD_WEIGHTS = "value_head.safetensors"
+HEAD_CONFIG = "value_head.json"
+HEAD_FORMAT = "r1v2-value-head"
+Template = Literal["generation", "conversation"]
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1, per row; works for left and right padding.
+
+    attention_mask: [B, T] (0/1 or bool) -> [B] long.
+    """
+    mask = attention_mask.long()  # [B, T]
+    return mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)  # [B]
+
+
+class ValueHeadModel(torch.nn.Module):
+    """A (vision-)language model with a Linear(H, 1) on its last hidden state: one score per row.
+
+    ``head`` defaults to a fresh Linear (float32) with weight ~ N(0, 1/H) and bias 0 (our
+    choice: unit-scale scores for unit-scale hidden states at the start of training).
+    """
+
+    def __init__(self, base: torch.nn.Module, head: torch.nn.Linear | None = None) -> None:
+        super().__init__()
+        self.base = base
+        hidden = base.config.get_text_config().hidden_size
+        if head is None:
+            head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
+            torch.nn.init.normal_(head.weight, std=hidden**-0.5)
+            torch.nn.init.zeros_(head.bias)
+        if head.in_features != hidden or head.out_features != 1:
+            raise ValueError(f"value head must be Linear({hidden}, 1), got {head}")
+        self.head = head
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any
+    ) -> torch.Tensor:
+        """input_ids, attention_mask: [B, T] (+ ``pixel_values`` for a VLM) -> scores [B]."""
+        out = self.base.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+        hidden = out.last_hidden_state  # [B, T, H]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # [B, H]
+        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)  # [B]
+
+
+def save_value_head(path: str | Path, model: ValueHeadModel, processor: Any = None) -> Path:
+    """Save ``model`` (base checkpoint + value head files) and its processor/tokenizer to ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.base.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    head = model.head
+    tensors = {
+        "weight": head.weight.detach().to("cpu", torch.float32).contiguous(),  # [1, H]
+        "bias": head.bias.detach().to("cpu", torch.float32).contiguous(),  # [1]
+    }
+    save_file(tensors, str(path / HEAD_WEIGHTS))
+    meta = {
+        "format": HEAD_FORMAT,
+        "version": 1,
+        "base_class": type(model.base).__name__,
+        "hidden_size": head.in_features,
+    }
+    (path / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def load_value_head(path: str | Path, *, dtype: torch.dtype = torch.float32) -> ValueHeadModel:
+    """Load a checkpoint written by :func:`save_value_head`; errors name the bad file."""
+    import transformers
+
+    path = Path(path)
+    config_file = path / HEAD_CONFIG
+    try:
+        meta = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise R1V2Error(f"{config_file}: cannot read the value head description: {e}") from e
+    if meta.get("format") != HEAD_FORMAT:
+        raise R1V2Error(
+            f"{config_file}: field 'format' must be {HEAD_FORMAT!r}, got {meta.get('format')!r}"
+        )
+    base_cls = getattr(transformers, str(meta.get("base_class")), None)
+    if base_cls is None or not hasattr(base_cls, "from_pretrained"):
+        raise R1V2Error(
+            f"{config_file}: field 'base_class' {meta.get('base_class')!r} is not a transformers model class"
+        )
+    base = base_cls.from_pretrained(path, dtype=dtype)
+    hidden = base.config.get_text_config().hidden_size
+    weights_file = path / HEAD_WEIGHTS
+    try:
+        tensors = load_file(str(weights_file))
+    except OSError as e:
+        raise R1V2Error(f"{weights_file}: cannot read the value head weights: {e}") from e
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if (
+        weight is None
+        or bias is None
+        or tuple(weight.shape) != (1, hidden)
+        or tuple(bias.shape) != (1,)
+    ):
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise R1V2Error(
+            f"{weights_file}: expected 'weight' [1, {hidden}] and 'bias' [1] "
+            f"(hidden size of {meta['base_class']}), found {shapes}"
+        )
+    head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return ValueHeadModel(base, head)
+
+
+def _open_image(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        with Image.open(io.BytesIO(image)) as im:
+            return im.convert("RGB")
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                return im.convert("RGB")
+        except OSError as e:
+            raise R1V2Error(f"{image}: cannot open image: {e}") from e
+    raise R1V2Error(f"cannot use {type(image).__name__} as an image (PIL image, path or bytes)")
+
+
+def render(processor: Any, sample: RMInput, template: Template = "generation") -> str:
+    """The text of one sample under the checkpoint's chat template (see the module docstring)."""
+    if sample.images:
+        content: Any = [{"type": "image"} for _ in sample.images]
+        content.append({"type": "text", "text": sample.question})
+    else:
+        content = sample.question
+    user = [{"role": "user", "content": content}]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    # The tokenizer's template, as the policy renders its prompts; the processor's otherwise.
+    templater = tokenizer if getattr(tokenizer, "chat_template", None) else processor
+    if not getattr(templater, "chat_template", None):
+        raise R1V2Error("the reward model's tokenizer/processor has no chat template")
+    if template == "generation":
+        prompt = templater.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        return prompt + sample.completion + (tokenizer.eos_token or "")
+    if template == "conversation":
+        messages = [*user, {"role": "assistant", "content": sample.completion}]
+        return templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    raise ValueError(f"template must be 'generation' or 'conversation', got {template!r}")
+
+
+def encode(processor: Any, samples: Sequence[RMInput], template: Template = "generation") -> dict:
+    """Tokenise ``samples`` (right padding) and process their images: model inputs as tensors."""
+    texts = [render(processor, s, template) for s in samples]
+    images = [_open_image(im) for s in samples for im in s.images]
+    if images:
+        if not hasattr(processor, "image_processor"):
+            raise R1V2Error("this reward model is text-only: it cannot take images")
+        batch = processor(
+            text=texts, images=images, padding=True, padding_side="right", return_tensors="pt"
+        )
+    else:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        batch = tokenizer(
+            texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt"
+        )
+    return dict(batch)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise R1V2Error(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class TransformersRewardModel:
+    """A :class:`RewardModel` over a transformers checkpoint with a scalar head.
+
+    ``model`` maps encoded inputs to scores ``[B]``: a :class:`ValueHeadModel`, or a sequence
+    classifier (its ``logits[:, 0]``). Use :meth:`from_pretrained` to load one from disk.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        batch_size: int = 8,
+        template: Template = "generation",
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.model = model.eval()
+        self.processor = processor
+        self.batch_size = batch_size
+        self.template = template
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str = "float32",
+        batch_size: int = 8,
+        template: Template = "generation",
+    ) -> TransformersRewardModel:
+        """Load a value-head checkpoint (has ``value_head.json``) or a sequence classifier."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise R1V2Error(
+                f"{path / 'config.json'}: file not found (not a reward model checkpoint)"
+            )
+        torch_dtype = _dtype(dtype)
+        config = AutoConfig.from_pretrained(path)
+        if (path / HEAD_CONFIG).is_file():
+            model: torch.nn.Module = load_value_head(path, dtype=torch_dtype)
+        elif any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
+            if config.num_labels != 1:
+                raise R1V2Error(
+                    f"{path / 'config.json'}: field 'num_labels' is {config.num_labels}; a reward "
+                    "model classifier has one label (its logit is the score)"
+                )
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype)
+        else:
+            raise R1V2Error(
+                f"{path}: not a reward model: expected a sequence classifier (architectures "
+                f"'...ForSequenceClassification', num_labels=1) or a value head ({HEAD_CONFIG}); "
+                f"config.json lists {config.architectures}"
+            )
+        processor = _load_processor(path, config)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if not isinstance(model, ValueHeadModel) and model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # the classifier pools on it
+        return cls(model.to(device), processor, batch_size=batch_size, template=template)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def score(self, samples: Sequence[RMInput]) -> list[float]:
+        """One unbounded score per sample, computed ``batch_size`` samples at a time."""
+        scores: list[float] = []
+        dtype = next(self.model.parameters()).dtype
+        for start in range(0, len(samples), self.batch_size):
+            batch = encode(self.processor, samples[start : start + self.batch_size], self.template)
+            batch = {
+                k: v.to(self.device, dtype) if k == "pixel_values" else v.to(self.device)
+                for k, v in batch.items()
+            }
+            scores.extend(self._forward(batch).float().tolist())
+        return scores
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        if isinstance(self.model, ValueHeadModel):
+            return self.model(**batch)  # [B]
+        return self.model(**batch).logits[:, 0]  # [B]
+
+
+def _load_processor(path: Path, config: Any) -> Any:
+    """The checkpoint's processor (VLM) or tokenizer, loaded as saved."""
+    from transformers import AutoProcessor
+
+    from r1v2.model.tokenizer import load_tokenizer
+
+    if hasattr(config, "vision_config"):
+        return AutoProcessor.from_pretrained(path)
+    return load_tokenizer(path)

@@ -1,0 +1,289 @@
+"""The LLM judge client against a real HTTP server on 127.0.0.1 (scripted replies)."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from r1v2.data.schema import Sample
+from r1v2.errors import R1V2Error
+from r1v2.eval.benchmarks import Benchmark
+from r1v2.eval.harness import score_benchmark
+from r1v2.eval.judge import (
+    JudgeClient,
+    JudgeError,
+    JudgeItem,
+    load_prompt,
+    parse_verdict,
+    render_prompt,
+)
+
+
+class FakeEndpoint:
+    """An OpenAI-compatible /v1/chat/completions endpoint replying from a script.
+
+    Actions, consumed one per request (the last one repeats): ("ok", text), ("slow", seconds,
+    text), ("status", code), ("raw", bytes).
+    """
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []  # (path, headers, body) per request
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with endpoint.lock:
+                    endpoint.requests.append((self.path, dict(self.headers), body))
+                    action = (
+                        endpoint.script.pop(0) if len(endpoint.script) > 1 else endpoint.script[0]
+                    )
+                    endpoint.in_flight += 1
+                    endpoint.max_in_flight = max(endpoint.max_in_flight, endpoint.in_flight)
+                try:
+                    self.reply(action)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout)
+                finally:
+                    with endpoint.lock:
+                        endpoint.in_flight -= 1
+
+            def reply(self, action):
+                kind = action[0]
+                if kind == "slow":
+                    time.sleep(action[1])
+                    action = ("ok", action[2])
+                if action[0] == "status":
+                    self.send_response(action[1])
+                    self.end_headers()
+                    self.wfile.write(b'{"error": "boom"}')
+                    return
+                data = (
+                    action[1]
+                    if action[0] == "raw"
+                    else json.dumps(
+                        {"choices": [{"message": {"role": "assistant", "content": action[1]}}]}
+                    ).encode()
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.block_on_close = False
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    made = []
+
+    def make(script):
+        e = FakeEndpoint(script)
+        made.append(e)
+        return e
+
+    yield make
+    for e in made:
+        e.close()
+
+
+ITEM = JudgeItem("How long is the rod?", "0.5 m", "The rod is \\boxed{50 cm}.")
+
+
+def client(e, **kw):
+    kw = {"timeout": 2.0, "retries": 2, "backoff": 0.01, **kw}
+    return JudgeClient(e.url, "judge-model", **kw)
+
+
+def test_good_reply_and_request_shape(endpoint):
+    e = endpoint([("ok", "The units differ but the length is the same.\nCORRECT")])
+    j = client(e, api_key="sk-test")
+    assert j.judge(ITEM) is True
+    path, headers, body = e.requests[0]
+    assert path == "/v1/chat/completions"
+    assert headers["Authorization"] == "Bearer sk-test"
+    assert body["model"] == "judge-model" and body["temperature"] == 0.0
+    prompt = body["messages"][0]["content"]
+    assert "How long is the rod?" in prompt and "0.5 m" in prompt and "\\boxed{50 cm}" in prompt
+    assert "{{" not in prompt and not prompt.startswith("#")
+    assert j.stats == {"requests": 1, "cache_hits": 0, "retries": 0, "undecided": 0}
+
+
+def test_incorrect_and_last_word_wins(endpoint):
+    e = endpoint([("ok", "At first CORRECT? No: the values differ. INCORRECT")])
+    assert client(e).judge(ITEM) is False
+
+
+def test_slow_reply_times_out_then_retry_succeeds(endpoint):
+    e = endpoint([("slow", 1.0, "CORRECT"), ("ok", "CORRECT")])
+    j = client(e, timeout=0.2)
+    assert j.judge(ITEM) is True
+    assert len(e.requests) == 2 and j.stats["retries"] == 1
+    assert "Timeout" in j.last_errors[0] or "timed out" in j.last_errors[0]
+
+
+def test_server_error_then_success(endpoint):
+    e = endpoint([("status", 500), ("status", 503), ("ok", "CORRECT")])
+    j = client(e)
+    assert j.judge(ITEM) is True
+    assert len(e.requests) == 3 and j.stats["retries"] == 2
+
+
+def test_malformed_json_until_retries_run_out(endpoint):
+    e = endpoint([("raw", b"{this is not json")])
+    j = client(e, retries=2)
+    assert j.judge(ITEM) is None  # undecided, counted; never a silent 0
+    assert len(e.requests) == 3  # one try + 2 retries
+    assert j.stats["undecided"] == 1 and "malformed reply" in j.last_errors[-1]
+
+
+def test_reply_without_verdict_is_retried(endpoint):
+    e = endpoint([("ok", "I am not sure."), ("ok", "INCORRECT")])
+    assert client(e).judge(ITEM) is False and len(e.requests) == 2
+
+
+def test_client_error_stops(endpoint):
+    e = endpoint([("status", 401)])
+    with pytest.raises(JudgeError, match="answered HTTP 401"):
+        client(e).judge(ITEM)
+    assert len(e.requests) == 1  # not retried
+    assert issubclass(JudgeError, R1V2Error)
+
+
+def test_disk_cache(endpoint, tmp_path):
+    e = endpoint([("ok", "CORRECT")])
+    cache = tmp_path / "judge.jsonl"
+    assert client(e, cache_path=cache).judge(ITEM) is True
+    again = client(e, cache_path=cache)  # a new process reading the same cache
+    assert again.judge(ITEM) is True
+    assert len(e.requests) == 1 and again.stats["cache_hits"] == 1
+    other = JudgeClient(e.url, "another-model", cache_path=cache, retries=0)
+    assert other.judge(ITEM) is True and len(e.requests) == 2  # the key includes the model
+
+
+def test_concurrency_limit_and_order(endpoint):
+    e = endpoint([("slow", 0.15, "CORRECT")])
+    items = [JudgeItem(f"q{i}", "1", "1") for i in range(6)]
+    done = []
+    verdicts = client(e, concurrency=2).judge_many(items, on_done=lambda: done.append(1))
+    assert verdicts == [True] * 6 and len(done) == 6
+    assert e.max_in_flight == 2
+
+
+def test_connection_refused_gives_none(endpoint):
+    e = endpoint([("ok", "CORRECT")])
+    url = e.url
+    e.close()
+    j = JudgeClient(url, "m", timeout=0.5, retries=1, backoff=0.01)
+    assert j.judge(ITEM) is None and j.stats["undecided"] == 1
+
+
+def test_prompt_file_and_verdict_parsing(tmp_path):
+    template = load_prompt()
+    assert all("{{" + p + "}}" in template for p in ("question", "reference", "response"))
+    text = render_prompt(template, JudgeItem("Q {x}", "R", "S"))
+    assert "Q {x}" in text  # braces in LaTeX are left alone
+    assert parse_verdict("correct") is True and parse_verdict("Incorrect.") is False
+    assert parse_verdict("no idea") is None
+    bad = tmp_path / "p.txt"
+    bad.write_text("# doc\nOnly {{question}} here\n")
+    with pytest.raises(
+        R1V2Error, match=r"lacks the placeholder\(s\) \{\{reference\}\}, \{\{response\}\}"
+    ):
+        load_prompt(bad)
+
+
+def test_judge_path_in_scoring(endpoint):
+    """50 cm vs 0.5 m: rules say 0 (units are dropped, not converted), the judge says CORRECT.
+    A response without any answer is not sent to the judge in "fallback" mode."""
+    e = endpoint([("ok", "CORRECT")])
+    sample = Sample("rod", "How long is the rod?", (), "0.5 m", None, "math", {})
+    bench = Benchmark("phys", "samples", Path("phys.jsonl"), [sample], "accuracy", True)
+    responses = {("rod", 0): "It is \\boxed{50 cm}.", ("rod", 1): "I do not know."}
+    table = score_benchmark(bench, responses, [0, 1], judge=client(e), judge_when="fallback")
+    first, second = table[0]
+    assert (first.rule, first.judged, first.verdict, first.score) == (0.0, True, True, 1.0)
+    assert (second.rule, second.judged, second.score) == (0.0, False, 0.0)
+    assert len(e.requests) == 1
+    sent = e.requests[0][2]["messages"][0]["content"]
+    assert "It is \\boxed{50 cm}." in sent and "0.5 m" in sent
+    # "undecided" asks only where rules gave None; "always" asks about every response.
+    table = score_benchmark(bench, responses, [0, 1], judge=client(e), judge_when="undecided")
+    assert not table[0][0].judged and table[0][0].score == 0.0
+    e2 = endpoint([("ok", "INCORRECT")])
+    table = score_benchmark(bench, responses, [0, 1], judge=client(e2), judge_when="always")
+    assert [x.judged for x in table[0]] == [True, True] and len(e2.requests) == 2
+
+
+def test_judge_through_the_cli(endpoint, tmp_path, monkeypatch):
+    """Responses mode with a judge: the rule-wrong "50 cm" is judged CORRECT (1 of 2 right ->
+    Pass@1 0.5), the key comes from the named environment variable, verdicts are cached."""
+    from r1v2.cli import main
+
+    e = endpoint([("ok", "CORRECT")])
+    bench = tmp_path / "b.jsonl"
+    rows = [
+        {
+            "id": "rod",
+            "question": "How long is the rod?",
+            "images": [],
+            "answer": "0.5 m",
+            "kind": "math",
+        },
+        {
+            "id": "bar",
+            "question": "How long is the bar?",
+            "images": [],
+            "answer": "2 m",
+            "kind": "math",
+        },
+    ]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resp = tmp_path / "r.jsonl"
+    resp.write_text(
+        json.dumps({"id": "rod", "run": 0, "response": "\\boxed{50 cm}"})
+        + "\n"
+        + json.dumps({"id": "bar", "run": 0, "response": "no idea"})
+        + "\n"
+    )
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-env")
+    argv = [
+        "eval",
+        "--responses",
+        str(resp),
+        "--bench",
+        f"phys:samples={bench}",
+        "--out",
+        str(tmp_path / "o"),
+        "--judge-url",
+        e.url,
+        "--judge-model",
+        "m",
+        "--judge-api-key-env",
+        "MY_JUDGE_KEY",
+    ]
+    assert main(argv) == 0
+    res = json.loads((tmp_path / "o" / "results.json").read_text())["benchmarks"]["phys"]
+    assert (res["pass@1"], res["n_judged"], res["n_judge_undecided"]) == (0.5, 1, 0)
+    assert len(e.requests) == 1 and e.requests[0][1]["Authorization"] == "Bearer sk-env"
+    assert main(argv) == 0 and len(e.requests) == 1  # the verdict came from OUT/judge_cache.jsonl

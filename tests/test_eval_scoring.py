@@ -1,0 +1,113 @@
+"""Rule scorers on the edge cases of the evaluation protocol."""
+
+import pytest
+
+from r1v2.data.schema import Sample
+from r1v2.eval.scoring import (
+    has_answer,
+    score_accuracy,
+    score_any_of,
+    score_mathvista,
+    score_olympiad,
+    score_yesno,
+    split_top_level,
+    yes_no,
+)
+
+
+def sample(answer, choices=None, **meta):
+    return Sample("x", "q", (), answer, choices, "choice" if choices else "math", meta)
+
+
+@pytest.mark.parametrize(
+    ("response", "answer", "expected"),
+    [
+        ("<think>half</think> \\boxed{0.5}", "\\frac{1}{2}", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+        ("\\boxed{x = 3}", "3", 1.0),
+        ("\\boxed{4}", "3", 0.0),
+        ("The answer is 3.", "3", 0.0),  # no boxed answer at all
+        ("", "3", 0.0),
+        ("\\boxed{50 cm}", "0.5 m", 0.0),  # units are not converted by rules: the judge's job
+    ],
+)
+def test_open_answers(response, answer, expected):
+    assert score_accuracy(response, sample(answer)) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("\\boxed{B}", 1.0),
+        ("\\boxed{(B)}", 1.0),
+        ("\\boxed{5}", 1.0),
+        ("\\boxed{\\text{B}}", 1.0),
+        ("\\boxed{A}", 0.0),
+        ("\\boxed{3}", 0.0),
+        ("no letter", 0.0),
+    ],
+)
+def test_multiple_choice_letter_or_option_text(response, expected):
+    assert score_accuracy(response, sample("B", ("3", "5", "7"))) == expected
+
+
+def test_any_of_alternatives():
+    s = sample("24/7", answers=["24/7", "3.429"])
+    assert score_any_of("\\boxed{3.429}", s) == 1.0
+    assert score_any_of("\\boxed{24/7}", s) == 1.0
+    assert score_any_of("\\boxed{3.43}", s) == 0.0
+    assert score_any_of("\\boxed{B}", sample("B", ("x", "y"))) == 1.0  # multiple choice as usual
+
+
+def test_mathvista_precision():
+    """precision 1: 1.54 rounds to 1.5 (correct), 1.56 to 1.6 (wrong), 1.5 itself correct."""
+    s = sample("1.5", precision=1)
+    assert score_mathvista("\\boxed{1.54}", s) == 1.0
+    assert score_mathvista("\\boxed{1.56}", s) == 0.0
+    assert score_mathvista("\\boxed{1.5 cm}", s) == 1.0
+    assert score_mathvista("\\boxed{\\frac{3}{2}}", s) == 1.0  # not a plain number: math-verify
+    assert score_mathvista("no answer", s) == 0.0
+    # Without precision the accuracy rule holds: 1.54 != 1.5.
+    assert score_mathvista("\\boxed{1.54}", sample("1.5", precision=None)) == 0.0
+
+
+def test_olympiad_tolerance_and_several_answers():
+    """tolerance 0.1: |2.58 - 2.5| = 0.08 <= 0.101 correct; |2.7 - 2.5| = 0.2 wrong."""
+    s = sample("2.5", tolerance=0.1, answers=["2.5"], multiple=False)
+    assert score_olympiad("\\boxed{2.58}", s) == 1.0
+    assert score_olympiad("\\boxed{2.7}", s) == 0.0
+    assert score_olympiad("nothing boxed", s) == 0.0
+    m = sample("1, -2", answers=["1", "-2"], multiple=True, tolerance=None)
+    assert score_olympiad("\\boxed{-2, 1}", m) == 1.0  # any order
+    assert score_olympiad("\\boxed{1, -2, 3}", m) == 0.0  # one answer too many
+    assert score_olympiad("\\boxed{1, 1}", m) == 0.0  # one part cannot match both
+    assert score_olympiad("\\boxed{\\frac{2}{2}, -2}", m) == 1.0
+
+
+def test_split_top_level():
+    assert split_top_level("(1, 2), 3, \\{4, 5\\}") == ["(1, 2)", "3", "\\{4, 5\\}"]
+    assert split_top_level("a") == ["a"]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("\\boxed{Yes}", "yes"),
+        ("<think>is there no dog? yes</think> No, there is none.", "no"),
+        ("Yes, there is a dog.", "yes"),
+        ("\\boxed{maybe}", None),
+        ("I cannot tell.", None),
+        ("<think>yes</think>\\boxed{no}", "no"),
+    ],
+)
+def test_yes_no(response, expected):
+    assert yes_no(response) == expected
+
+
+def test_score_yesno_and_has_answer():
+    s = sample("no")
+    assert score_yesno("\\boxed{no}", s) == 1.0
+    assert score_yesno("\\boxed{yes}", s) == 0.0
+    assert score_yesno("unclear", s) == 0.0
+    assert has_answer("unclear", "yesno") is False and has_answer("No.", "yesno") is True
+    assert has_answer("\\boxed{3}", "accuracy") and not has_answer("3", "accuracy")

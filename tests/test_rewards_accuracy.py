@@ -1,0 +1,184 @@
+"""The accuracy reward: extraction, letters, numbers, math-verify, and its time limit."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from r1v2.rewards import accuracy as acc
+from r1v2.rewards import accuracy_reward
+from r1v2.rewards import timeout as to
+from r1v2.rewards.answers import as_letter, as_number, boxed_contents, clean, extract_answer
+
+CHOICES = ["3", "5", "7"]
+
+CASES = [
+    # (completion, reference, choices, expected)
+    # math-verify: expressions
+    (r"\boxed{\frac{1}{2}}", "0.5", None, 1.0),
+    (r"\boxed{0.5}", r"\frac{1}{2}", None, 1.0),
+    (r"\boxed{\frac{1}{3}}", "0.5", None, 0.0),
+    (r"\boxed{x = 3}", "3", None, 1.0),
+    (r"\boxed{x = 4}", "3", None, 0.0),
+    (r"\boxed{\frac{\sqrt{2}}{2}}", r"\sqrt{2}/2", None, 1.0),  # nested braces
+    (r"\boxed{\{1, 2\}}", r"\{2, 1\}", None, 1.0),  # escaped braces inside the box
+    # multiple choice
+    (r"\boxed{\text{B}}", "B", None, 1.0),
+    (r"\boxed{(B)}", "B", None, 1.0),
+    (r"\boxed{B.}", "(B)", None, 1.0),
+    (r"\boxed{B}", "C", None, 0.0),
+    (r"\boxed{5}", "B", CHOICES, 1.0),  # option text for the reference letter
+    (r"\boxed{3}", "B", CHOICES, 0.0),
+    (r"\boxed{(B) 5}", "B", CHOICES, 1.0),
+    (r"\boxed{b}", "B", CHOICES, 1.0),  # lower case counts when options are listed
+    (r"\boxed{b}", "B", None, 0.0),  # ... and not otherwise (a variable)
+    (r"\boxed{B}", "b", CHOICES, 1.0),
+    (r"\boxed{b}", "b", None, 1.0),  # same string
+    (r"\boxed{B}", "b", None, 1.0),  # not letters here, but plain words ignore case
+    (r"\boxed{B}", "5", CHOICES, 1.0),  # reference given as option text, answer as letter
+    (r"\boxed{A}", "5", CHOICES, 0.0),
+    (r"\boxed{A}", "E", CHOICES, None),  # reference letter outside the options
+    # two boxed answers: the last one counts
+    (r"\boxed{3} wait, no: \boxed{4}", "4", None, 1.0),
+    (r"\boxed{4} wait, no: \boxed{3}", "4", None, 0.0),
+    # unbalanced braces: no answer
+    (r"\boxed{4", "4", None, 0.0),
+    (r"\boxed{4} hmm \boxed{5", "4", None, 0.0),
+    # numbers: tolerance, thousands separators, units, percent
+    (r"\boxed{1,000}", "1000", None, 1.0),
+    (r"\boxed{1{,}000}", "1000", None, 1.0),
+    (r"\boxed{50 cm}", "50", None, 1.0),
+    (r"\boxed{50\text{ cm}}", "50 cm", None, 1.0),
+    (r"\boxed{51 cm}", "50", None, 0.0),
+    (r"\boxed{30^\circ}", "30", None, 1.0),
+    (r"\boxed{50\%}", "0.5", None, 1.0),
+    (r"\boxed{50%}", "50", None, 1.0),
+    (r"\boxed{3.0000001}", "3", None, 1.0),  # |diff| / 3 = 3.3e-8 <= 1e-6
+    (r"\boxed{3.0001}", "3", None, 0.0),  # 3.3e-5 > 1e-6
+    (r"\boxed{ 4 }", "4", None, 1.0),  # word-level tokenizers put spaces inside
+    (r"\boxed{2 pi}", "2", None, 0.0),  # "pi" is not a unit
+    # plain words
+    (r"\boxed{Red  Circle}", "red circle", None, 1.0),
+    (r"\boxed{ab}", "ba", None, 0.0),  # words, not the product a*b
+    (r"\boxed{four}", "4", None, 0.0),
+    # no answer
+    ("The answer is 4.", "4", None, 0.0),
+    ("reasoning </think> 4", "4", None, 0.0),
+    (r"\boxed{}", "4", None, 0.0),
+    # </think>: the part after it first, then the whole completion
+    (r"\boxed{3} </think> so \boxed{4}", "4", None, 1.0),
+    (r"i get \boxed{4} </think> the answer is four", "4", None, 1.0),
+    # references in boxed / dollar form
+    (r"\boxed{4}", r"$\boxed{4}$", None, 1.0),
+    # references that cannot be parsed
+    (r"\boxed{4}", "", None, None),
+    (r"\boxed{4}", "   ", None, None),
+    (r"\boxed{4}", r"\frac{1}{", None, None),
+    (r"\boxed{4}", "???", None, None),
+    # no answer beats an unparsable reference only when the reference looks fine
+    ("no answer", "4", None, 0.0),
+]
+
+
+@pytest.mark.parametrize("completion,reference,choices,expected", CASES)
+def test_accuracy_cases(completion, reference, choices, expected):
+    assert accuracy_reward(completion, reference, choices=choices) == expected
+
+
+def test_unparsable_reference_is_none_even_without_answer():
+    """A broken reference cannot be scored, whatever the completion says."""
+    assert accuracy_reward("no answer here", r"\frac{1}{") is None
+
+
+def test_boxed_contents_nesting_and_escapes():
+    text = r"a \boxed{\frac{1}{2}} b \boxed{\boxed{3}} c \boxed{x\}y} d \boxed{oops"
+    assert boxed_contents(text) == [r"\frac{1}{2}", r"\boxed{3}", r"x\}y", None]
+    assert extract_answer(r"\boxed{1} and \boxed{2}") == "2"
+    assert extract_answer(r"\boxed{1} and \boxed{2") is None
+
+
+def test_clean_letters_and_numbers():
+    assert clean(r"$\text{(B)}.$") == "(B)"
+    assert clean(r"1{,}000\,\text{cm}") == "1,000 cm"
+    assert clean(r"1\,000") == "1000"
+    assert [
+        as_letter(s, allow_lower=False) for s in ["B", "(B)", "B.", "B)", "Option C", "(D) 7"]
+    ] == [1, 1, 1, 1, 2, 3]
+    assert as_letter("b", allow_lower=False) is None
+    assert as_letter("b", allow_lower=True) == 1
+    assert as_letter("A triangle", allow_lower=False) is None
+    assert as_number("1,234.5 km/h") == (1234.5, False)
+    assert as_number("12%") == (12.0, True)
+    assert as_number("3x") is None  # a one-letter suffix is a variable, not a unit
+    assert as_number("1,2,3") is None
+
+
+def test_accuracy_off_the_main_thread():
+    """math-verify's own timeout uses signal.alarm, which raises in threads; ours does not."""
+    out = {}
+
+    def work():
+        out["frac"] = accuracy_reward(r"\boxed{\frac{1}{2}}", "0.5")
+        out["eq"] = accuracy_reward(r"\boxed{x = 3}", "3")
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert out == {"frac": 1.0, "eq": 1.0}
+
+    pairs = [(r"\boxed{\frac{1}{2}}", "0.5", 1.0), (r"\boxed{\frac{2}{3}}", "0.5", 0.0)] * 3
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        got = list(ex.map(lambda p: accuracy_reward(p[0], p[1]), pairs))
+    assert got == [p[2] for p in pairs]
+
+
+@pytest.fixture
+def fresh_pool(monkeypatch):
+    """A private worker pool for the test (so it sees the test's sys.path), closed after."""
+    pool = to.WorkerPool(max_workers=1)
+    monkeypatch.setattr(to, "_DEFAULT_POOL", pool)
+    yield pool
+    pool.close()
+
+
+def test_slow_verifier_is_cut_and_scores_none(tmp_path, monkeypatch, fresh_pool):
+    """A verification that would run for a minute returns None (counted as a timeout)."""
+    (tmp_path / "slow_verifier_mod.py").write_text(
+        "import time\n\ndef verify(gold, pred):\n    time.sleep(60)\n    return True\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(acc, "MATH_VERIFY_TARGET", "slow_verifier_mod:verify")
+    before = acc.accuracy_stats()
+
+    result = {}
+    t = threading.Thread(
+        target=lambda: result.setdefault("r", accuracy_reward(r"\boxed{x+1}", "1+x", timeout=0.5))
+    )
+    t.start()
+    t.join(timeout=50)
+    assert not t.is_alive()
+    assert result == {"r": None}
+    after = acc.accuracy_stats()
+    assert after["timeouts"] == before["timeouts"] + 1
+    assert fresh_pool.timeouts == 1
+    # Plain numbers never reach the worker, so they still score while the verifier is broken.
+    assert accuracy_reward(r"\boxed{4}", "4", timeout=0.5) == 1.0
+
+
+def test_pool_recovers_after_timeout_and_reports_errors(fresh_pool):
+    with pytest.raises(to.CallTimeout):
+        fresh_pool.call("time:sleep", (60,), timeout=0.3)
+    assert fresh_pool.call("math:sqrt", (16.0,), timeout=30) == 4.0  # a fresh worker
+    with pytest.raises(to.WorkerError, match="math domain error"):
+        fresh_pool.call("math:sqrt", (-1.0,), timeout=30)
+    assert fresh_pool.call("math:hypot", (3.0, 4.0), timeout=30) == 5.0  # same worker, still up
+    assert fresh_pool.timeouts == 1
+
+
+def test_worker_error_scores_none(monkeypatch, fresh_pool):
+    monkeypatch.setattr(acc, "MATH_VERIFY_TARGET", "math:no_such_function")
+    before = acc.accuracy_stats()["worker_errors"]
+    assert accuracy_reward(r"\boxed{x+1}", "1+x") is None
+    assert acc.accuracy_stats()["worker_errors"] == before + 1
