@@ -14,6 +14,8 @@ import argparse
 import dataclasses
 import importlib
 import sys
+import types
+import typing
 from collections.abc import Sequence
 
 from r1v2 import __version__
@@ -33,6 +35,45 @@ class Command:
 
 COMMANDS: list[Command] = [
     # Each entry is a command that does the real thing; keep this list sorted by name.
+    Command(
+        name="assemble",
+        help="Join a vision encoder, a fresh MLP adapter and an LLM into one checkpoint",
+        config="r1v2.model.assemble:AssembleConfig",
+        run="r1v2.model.assemble:run",
+        description=(
+            "Modular reassembly: --vision DIR (InternViT-style encoder) + a freshly initialised "
+            "adapter (pixel shuffle, LayerNorm, Linear, GELU, Linear) + --llm DIR (causal LM with "
+            "its tokenizer) -> --out DIR, an InternVLForConditionalGeneration checkpoint with its "
+            "processor and a chat template that opens <think>. Vision and LLM weights are copied "
+            "bit for bit."
+        ),
+    ),
+    Command(
+        name="data check",
+        help="Validate sample files (JSONL/parquet): counts by kind, image stats, every problem",
+        config="r1v2.data.check:DataCheckConfig",
+        run="r1v2.data.check:run_data_check",
+        positional="paths",
+    ),
+    Command(
+        name="eval",
+        help="Evaluate a checkpoint or a responses file on benchmarks: Pass@1 over k runs, reports",
+        config="r1v2.eval.command:EvalConfig",
+        run="r1v2.eval.command:run_eval",
+        description=(
+            "Evaluate on local benchmark copies (--bench NAME=PATH, repeatable): generate k sampled "
+            "responses per question with --model DIR (cached, resumable), or score another "
+            "system's --responses FILE; rules plus an optional LLM judge; writes results.json, "
+            "results.md and results.png to --out."
+        ),
+    ),
+    Command(
+        name="eval compare",
+        help="Print two evaluation results (results.json) side by side",
+        config="r1v2.eval.command:EvalCompareConfig",
+        run="r1v2.eval.command:run_compare",
+        positional="paths",
+    ),
 ]
 
 
@@ -70,16 +111,42 @@ def _command_parser(cmd: Command, config_cls: type) -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
     group = parser.add_argument_group("config (also settable as key=value or in CONFIG.yaml)")
-    for key, (_tp, help_text, default) in leaf_fields(config_cls).items():
+    for key, (tp, help_text, default) in leaf_fields(config_cls).items():
         shown = "required" if default is dataclasses.MISSING else f"default: {default!r}"
+        # `--max-new-tokens` works as well as `--max_new_tokens`; a list field's flag repeats.
+        dashed = [f"--{key.replace('_', '-')}"] if "_" in key else []
+        repeat = _is_list(tp)
         group.add_argument(
             f"--{key}",
+            *dashed,
             dest=f"cfg:{key}",
             metavar="VALUE",
             default=argparse.SUPPRESS,
-            help=f"{help_text} ({shown})".replace("%", "%%"),
+            action="append" if repeat else "store",
+            help=f"{help_text} ({shown}{'; repeatable' if repeat else ''})".replace("%", "%%"),
         )
     return parser
+
+
+def _is_list(tp) -> bool:
+    """A ``list[...]`` field, or an optional one (``list[str] | None``)."""
+    if tp is list or typing.get_origin(tp) is list:
+        return True
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and any(
+        _is_list(a) for a in typing.get_args(tp)
+    )
+
+
+def _flag_item(key: str, value):
+    """One ``--key value`` as an override; a list field's repeated flags collect into one list
+    (a value that is itself a YAML list, ``--tags [a, b]``, is spliced in)."""
+    if not isinstance(value, list):
+        return parse_override(f"{key}={value}")
+    items: list = []
+    for v in value:
+        parsed = parse_override(f"{key}={v}")[1]
+        items.extend(parsed if isinstance(parsed, list) else [parsed])
+    return key, items
 
 
 def _match(argv: Sequence[str]) -> tuple[Command | None, list[str]]:
@@ -123,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_file, overrides, positional = _split_args(ns.args, cmd)
         flags = [(k[4:], v) for k, v in vars(ns).items() if k.startswith("cfg:")]
         items: list = list(overrides)
-        items += [parse_override(f"{k}={v}") for k, v in flags]
+        items += [_flag_item(k, v) for k, v in flags]
         if positional:
             field_type = leaf_fields(config_cls)[cmd.positional][0]
             value = positional if "list" in str(field_type).lower() else positional[0]
