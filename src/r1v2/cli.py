@@ -56,6 +56,17 @@ COMMANDS: list[Command] = [
         positional="paths",
     ),
     Command(
+        name="data synth",
+        help="Write the synthetic visual-reasoning task (grid scenes, levels 1-3) as JSONL + PNGs",
+        config="r1v2.data.synthetic.command:SynthConfig",
+        run="r1v2.data.synthetic.command:run_synth",
+        description=(
+            "Draw --n grid scenes with questions of 1-3 reasoning steps (count one group; sum, "
+            "difference or comparison of two; arithmetic over three), their answers and reference "
+            "traces, into --out/samples.jsonl and --out/images/. Same --seed, same bytes."
+        ),
+    ),
+    Command(
         name="eval",
         help="Evaluate a checkpoint or a responses file on benchmarks: Pass@1 over k runs, reports",
         config="r1v2.eval.command:EvalConfig",
@@ -74,6 +85,31 @@ COMMANDS: list[Command] = [
         run="r1v2.eval.command:run_compare",
         positional="paths",
     ),
+    Command(
+        name="export",
+        help="Write a training checkpoint as an ordinary transformers checkpoint for inference",
+        config="r1v2.train.export:ExportConfig",
+        run="r1v2.train.export:run",
+    ),
+    Command(
+        name="grpo",
+        help="Train with GRPO: hybrid reward, group advantages, the Selective Sample Buffer",
+        config="r1v2.train.grpo:GRPOConfig",
+        run="r1v2.train.grpo:run",
+        description=(
+            "GRPO (R1V2 stage two): G rollouts per prompt, hybrid reward (accuracy + reward model "
+            "+ format), group-normalised advantages, the Selective Sample Buffer replaying "
+            "high-|A| samples into zero-advantage slots, clipped policy updates with a KL term. "
+            "Checkpoints every save_steps; resume=auto continues the newest one. Multi-process: "
+            "accelerate launch --num_processes K -m r1v2 grpo ..."
+        ),
+    ),
+    Command(
+        name="prefilter",
+        help="Drop prompts whose k rollouts all get the same reward (offline filtering for GRPO)",
+        config="r1v2.train.prefilter:PrefilterConfig",
+        run="r1v2.train.prefilter:run",
+    ),
 ]
 
 
@@ -91,7 +127,9 @@ def _top_parser() -> argparse.ArgumentParser:
             "Train multimodal reasoning models the Skywork R1V2 way: modular reassembly, "
             "Mixed Preference Optimization, GRPO with the Selective Sample Buffer, evaluation."
         ),
-        epilog="commands:\n" + "\n".join(lines) + "\n\nRun `r1v2 COMMAND --help` for a command's options.",
+        epilog="commands:\n"
+        + "\n".join(lines)
+        + "\n\nRun `r1v2 COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"r1v2 {__version__}")
     parser.add_argument("command", nargs="*", help="the command to run (see below)")

@@ -296,19 +296,22 @@ class Policy:
             texts=texts,
         )
 
-    def prompt_embeds(self, batch: PromptBatch) -> torch.Tensor:
+    def prompt_embeds(
+        self, batch: PromptBatch, model: torch.nn.Module | None = None
+    ) -> torch.Tensor:
         """``[P, Tp, H]`` token embeddings with each prompt's image features merged in.
 
         Runs the vision encoder and adapter once over all images of the batch. Gradients reach
         whichever of them has trainable parameters; a frozen encoder records no graph.
         """
+        model = model if model is not None else self.model
         device = self.device
         input_ids = batch.input_ids.to(device)
-        embeds = self.model.get_input_embeddings()(input_ids)  # [P, Tp, H]
+        embeds = model.get_input_embeddings()(input_ids)  # [P, Tp, H]
         if batch.pixel_values is None:
             return embeds
         pixels = batch.pixel_values.to(device=device, dtype=embeds.dtype)
-        features = self.model.get_image_features(pixel_values=pixels, return_dict=True)
+        features = model.get_image_features(pixel_values=pixels, return_dict=True)
         features = features.pooler_output  # [I, image_seq_length, H]
         slots = input_ids == self.image_token_id  # [P, Tp]
         if int(slots.sum()) != features.shape[0] * features.shape[1]:
@@ -383,8 +386,10 @@ class Policy:
         completion_mask: torch.Tensor,
         *,
         group_size: int = 1,
+        prompt_index: torch.Tensor | None = None,
         micro_batch_size: int | None = None,
         temperature: float = 1.0,
+        model: torch.nn.Module | None = None,
     ) -> torch.Tensor:
         """Per-token log-probs ``[N, Tc]`` (float32) of completions given their prompts.
 
@@ -395,33 +400,45 @@ class Policy:
         trainable parameter (the shared image features included). Vision features are computed
         once per prompt for the whole call; the language model runs in micro-batches of
         ``micro_batch_size`` sequences (None: all at once).
+
+        ``prompt_index`` (``[N]`` ints) maps each completion to its prompt instead of
+        ``group_size`` (batches mixing fresh and replayed samples). ``model`` scores with another
+        model of the same architecture (e.g. the frozen reference) and this policy's processor.
         """
         n = completion_ids.shape[0]
-        if n != len(prompts) * group_size:
-            raise R1V2Error(f"{n} completions for {len(prompts)} prompts x group size {group_size}")
         device = self.device
-        embeds = self.prompt_embeds(prompts)  # [P, Tp, H]
+        if prompt_index is None:
+            if n != len(prompts) * group_size:
+                raise R1V2Error(
+                    f"{n} completions for {len(prompts)} prompts x group size {group_size}"
+                )
+            prompt_index = torch.arange(len(prompts)).repeat_interleave(group_size)  # [N]
+        elif prompt_index.shape != (n,) or int(prompt_index.max()) >= len(prompts):
+            raise R1V2Error(f"prompt_index must be [{n}] indices into {len(prompts)} prompts")
+        model = model if model is not None else self.model
+        prompt_index = prompt_index.to(device)
+        embeds = self.prompt_embeds(prompts, model=model)  # [P, Tp, H]
         prompt_mask = prompts.attention_mask.to(device)  # [P, Tp]
         ids = completion_ids.to(device)
         cmask = completion_mask.to(device).bool()
         out = []
         for sl in iter_chunks(n, micro_batch_size):
-            rows = torch.arange(sl.start, sl.stop, device=device) // group_size  # [n_c]
+            rows = prompt_index[sl]  # [n_c]
             out.append(
-                self._score(embeds[rows], prompt_mask[rows], ids[sl], cmask[sl], temperature)
+                self._score(model, embeds[rows], prompt_mask[rows], ids[sl], cmask[sl], temperature)
             )
         return torch.cat(out, dim=0)  # [N, Tc]
 
-    def _score(self, prompt_embeds, prompt_mask, ids, cmask, temperature: float):
+    def _score(self, model, prompt_embeds, prompt_mask, ids, cmask, temperature: float):
         """Log-probs ``[B, Tc]`` for one micro-batch."""
         tc = ids.shape[1]
         if tc == 0:
             return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        completion_embeds = self.model.get_input_embeddings()(ids)  # [B, Tc, H]
+        completion_embeds = model.get_input_embeddings()(ids)  # [B, Tc, H]
         embeds = torch.cat([prompt_embeds, completion_embeds.to(prompt_embeds.dtype)], dim=1)
         mask = torch.cat([prompt_mask, cmask], dim=1)  # [B, Tp + Tc]
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
-        out = self.model(
+        out = model(
             inputs_embeds=embeds,
             attention_mask=mask.long(),
             position_ids=position_ids,

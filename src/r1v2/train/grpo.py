@@ -1,0 +1,494 @@
+"""GRPO with the hybrid reward and the Selective Sample Buffer (RECIPE sections 3-4).
+
+One step, top to bottom (:func:`train`):
+
+    prompts -> G rollouts each -> hybrid reward -> group advantages -> SSB replay
+        -> mu policy-update iterations -> metrics -> checkpoint
+
+Several processes (``accelerate launch --num_processes K -m r1v2 grpo ...``) split each
+step's prompts into K equal contiguous shards; each process rolls out and scores its shard,
+and the gradients are averaged across processes before every optimizer step, so K processes
+take the same step as one process holding all prompts.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from r1v2.algos.grpo import group_advantages, group_stats, loss_normalizer, policy_loss
+from r1v2.algos.ssb import SelectiveSampleBuffer, replay
+from r1v2.config import option, to_dict
+from r1v2.errors import R1V2Error
+from r1v2.model.policy import SamplingConfig
+from r1v2.rewards.hybrid import HybridRewardConfig
+from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1v2.train.metrics import MetricsLogger
+from r1v2.train.sampler import PromptSampler
+
+
+@dataclass
+class SSBConfig:
+    """The Selective Sample Buffer (RECIPE section 4)."""
+
+    enabled: bool = option(True, "replay buffered high-|A| samples into zero-advantage slots")
+    capacity: int = option(1024, "most samples the buffer keeps (oldest evicted first)")
+    alpha: float = option(1.0, "draw probability proportional to |A|^alpha")
+    max_age: int | None = option(
+        50, "drop buffered samples older than this many steps (null: never)"
+    )
+    target_ratio: float = option(0.6, "replay until this share of the batch has |A| > eps")
+    eps: float = option(1e-6, "advantages with |A| <= eps count as zero")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = option(1e-4, "peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas")
+    schedule: Literal["constant", "linear", "cosine"] = option(
+        "constant", "learning-rate schedule after warmup"
+    )
+    warmup_steps: int = option(0, "linear warmup steps")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+
+
+@dataclass
+class GRPOConfig:
+    """``r1v2 grpo``: GRPO with the hybrid reward and the Selective Sample Buffer."""
+
+    model: str = option("runs/toy/vlm", "policy checkpoint (an assembled VLM or a causal LM)")
+    data: str = option("runs/toy/data/train", "prompt pool: Sample JSONL/parquet file or folder")
+    output_dir: str = option("runs/grpo", "where checkpoints, metrics.jsonl and logs go")
+    max_steps: int = option(60, "optimizer steps to train (each on one batch of rollouts)")
+    save_steps: int = option(20, "write a checkpoint every this many steps (and at the end)")
+    keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
+    resume: str = option(
+        "auto",
+        "auto: continue from the newest checkpoint in output_dir; "
+        "never: start fresh; or a checkpoint path",
+    )
+    seed: int = option(0, "seed of the prompt order, the rollouts and the buffer")
+    device: str = option("auto", "auto (CUDA when available), cpu or cuda")
+    dtype: str = option("float32", "model dtype: float32, bfloat16 or float16")
+
+    prompts_per_step: int = option(8, "prompts per step (over all processes)")
+    group_size: int = option(8, "G: completions sampled per prompt")
+    prompts_per_generate: int | None = option(
+        None,
+        "prompts per generate call (null: the whole shard); rollouts are seeded per call, "
+        "so equal values give equal rollouts whatever the number of processes",
+    )
+    generation: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=128),
+        metadata={"help": "sampling of rollouts"},
+    )
+
+    trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
+        "adapter", "parts that train (paper: adapter-only is best)"
+    )
+    ppo_epochs: int = option(1, "mu: policy-update iterations per batch of rollouts")
+    micro_batch_size: int = option(16, "sequences per forward/backward (gradient accumulation)")
+    clip_low: float = option(0.2, "epsilon_low of the clipped ratio")
+    clip_high: float = option(0.2, "epsilon_high of the clipped ratio")
+    kl_coef: float = option(0.001, "beta: weight of KL(pi_theta || pi_ref); 0 skips the reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = option("k3", "KL estimator")
+    aggregation: Literal["seq-mean-token-mean", "token-mean"] = option(
+        "seq-mean-token-mean", "loss aggregation (eq. 8 is seq-mean-token-mean)"
+    )
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
+    reward: HybridRewardConfig = field(
+        default_factory=HybridRewardConfig, metadata={"help": "hybrid reward"}
+    )
+    ssb: SSBConfig = field(default_factory=SSBConfig, metadata={"help": "Selective Sample Buffer"})
+
+    probe_data: str | None = option(
+        None, "samples with a scene in metadata for the hallucination probe (null: none)"
+    )
+    probe_every: int = option(10, "run the probe every this many steps (and at the end)")
+    probe_size: int = option(64, "probe samples (greedy decoding)")
+    nan_patience: int = option(3, "abort after this many non-finite losses in a row")
+    tensorboard: bool = option(True, "also log to output_dir/tensorboard when installed")
+    wandb_project: str | None = option(None, "also log to this W&B project")
+    progress: bool = option(True, "show a live progress display")
+
+    def validate(self) -> None:
+        self.generation.validate()
+        if self.group_size < 2:
+            raise R1V2Error("config field 'group_size' must be >= 2 (advantages compare a group)")
+        for name in (
+            "max_steps",
+            "save_steps",
+            "prompts_per_step",
+            "micro_batch_size",
+            "ppo_epochs",
+        ):
+            if getattr(self, name) < 1:
+                raise R1V2Error(f"config field '{name}' must be >= 1")
+
+
+@dataclass
+class Trajectory:
+    """One completion of one prompt: what the update and the buffer need."""
+
+    item: Any  # the prompt's Sample
+    completion: torch.Tensor  # [Tc] ids, unpadded (EOS included when it was produced)
+
+
+# ---- pieces of one step ----------------------------------------------------------------------
+
+
+def rollout_seed(seed: int, step: int, first_prompt: int) -> int:
+    """Seed of one generate call: a function of the global position only, not of the process."""
+    return (seed * 1_000_003 + step) * 1_000_003 + first_prompt
+
+
+def generate_shard(policy, items, cfg: GRPOConfig, step: int, offset: int):
+    """G completions for each item: (texts, unpadded completion ids), group-major."""
+    chunk = cfg.prompts_per_generate or len(items)
+    texts, ids = [], []
+    for start in range(0, len(items), chunk):
+        torch.manual_seed(rollout_seed(cfg.seed, step, offset + start))
+        out = policy.generate(
+            items[start : start + chunk], cfg.generation, group_size=cfg.group_size
+        )
+        texts += out.texts
+        ids += [row[m] for row, m in zip(out.completion_ids, out.completion_mask)]
+    return texts, ids
+
+
+def collate(policy, trajectories: list[Trajectory]):
+    """Prompt batch of the distinct prompts, ``prompt_index [N]``, padded ids and mask ``[N, T]``."""
+    keys: dict[str, int] = {}  # by sample id: replayed samples may be copies (after resume)
+    items = []
+    for t in trajectories:
+        if t.item.id not in keys:
+            keys[t.item.id] = len(items)
+            items.append(t.item)
+    index = torch.tensor([keys[t.item.id] for t in trajectories])  # [N]
+    width = max(1, max(len(t.completion) for t in trajectories))
+    ids = torch.full((len(trajectories), width), policy.pad_id, dtype=torch.long)  # [N, T]
+    mask = torch.zeros((len(trajectories), width), dtype=torch.bool)  # [N, T]
+    for i, t in enumerate(trajectories):
+        ids[i, : len(t.completion)] = t.completion
+        mask[i, : len(t.completion)] = True
+    return policy.encode(items), index, ids, mask
+
+
+def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None:
+    """Mean of every gradient over processes (one all-reduce of the flattened gradients)."""
+    if world_size == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def policy_update(
+    policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world_size
+):
+    """mu iterations of the clipped surrogate over the batch; returns metrics and whether it stepped.
+
+    ``old_logps`` are the current policy's log-probs before the first iteration, for fresh and
+    replayed samples alike (so a replayed sample's ratio starts at 1).
+    """
+    prompts, index, ids, mask = batch
+    n = ids.shape[0]
+    with torch.no_grad():
+        old = policy.logprobs(
+            prompts, ids, mask, prompt_index=index, micro_batch_size=cfg.micro_batch_size
+        )
+        ref = None
+        if ref_model is not None:
+            ref = policy.logprobs(
+                prompts,
+                ids,
+                mask,
+                prompt_index=index,
+                micro_batch_size=cfg.micro_batch_size,
+                model=ref_model,
+            )
+    normalizer = loss_normalizer(mask, cfg.aggregation)
+    sums: dict[str, float] = {}
+    stepped = True
+    for _ in range(cfg.ppo_epochs):
+        optimizer.zero_grad(set_to_none=True)
+        loss_total = 0.0
+        for start in range(0, n, cfg.micro_batch_size):
+            sl = slice(start, min(start + cfg.micro_batch_size, n))
+            logps = policy.logprobs(prompts, ids[sl], mask[sl], prompt_index=index[sl])  # [b, T]
+            loss, m = policy_loss(
+                logps,
+                old[sl].to(logps.device),
+                advantages[sl].to(logps.device),
+                mask[sl].to(logps.device),
+                clip_low=cfg.clip_low,
+                clip_high=cfg.clip_high,
+                ref_logps=None if ref is None else ref[sl].to(logps.device),
+                kl_coef=cfg.kl_coef,
+                kl_estimator=cfg.kl_estimator,
+                aggregation=cfg.aggregation,
+                normalizer=normalizer,
+            )
+            loss.backward()
+            loss_total += float(loss.detach())
+            w = (sl.stop - sl.start) / n
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + w * float(v) / cfg.ppo_epochs
+        average_gradients(params, world_size)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
+        if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            stepped = False
+            sums["loss"] = loss_total
+            break
+        optimizer.step()
+        sums["loss"] = sums.get("loss", 0.0) + loss_total / cfg.ppo_epochs
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) / cfg.ppo_epochs
+    if stepped:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, stepped
+
+
+def probe(policy, probe_items, cfg: GRPOConfig) -> dict[str, float]:
+    """Greedy answers on the probe set: accuracy and hallucination rate (synthetic checker)."""
+    from r1v2.data.synthetic import hallucination_rate
+    from r1v2.rewards import accuracy_reward
+
+    greedy = dataclasses.replace(cfg.generation, do_sample=False)
+    texts = []
+    for start in range(0, len(probe_items), 32):
+        texts += policy.generate(probe_items[start : start + 32], greedy).texts
+    correct = [
+        accuracy_reward(t, s.answer, choices=s.choices) or 0.0 for t, s in zip(texts, probe_items)
+    ]
+    scenes = [s.metadata["scene"] for s in probe_items]
+    return {
+        "probe_accuracy": sum(correct) / len(correct),
+        "hallucination_rate": hallucination_rate(texts, scenes),
+    }
+
+
+# ---- the loop --------------------------------------------------------------------------------
+
+
+def train(cfg: GRPOConfig) -> Path:
+    """Run GRPO as configured; returns the output folder."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from r1v2.data.loaders import load_samples
+    from r1v2.model.freeze import set_trainable
+    from r1v2.model.policy import Policy, format_question
+    from r1v2.rewards.hybrid import HybridReward
+    from r1v2.train.progress import StepProgress
+
+    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.prompts_per_step % world:
+        raise R1V2Error(f"prompts_per_step={cfg.prompts_per_step} must divide by {world} processes")
+    out = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+
+    pool = load_samples(cfg.data).samples
+    if not pool:
+        raise R1V2Error(f"{cfg.data}: no samples to train on")
+    probe_items = load_samples(cfg.probe_data).samples[: cfg.probe_size] if cfg.probe_data else []
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        cfg.dtype
+    ]
+    policy = Policy.from_pretrained(cfg.model, dtype=dtype, device=accelerator.device)
+    report = set_trainable(policy.model, cfg.trainable)
+    ref_model = (
+        copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
+    )
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+    )
+    scheduler = get_scheduler(
+        cfg.optim.schedule,
+        optimizer,
+        num_warmup_steps=cfg.optim.warmup_steps,
+        num_training_steps=cfg.max_steps,
+    )
+    reward_fn = HybridReward.from_config(
+        cfg.reward, question_fn=lambda s: format_question(s.question, s.choices)
+    )
+    buffer = SelectiveSampleBuffer(
+        cfg.ssb.capacity, cfg.ssb.alpha, cfg.ssb.max_age, cfg.ssb.eps, seed=cfg.seed + rank
+    )
+    sampler = PromptSampler(len(pool), seed=cfg.seed)
+
+    step, nan_streak, nan_total = 0, 0, 0
+    ckpt = _resume_path(cfg, out)
+    if ckpt is not None:
+        state, _ = load_checkpoint(ckpt, policy.model, rank=rank)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        sampler.load_state_dict(state["sampler"])
+        buffer.load_state_dict(state["buffers"][rank])
+        step, nan_total = state["step"], state["nan_total"]
+    logger = (
+        MetricsLogger(
+            out,
+            resume_step=step,
+            tensorboard=cfg.tensorboard and rank == 0,
+            wandb_project=cfg.wandb_project if rank == 0 else None,
+            run_config=to_dict(cfg),
+        )
+        if rank == 0
+        else None
+    )
+    if rank == 0:
+        print(f"{report}\nstarting at step {step} of {cfg.max_steps}; output: {out}")
+
+    def checkpoint(at: int) -> None:
+        buffers = _gather_objects(buffer.state_dict(), world)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "sampler": sampler.state_dict(),
+            "buffers": buffers,
+            "step": at,
+            "nan_total": nan_total,
+            "config": to_dict(cfg),
+        }
+        save_checkpoint(
+            out,
+            at,
+            model=policy.model,
+            trainer_state=state,
+            keep_last=cfg.keep_last,
+            meta={"model": str(cfg.model), "trainable": cfg.trainable},
+            rank=rank,
+            world_size=world,
+            barrier=accelerator.wait_for_everyone,
+        )
+
+    shard = cfg.prompts_per_step // world
+    progress = StepProgress(cfg.max_steps, start=step, enabled=cfg.progress and rank == 0)
+    while step < cfg.max_steps:
+        step += 1
+        t0 = time.perf_counter()
+        # 1. prompts: this process's contiguous shard of the step's prompts
+        indices = sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
+        items = [pool[i] for i in indices]
+        # 2. G rollouts per prompt
+        policy.model.eval()
+        texts, completions = generate_shard(policy, items, cfg, step, rank * shard)
+        per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
+        # 3. hybrid reward, 4. group advantages
+        rewards = reward_fn(texts, per_sample)
+        advantages = group_advantages(rewards.total, cfg.group_size, eps=cfg.ssb.eps)  # [N]
+        stats = group_stats(rewards.total, cfg.group_size, eps=cfg.ssb.eps)
+        trajectories = [Trajectory(s, c) for s, c in zip(per_sample, completions)]
+        # 5. Selective Sample Buffer: replay into zero-advantage slots, store effective samples
+        replay_stats = {
+            "effective_ratio_before": stats["effective_ratio"],
+            "effective_ratio_after": stats["effective_ratio"],
+            "replayed": 0.0,
+        }
+        if cfg.ssb.enabled:
+            rb = replay(trajectories, advantages, buffer, cfg.ssb.target_ratio, step=step)
+            trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
+        # 6. mu policy-update iterations
+        policy.model.train()
+        batch = collate(policy, trajectories)
+        update, stepped = policy_update(
+            policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world
+        )
+        nan_streak = 0 if stepped else nan_streak + 1
+        nan_total += 0 if stepped else 1
+        # 7. metrics
+        metrics = {
+            "reward_mean": stats["reward_mean"],
+            **{k.replace("reward/", "reward_"): v for k, v in rewards.metrics().items()},
+            "effective_ratio": replay_stats["effective_ratio_after"],
+            "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
+            "zero_std_group_fraction": stats["zero_variance_frac"],
+            "kl": update.get("kl", 0.0),
+            "approx_kl": update.get("approx_kl", 0.0),
+            "clip_fraction": update.get("clip_frac", 0.0),
+            "response_length_mean": sum(len(c) for c in completions) / len(completions),
+            "ssb_size": float(len(buffer)),
+            "replayed": replay_stats["replayed"],
+            "loss": update.get("loss", math.nan),
+            "grad_norm": update.get("grad_norm", math.nan),
+            "lr": scheduler.get_last_lr()[0],
+            "skipped_steps": float(nan_total),
+            "rollouts": float(len(completions)),
+            "step_seconds": time.perf_counter() - t0,
+        }
+        metrics = _mean_over_processes(metrics, accelerator)
+        if probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
+            policy.model.eval()
+            metrics.update(probe(policy, probe_items, cfg))
+        if rank == 0:
+            logger.log(step, metrics)
+            progress.update(step, metrics)
+        if nan_streak >= cfg.nan_patience:
+            last = latest_checkpoint(out)
+            raise R1V2Error(
+                f"{nan_streak} non-finite losses in a row (step {step}); stopping. "
+                f"Last good checkpoint: {last or 'none'}. Lower optim.lr or check the data."
+            )
+        if stepped and (step % cfg.save_steps == 0 or step == cfg.max_steps):
+            checkpoint(step)  # never after a skipped step: the last checkpoint stays a good one
+    progress.close()
+    if logger is not None:
+        logger.close()
+    return out
+
+
+def _resume_path(cfg: GRPOConfig, out: Path) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return latest_checkpoint(out)
+    path = Path(cfg.resume)
+    if not (path / "meta.json").is_file():
+        raise R1V2Error(f"resume={cfg.resume}: not a checkpoint folder (no meta.json)")
+    return path
+
+
+def _gather_objects(obj: Any, world: int) -> list[Any]:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
+    return dict(zip(keys, values.tolist()))
+
+
+def run(cfg: GRPOConfig) -> int:
+    train(cfg)
+    return 0

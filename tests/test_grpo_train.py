@@ -1,0 +1,192 @@
+"""The GRPO trainer end to end on a tiny random VLM and synthetic prompts."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import r1v2.train.grpo as grpo_mod
+from r1v2.config import resolve
+from r1v2.data.synthetic import generate, vocabulary
+from r1v2.errors import R1V2Error
+from r1v2.model.assemble import assemble
+from r1v2.model.tiny import tiny_llm, tiny_vision
+from r1v2.train.grpo import GRPOConfig, train
+from r1v2.train.metrics import read_metrics
+
+REQUIRED = [
+    "step", "reward_mean", "reward_accuracy", "reward_format", "effective_ratio",
+    "effective_ratio_before_replay", "zero_std_group_fraction", "kl", "clip_fraction",
+    "response_length_mean", "ssb_size", "replayed", "loss",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grpo")
+    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
+    llm = tiny_llm(vocabulary(), root / "llm")
+    assemble(vision, llm, root / "vlm", verbose=False)
+    generate(24, 0, root / "data")
+    return root
+
+
+def _args(world, out, *extra):
+    return [
+        f"model={world / 'vlm'}", f"data={world / 'data'}", f"output_dir={out}",
+        "max_steps=3", "save_steps=2", "prompts_per_step=4", "group_size=4",
+        "generation.max_new_tokens=12", "progress=false", "tensorboard=false",
+        "prompts_per_generate=2", *extra,
+    ]  # fmt: skip
+
+
+def _weights(out, step):
+    return load_file(str(Path(out) / f"checkpoint-{step:08d}" / "trainable.safetensors"))
+
+
+def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
+    out = tmp_path / "run"
+    train(resolve(GRPOConfig, None, _args(world, out, f"probe_data={world / 'data'}",
+                                          "probe_every=2", "probe_size=4")))  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
+        assert r["rollouts"] == 16.0
+    assert "hallucination_rate" in rows[1] and "hallucination_rate" in rows[2]
+    assert "hallucination_rate" not in rows[0]
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == [
+        "checkpoint-00000002", "checkpoint-00000003",
+    ]  # fmt: skip
+    before = load_file(str(world / "vlm" / "model.safetensors"))
+    after = _weights(out, 3)
+    adapter = {k for k in before if "multi_modal_projector" in k}
+    assert {k.removeprefix("model.") for k in after} == adapter  # adapter-only training
+    assert any(not torch.equal(v, before[k.removeprefix("model.")]) for k, v in after.items())
+
+
+def test_ssb_on_and_off(world, tmp_path):
+    on = tmp_path / "on"
+    off = tmp_path / "off"
+    train(resolve(GRPOConfig, None, _args(world, on, "max_steps=4")))
+    train(resolve(GRPOConfig, None, _args(world, off, "max_steps=4", "ssb.enabled=false")))
+    r_on, r_off = read_metrics(on / "metrics.jsonl"), read_metrics(off / "metrics.jsonl")
+    # Step 1 is the same in both runs (same seed, empty buffer): nothing to replay yet.
+    assert r_on[0]["effective_ratio_before_replay"] == r_off[0]["effective_ratio_before_replay"]
+    assert r_on[0]["replayed"] == 0
+    for r in r_off:
+        assert r["replayed"] == 0 and r["ssb_size"] == 0
+        assert r["effective_ratio"] == r["effective_ratio_before_replay"]
+    for prev, r in zip(r_on, r_on[1:]):
+        assert r["effective_ratio"] >= r["effective_ratio_before_replay"]
+        # ssb_size is logged after the step's own samples are added, i.e. before the next replay
+        if r["effective_ratio_before_replay"] < 0.6 and prev["ssb_size"] > 0:
+            assert r["replayed"] > 0  # a non-empty buffer fills zero-advantage slots
+    assert sum(r["replayed"] for r in r_on) > 0
+    assert r_on[-1]["ssb_size"] > 0
+
+
+def test_nan_loss_skips_then_aborts_keeping_last_checkpoint(world, tmp_path, monkeypatch):
+    real = grpo_mod.policy_loss
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        loss, metrics = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 1 else loss), metrics
+
+    monkeypatch.setattr(grpo_mod, "policy_loss", flaky)
+    out = tmp_path / "nan"
+    with pytest.raises(R1V2Error, match=r"2 non-finite losses in a row .*checkpoint-00000001"):
+        train(resolve(GRPOConfig, None, _args(world, out, "save_steps=1", "max_steps=5",
+                                              "nan_patience=2", "micro_batch_size=16")))  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["skipped_steps"] for r in rows] == [0.0, 1.0, 2.0]
+    # Skipped steps leave the weights as the last good step left them.
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-00000001"]
+
+
+def test_raising_reward_component_is_counted(world, tmp_path, monkeypatch):
+    import r1v2.rewards.hybrid as hybrid
+
+    def broken(completion):
+        raise RuntimeError("format checker broke")
+
+    monkeypatch.setattr(hybrid, "format_reward", broken)
+    out = tmp_path / "broken"
+    train(resolve(GRPOConfig, None, _args(world, out, "max_steps=1")))
+    row = read_metrics(out / "metrics.jsonl")[0]
+    assert row["reward_format_errors"] == 16.0 and row["reward_total_none"] == 16.0
+
+
+def _cli(world, out, *extra, launcher=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [*launcher, "-m", "r1v2", "grpo", *_args(world, out, *extra)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
+    """Bitwise on the CPU: the killed-and-resumed run ends with the uninterrupted run's weights."""
+    extra = ("max_steps=8", "save_steps=2", "generation.max_new_tokens=24")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert _cli(world, full, *extra, launcher=(sys.executable,)).wait() == 0
+    proc = _cli(world, cut, *extra, launcher=(sys.executable,))
+    deadline = time.time() + 120
+    while not (cut / "checkpoint-00000002" / "meta.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "checkpoint-00000008").exists(), "the run finished before it was killed"
+    resumed = _cli(world, cut, *extra, launcher=(sys.executable,))
+    log = resumed.communicate()[0].decode()
+    assert resumed.returncode == 0, log
+    assert "starting at step 0 " not in log
+    a, b = _weights(full, 8), _weights(cut, 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_metrics(cut / "metrics.jsonl")]
+    assert steps == list(range(1, 9))  # the log reads like one uninterrupted run
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+def test_two_processes_equal_one_process_with_accumulation(world, tmp_path):
+    """2 processes x 8 sequences == 1 process x 16 sequences in 2 micro-batches of 8.
+
+    Tolerance: 1e-7 absolute on the adapter weights, whose updates here are ~1e-4 per step
+    (only the float summation order differs: per-process padding and the gradient all-reduce).
+    """
+    common = ("ssb.enabled=false", "micro_batch_size=8", "kl_coef=0.01")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _cli(world, one, *common, launcher=(sys.executable,)).wait() == 0
+    launcher = (shutil.which("accelerate"), "launch", "--cpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+    proc = _cli(world, two, *common, launcher=launcher)
+    log = proc.communicate()[0].decode()
+    assert proc.returncode == 0, log
+    a, b = _weights(one, 3), _weights(two, 3)
+    start = load_file(str(world / "vlm" / "model.safetensors"))
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-7, k
+    moved = max((a[k] - start[k.removeprefix("model.")]).abs().max() for k in a)
+    assert moved > 1e-6  # the runs did move
+    m1 = read_metrics(one / "metrics.jsonl")
+    m2 = read_metrics(two / "metrics.jsonl")
+    for r1, r2 in zip(m1, m2):
+        assert r1["reward_mean"] == pytest.approx(r2["reward_mean"], abs=1e-9)
+        assert r1["response_length_mean"] == pytest.approx(r2["response_length_mean"])
+
+
+def test_bad_configs_are_clear(world, tmp_path):
+    with pytest.raises(R1V2Error, match="group_size"):
+        resolve(GRPOConfig, None, _args(world, tmp_path, "group_size=1"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(R1V2Error, match="no samples"):
+        train(resolve(GRPOConfig, None, _args(world, tmp_path / "o", f"data={empty}")))
