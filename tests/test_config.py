@@ -54,7 +54,12 @@ def test_unknown_key_lists_valid_keys(tmp_path):
 
 @pytest.mark.parametrize(
     "override, field_name",
-    [("steps=abc", "steps"), ("steps=1.5", "steps"), ("mode=c", "mode"), ("inner.enabled=3", "inner.enabled")],
+    [
+        ("steps=abc", "steps"),
+        ("steps=1.5", "steps"),
+        ("mode=c", "mode"),
+        ("inner.enabled=3", "inner.enabled"),
+    ],
 )
 def test_wrong_type_names_field_and_value(override, field_name):
     with pytest.raises(ConfigError) as e:

@@ -25,7 +25,9 @@ def _model():
 def test_checkpoint_round_trip_weights_rng_and_state(tmp_path):
     m = _model()
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    path = save_checkpoint(tmp_path, 5, model=m, trainer_state={"data": {"position": 7}}, meta={"model": "x"})
+    path = save_checkpoint(
+        tmp_path, 5, model=m, trainer_state={"data": {"position": 7}}, meta={"model": "x"}
+    )
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
 
     m2 = _model()
@@ -43,7 +45,10 @@ def test_keep_last_and_latest_ignore_incomplete(tmp_path):
     m = _model()
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, model=m, trainer_state={}, keep_last=2)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-00000002", "checkpoint-00000003"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "checkpoint-00000002",
+        "checkpoint-00000003",
+    ]
     # A folder without meta.json (a write that died) is never picked.
     broken = tmp_path / "checkpoint-00000009"
     broken.mkdir()
@@ -58,7 +63,9 @@ def test_metrics_logger_truncates_on_resume(tmp_path):
         log.log(s, {"loss": torch.tensor(0.5 * s), "kl": float("nan")})
     log.close()
     rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3] and rows[1]["loss"] == 1.0 and rows[0]["kl"] is None
+    assert (
+        [r["step"] for r in rows] == [1, 2, 3] and rows[1]["loss"] == 1.0 and rows[0]["kl"] is None
+    )
     log = MetricsLogger(tmp_path, resume_step=2, tensorboard=False)
     log.log(3, {"loss": 9.0})
     log.close()

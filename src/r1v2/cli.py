@@ -86,6 +86,25 @@ COMMANDS: list[Command] = [
         positional="paths",
     ),
     Command(
+        name="toy build",
+        help="Build the toy world on a CPU: tiny LM, vision encoder, assembled VLM, reward model, data",
+        config="r1v2.model.toy.build:ToyBuildConfig",
+        run="r1v2.model.toy.build:run",
+        description=(
+            "Pretrain a tiny reasoning LM on text traces and a tiny InternViT-style encoder on "
+            "per-cell recognition, assemble them (r1v2 assemble's code path), warm up the "
+            "adapter on image -> cell words, train the reward model, and write the RL prompt "
+            "pool and a held-out test set into --out (lm/, vision/, vlm/, rm/, data/). "
+            "Deterministic by --seed; stages already built with the same settings are reused."
+        ),
+    ),
+    Command(
+        name="toy eval",
+        help="Measure a toy build: greedy accuracy and hallucination rate of its LM and VLM",
+        config="r1v2.model.toy.measure:ToyEvalConfig",
+        run="r1v2.model.toy.measure:run_eval",
+    ),
+    Command(
         name="export",
         help="Write a training checkpoint as an ordinary transformers checkpoint for inference",
         config="r1v2.train.export:ExportConfig",

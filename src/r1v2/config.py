@@ -34,9 +34,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) ->
     metadata = {"help": help}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         value = default
-        return dataclasses.field(
-            default_factory=lambda: _copy(value), metadata=metadata, **kwargs
-        )
+        return dataclasses.field(default_factory=lambda: _copy(value), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
@@ -165,7 +163,9 @@ def _select(raw: dict[str, Any], fields: dict[str, tuple[Any, str, Any]], source
     for key, value in raw.items():
         if key in fields:
             picked[key] = value
-        elif key in groups or any(key.startswith(f + ".") for f in fields if _is_dict(fields[f][0])):
+        elif key in groups or any(
+            key.startswith(f + ".") for f in fields if _is_dict(fields[f][0])
+        ):
             continue  # a section header, or a key inside a dict-typed field
         else:
             raise ConfigError(
@@ -177,7 +177,11 @@ def _select(raw: dict[str, Any], fields: dict[str, tuple[Any, str, Any]], source
 def _is_dict(tp: Any) -> bool:
     if tp is dict or get_origin(tp) is dict:
         return True
-    return any(_is_dict(a) for a in get_args(tp)) if get_origin(tp) in (Union, types.UnionType) else False
+    return (
+        any(_is_dict(a) for a in get_args(tp))
+        if get_origin(tp) in (Union, types.UnionType)
+        else False
+    )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -245,7 +249,9 @@ def resolve(
             )
         values[key] = value
     checked = {k: coerce(k, v, fields[k][0]) for k, v in values.items()}
-    missing = [k for k, (_, _, d) in fields.items() if d is dataclasses.MISSING and k not in checked]
+    missing = [
+        k for k, (_, _, d) in fields.items() if d is dataclasses.MISSING and k not in checked
+    ]
     if missing:
         raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
     cfg = build(cls, checked)
