@@ -73,3 +73,14 @@ def test_bad_yaml_names_file_and_line(tmp_path):
     f.write_text("steps: 3\nmodel: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
         resolve(Outer, f)
+
+
+def test_exponent_floats_without_a_dot(tmp_path):
+    """YAML 1.1 reads `1e-3` as a string; float fields accept it, str fields keep it."""
+    f = tmp_path / "c.yaml"
+    f.write_text("inner:\n  alpha: 2e-2\n")
+    cfg = resolve(Outer, f, ["model=1e-3"])
+    assert cfg.inner.alpha == 0.02 and cfg.model == "1e-3"
+    assert resolve(Outer, None, ["inner.alpha=1e-3"]).inner.alpha == 0.001
+    with pytest.raises(ConfigError, match="inner.alpha"):
+        resolve(Outer, None, ["inner.alpha=1e-3x"])

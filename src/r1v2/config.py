@@ -11,6 +11,7 @@ Override values are parsed as YAML scalars (``3`` is an int, ``0.5`` a float, ``
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from r1v2.errors import R1V2Error
 
 T = TypeVar("T")
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 class ConfigError(R1V2Error, ValueError):
@@ -108,6 +110,8 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.match(value.strip()):
+            return True, float(value)  # YAML 1.1 reads `1e-3` (no dot) as a string
         return False, None
     if tp is str:
         return isinstance(value, str), value
