@@ -56,7 +56,9 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
     train(resolve(GRPOConfig, None, _args(world, out, f"probe_data={world / 'data'}",
                                           "probe_every=2", "probe_size=4")))  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert set(rows[0]) == {"step", "probe_accuracy", "hallucination_rate"}  # before training
+    rows = rows[1:]
     for r in rows:
         assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
         assert r["rollouts"] == 16.0

@@ -384,6 +384,11 @@ def train(cfg: GRPOConfig) -> Path:
             barrier=accelerator.wait_for_everyone,
         )
 
+    if probe_items and step == 0:  # the starting point, for before/after comparisons
+        policy.model.eval()
+        baseline = _mean_over_processes(probe(policy, probe_items, cfg), accelerator)
+        if rank == 0:
+            logger.log(0, baseline)
     shard = cfg.prompts_per_step // world
     progress = StepProgress(cfg.max_steps, start=step, enabled=cfg.progress and rank == 0)
     while step < cfg.max_steps:
