@@ -1,0 +1,93 @@
+"""Stage 3 of the toy build: warm up the assembled model's adapter on image -> scene words.
+
+Alignment, not reasoning: with the vision encoder and the LLM frozen, the adapter learns to
+map each cell's image token onto the LLM's input embedding of that cell's word
+(``redcircle``, ``empty``), the word the LM read in that place during text pretraining.
+
+Choice: the objective is the mean squared error between the adapter's output for cell ``k``
+and the embedding row of cell word ``k`` (per element, averaged over the batch, the 16 cells
+and the hidden size). The number of steps is the knob: a short warm-up leaves image tokens
+between words, so the LM misreads some cells (room for RL); a long one makes perception exact.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from r1v2.data.synthetic import render, sample_scene
+from r1v2.model.freeze import set_trainable
+from r1v2.model.toy.common import ALIGN_STREAM, cosine_lr, seed_everything, stage_progress
+
+
+def align_batch(processor, tokenizer, seed: int, step: int, batch_size: int):
+    """Pixels ``[B, 3, 64, 64]`` (through the checkpoint's own image processor) and the token
+    ids ``[B, 16]`` of each scene's cell words, for fresh random scenes of step ``step``."""
+    rng = random.Random(f"{seed + ALIGN_STREAM}:{step}")
+    scenes = [sample_scene(rng, rng.choice((1, 2, 3))) for _ in range(batch_size)]
+    pixel_values = processor.image_processor(
+        [render(s) for s in scenes], return_tensors="pt"
+    ).pixel_values  # [B, 3, 64, 64]
+    word_ids = torch.tensor([tokenizer.convert_tokens_to_ids(s.words()) for s in scenes])  # [B, 16]
+    return pixel_values, word_ids
+
+
+def align_loss(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of image tokens ``[B, 16, H]`` onto word embeddings ``[B, 16, H]``."""
+    return torch.nn.functional.mse_loss(features, targets)
+
+
+def warm_up_adapter(
+    vlm_dir: str | Path,
+    *,
+    seed: int = 0,
+    steps: int = 100,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the adapter of the assembled checkpoint in ``vlm_dir`` for ``steps`` steps and save
+    the model back there. Returns ``{"steps", "seconds", "final_loss", "embedding_scale"}``
+    (the last is the mean squared norm per element of the word embeddings, the loss's scale).
+    """
+    seed_everything(seed)
+    vlm_dir = Path(vlm_dir)
+    model = AutoModelForImageTextToText.from_pretrained(vlm_dir, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(vlm_dir)
+    set_trainable(model, "adapter")
+    embeddings = model.get_input_embeddings()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start, last = time.perf_counter(), float("nan")
+    with stage_progress("adapter", steps, progress) as bar:
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+            pixel_values, word_ids = align_batch(
+                processor, processor.tokenizer, seed, step, batch_size
+            )
+            features = model.get_image_features(pixel_values=pixel_values).pooler_output
+            with torch.no_grad():
+                targets = embeddings(word_ids)  # [B, 16, H]
+            loss = align_loss(features, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            last = loss.item()
+            bar.update(step + 1, mse=last)
+    with torch.no_grad():
+        scale = embeddings.weight.pow(2).mean().item()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval().save_pretrained(vlm_dir)
+    return {
+        "steps": steps,
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": round(last, 6),
+        "embedding_scale": round(scale, 6),
+    }

@@ -1,0 +1,162 @@
+"""`r1v2 toy build` at a reduced size, and the pieces it is made of."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1v2.cli import main
+from r1v2.data.synthetic import Scene, iter_samples, render, scene_text
+from r1v2.model.policy import Policy, Prompt, SamplingConfig
+from r1v2.model.toy.align import align_loss
+from r1v2.model.toy.build import ToyBuildConfig, stage_hashes
+from r1v2.model.toy.common import completion_text, cosine_lr, text_user_turn
+from r1v2.model.toy.lm import IGNORE, collate, encode_example, train_lm
+from r1v2.model.toy.measure import evaluate
+from r1v2.model.toy.vision import cell_classes, pixels
+
+TINY = [
+    "train_size=6", "test_size=4", "lm_steps=2", "lm_batch_size=2", "lm_hidden_size=32",
+    "lm_layers=1", "lm_heads=2", "vision_steps=2", "vision_batch_size=2",
+    "vision_hidden_size=32", "vision_layers=1", "vision_heads=2", "align_steps=2",
+    "align_batch_size=2", "rm_steps=1", "rm_batch_size=2", "rm_pairs=4", "rm_eval_pairs=4",
+    "progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("toy")
+    assert main(["toy", "build", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_layout(built: Path):
+    for part in ("lm", "vision", "vlm", "rm"):
+        assert (built / part / "config.json").is_file(), part
+    for split, n in (("train", 6), ("test", 4)):
+        lines = (built / "data" / split / "samples.jsonl").read_text().splitlines()
+        assert len(lines) == n
+    record = json.loads((built / "build.json").read_text())
+    assert set(record["stages"]) == {"data", "lm", "vision", "vlm", "rm"}
+    assert record["config"]["lm_steps"] == 2
+
+
+def test_vlm_loads_and_answers_from_an_image(built: Path):
+    policy = Policy.from_pretrained(built / "vlm")
+    assert policy.is_vlm
+    sample = next(iter_samples(1, seed=5))
+    rollout = policy.generate(
+        [Prompt(sample.question.text, (render(sample.scene),))],
+        SamplingConfig(max_new_tokens=4, do_sample=False),
+    )
+    assert len(rollout.texts) == 1
+    assert 1 <= rollout.completion_ids.shape[1] <= 4
+    # The user turn holds the 16 image tokens where the LM read the 16 cell words.
+    ids = policy.encode([Prompt("x", (render(sample.scene),))]).input_ids
+    assert int((ids == policy.image_token_id).sum()) == 16
+
+
+def test_second_build_reuses_every_stage(built: Path):
+    weights = built / "lm" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    assert main(["toy", "build", "--out", str(built), *TINY]) == 0
+    record = json.loads((built / "build.json").read_text())
+    assert [s["built"] for s in record["stages"].values()] == [False] * 5
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_changing_the_warm_up_rebuilds_only_what_depends_on_it():
+    """align_steps feeds the vlm hash, and the rm hash through it; lm, vision, data keep theirs."""
+    a = stage_hashes(ToyBuildConfig(align_steps=100))
+    b = stage_hashes(ToyBuildConfig(align_steps=101))
+    assert [k for k in a if a[k] != b[k]] == ["vlm", "rm"]
+
+
+def test_lm_is_deterministic_by_seed(tmp_path: Path):
+    kw = dict(steps=2, batch_size=2, hidden_size=32, num_layers=1, num_heads=2, progress=False)
+    train_lm(tmp_path / "a", seed=3, **kw)
+    train_lm(tmp_path / "b", seed=3, **kw)
+    train_lm(tmp_path / "c", seed=4, **kw)
+    a, b, c = (load_file(tmp_path / d / "model.safetensors") for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_lm_example_masks_the_prompt(built: Path):
+    """User turn 'scene : empty' -> prompt tokens <|im_start|> user scene : empty <|im_end|>
+    <|im_start|> assistant <think> = 9; completion 'i see' + <|im_end|> = 3 tokens."""
+    from r1v2.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(built / "lm")
+    ids, prompt_len = encode_example(tok, "scene : empty", "i see")
+    assert prompt_len == 9 and len(ids) == 12
+    assert tok.convert_ids_to_tokens(ids[-3:]) == ["i", "see", "<|im_end|>"]
+    batch = collate([(ids, prompt_len), ([7, 8, 9], 1)], pad_id=0)
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["labels"][0].tolist() == [IGNORE] * 9 + ids[9:]
+    assert batch["labels"][1].tolist() == [IGNORE, 8, 9] + [IGNORE] * 9
+    assert batch["attention_mask"][1].tolist() == [1, 1, 1] + [0] * 9
+
+
+def test_text_turn_and_completion_match_the_policy_format():
+    sample = next(iter_samples(1, seed=0))
+    assert text_user_turn(sample) == f"{scene_text(sample.scene)} {sample.question.text}"
+    assert f"<think> {completion_text(sample)}" == sample.trace
+
+
+def test_cell_classes():
+    """Cell 1 red circle -> 1 + 3*0 + 0 = 1; cell 2 blue triangle -> 1 + 3*2 + 2 = 9; rest 0."""
+    scene = Scene.from_any(["redcircle", "bluetriangle"] + ["empty"] * 14)
+    assert cell_classes(scene) == [1, 9] + [0] * 14
+
+
+def test_pixels_equal_the_assembled_processor(built: Path):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(built / "vlm")
+    images = [render(s.scene) for s in iter_samples(2, seed=1)]
+    expected = processor.image_processor(images, return_tensors="pt").pixel_values
+    torch.testing.assert_close(pixels(images), expected, atol=1e-5, rtol=0)
+
+
+def test_align_loss_by_hand():
+    """Errors 1 and 3 over 4 elements (two zeros): (1 + 9) / 4 = 2.5."""
+    features = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])  # [1, 2, 2]
+    assert align_loss(features, torch.zeros(1, 2, 2)).item() == pytest.approx(2.5)
+
+
+def test_cosine_lr_by_hand():
+    """warm-up 2: step 0 -> 1 * 1/2; step 1 -> 1; last of 12 steps: t = 10/10 -> 0.1."""
+    assert cosine_lr(0, 12, 1.0, 2) == pytest.approx(0.5)
+    assert cosine_lr(1, 12, 1.0, 2) == pytest.approx(1.0)
+    assert cosine_lr(12, 12, 1.0, 2) == pytest.approx(0.1)
+    assert cosine_lr(7, 12, 1.0, 2) == pytest.approx(0.55)  # t = 1/2: 0.1 + 0.9 * 0.5
+
+
+class _Replay:
+    """A stand-in policy answering with fixed completions, in order."""
+
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def generate(self, items, sampling):
+        out, self.texts = self.texts[: len(items)], self.texts[len(items) :]
+        return SimpleNamespace(texts=out)
+
+
+def test_evaluate_scores_reference_and_wrong_answers():
+    """4 samples: 2 reference completions (right, faithful) and 2 that claim 99 red circles
+    with a wrong answer: accuracy 2/4, hallucination rate 2/4."""
+    samples = list(iter_samples(4, seed=2))
+    wrong = "i see 99 red circles . </think> \\boxed{99}"
+    texts = [completion_text(samples[0]), completion_text(samples[1]), wrong, wrong]
+    result = evaluate(_Replay(texts), samples, from_image=False, batch_size=3)
+    assert result["accuracy"] == 0.5
+    assert result["hallucination_rate"] == 0.5
+    assert result["n"] == 4
