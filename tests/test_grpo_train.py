@@ -192,3 +192,15 @@ def test_bad_configs_are_clear(world, tmp_path):
     empty.write_text("")
     with pytest.raises(R1V2Error, match="no samples"):
         train(resolve(GRPOConfig, None, _args(world, tmp_path / "o", f"data={empty}")))
+
+
+def test_second_ppo_epoch_moves_the_ratio(world, tmp_path):
+    """With mu=1 the ratio is exactly 1 (old = current); a second iteration sees the update."""
+    one, two = tmp_path / "mu1", tmp_path / "mu2"
+    train(resolve(GRPOConfig, None, _args(world, one, "max_steps=2", "optim.lr=0.01")))
+    train(
+        resolve(GRPOConfig, None, _args(world, two, "max_steps=2", "optim.lr=0.01", "ppo_epochs=2"))
+    )
+    r1, r2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
+    assert all(r["approx_kl"] == 0.0 for r in r1)
+    assert any(r["approx_kl"] != 0.0 for r in r2 if r["loss"] != 0.0)

@@ -207,14 +207,18 @@ def policy_update(
     """mu iterations of the clipped surrogate over the batch; returns metrics and whether it stepped.
 
     ``old_logps`` are the current policy's log-probs before the first iteration, for fresh and
-    replayed samples alike (so a replayed sample's ratio starts at 1).
+    replayed samples alike (so a replayed sample's ratio starts at 1). With one iteration
+    they are the training forward's own log-probs, detached, which saves a forward pass.
     """
     prompts, index, ids, mask = batch
     n = ids.shape[0]
+    reuse_old = cfg.ppo_epochs == 1
     with torch.no_grad():
-        old = policy.logprobs(
-            prompts, ids, mask, prompt_index=index, micro_batch_size=cfg.micro_batch_size
-        )
+        old = None
+        if not reuse_old:
+            old = policy.logprobs(
+                prompts, ids, mask, prompt_index=index, micro_batch_size=cfg.micro_batch_size
+            )
         ref = None
         if ref_model is not None:
             ref = policy.logprobs(
@@ -236,7 +240,7 @@ def policy_update(
             logps = policy.logprobs(prompts, ids[sl], mask[sl], prompt_index=index[sl])  # [b, T]
             loss, m = policy_loss(
                 logps,
-                old[sl].to(logps.device),
+                logps.detach() if reuse_old else old[sl].to(logps.device),
                 advantages[sl].to(logps.device),
                 mask[sl].to(logps.device),
                 clip_low=cfg.clip_low,

@@ -1,0 +1,345 @@
+"""GRPO throughput: r1v2's trainer against TRL's ``GRPOTrainer``, same model, data and settings.
+
+Both trainers run, one after the other in this process, on
+
+- the same tiny random ``Qwen2ForCausalLM`` (word-level tokenizer over the synthetic task's
+  vocabulary, built by :func:`r1v2.model.tiny.tiny_llm`),
+- the same prompts: synthetic samples as text only (the scene in words, then the question),
+  rendered by the same chat template,
+- the same group size G, prompts per step, max new tokens, sampling (temperature 1, no top-p/k),
+  KL coefficient (k3 estimator against a frozen reference), clipping, one policy-update
+  iteration per batch, AdamW at a constant learning rate, and
+- the same reward: accuracy (``r1v2.rewards.accuracy_reward``) + format
+  (``r1v2.rewards.format_reward``), weights 1 and 1, as in r1v2's hybrid reward without a
+  reward model.
+
+The benchmark is text-only: it times the GRPO loop itself on a plain causal LM that both
+trainers load the same way (``config.json`` + tokenizer). TRL's vision-language path (an image
+column and a multimodal processor) is not used, and neither is r1v2's InternVL assembly.
+r1v2's Selective Sample Buffer is switched off (TRL has
+no counterpart; it would only reorder which samples are trained on, not how many).
+
+Each trainer runs ``warmup + steps`` optimizer steps per run, ``repeats`` runs each in ABBA
+order (r1v2, TRL, TRL, r1v2, ...); the first ``warmup`` are not timed. A
+step's time is the trainer's own step (rollouts, rewards, advantages, reference and policy
+log-probs, backward, optimizer step), without logging or checkpoints: r1v2's ``step_seconds``
+metric, and for TRL the time from ``on_step_begin`` to ``on_step_end``. Completions/s is
+``prompts_per_step * G`` times the timed steps, over their summed times. Torch uses one CPU
+thread by default: on a machine shared with other jobs, two threads on two busy cores made every
+step tens of times slower for both trainers.
+
+Run: ``python bench/grpo_vs_trl.py`` (under a minute on 2 CPU cores; ``--help`` for options).
+Needs ``trl`` (``pip install trl==1.16.0``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+# Every setting both trainers read. The command line overrides the first four.
+SETTINGS = {
+    "steps": 20,  # timed optimizer steps per run
+    "warmup": 1,  # untimed optimizer steps before them
+    "prompts_per_step": 4,
+    "group_size": 8,  # G
+    "max_new_tokens": 64,
+    "kl_coef": 0.001,  # beta; k3 estimator against a frozen copy of the initial model
+    "clip": 0.2,  # epsilon_low = epsilon_high
+    "ppo_epochs": 1,  # mu
+    "lr": 1e-5,
+    "max_grad_norm": 1.0,
+    "temperature": 1.0,
+    "seed": 0,
+    "pool": 64,  # distinct prompts in the data set
+    # the model
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+}
+
+
+# ---- shared inputs ---------------------------------------------------------------------------
+
+
+def build_inputs(root: Path, s: dict) -> tuple[Path, Path, list]:
+    """The tiny model and the text-only samples: (model dir, samples JSONL, samples)."""
+    from r1v2.data import Sample, write_jsonl
+    from r1v2.data.synthetic import iter_samples, scene_text, vocabulary
+    from r1v2.model.tiny import tiny_llm
+
+    model_dir = tiny_llm(
+        vocabulary(),
+        root / "model",
+        hidden_size=s["hidden_size"],
+        num_layers=s["num_layers"],
+        num_heads=s["num_heads"],
+        seed=s["seed"],
+    )
+    samples = [
+        Sample(x.id, scene_text(x.scene) + " " + x.question.text, (), x.answer, kind="math")
+        for x in iter_samples(s["pool"], seed=s["seed"], choice_fraction=0.0)
+    ]
+    data = write_jsonl(samples, root / "data" / "samples.jsonl")
+    return model_dir, data, samples
+
+
+# ---- r1v2 ------------------------------------------------------------------------------------
+
+
+def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict) -> dict:
+    """Train with r1v2; returns the step times and the run's wall time."""
+    from r1v2.config import resolve
+    from r1v2.train.grpo import GRPOConfig, train
+
+    n = s["prompts_per_step"] * s["group_size"]
+    cfg = resolve(
+        GRPOConfig,
+        None,
+        [
+            ("model", str(model_dir)),
+            ("data", str(data)),
+            ("output_dir", str(out)),
+            ("max_steps", s["warmup"] + s["steps"]),
+            ("save_steps", 10**9),
+            ("resume", "never"),
+            ("device", "cpu"),
+            ("dtype", "float32"),
+            ("seed", s["seed"]),
+            ("prompts_per_step", s["prompts_per_step"]),
+            ("group_size", s["group_size"]),
+            ("generation.max_new_tokens", s["max_new_tokens"]),
+            ("generation.temperature", s["temperature"]),
+            ("trainable", "all"),
+            ("ppo_epochs", s["ppo_epochs"]),
+            ("micro_batch_size", n),  # TRL runs the whole step's batch in one forward
+            ("clip_low", s["clip"]),
+            ("clip_high", s["clip"]),
+            ("kl_coef", s["kl_coef"]),
+            ("kl_estimator", "k3"),
+            ("aggregation", "seq-mean-token-mean"),
+            ("optim.lr", s["lr"]),
+            ("optim.max_grad_norm", s["max_grad_norm"]),
+            ("ssb.enabled", False),
+            ("tensorboard", False),
+            ("progress", False),
+        ],
+    )
+    cfg.validate()
+    t0 = time.perf_counter()
+    train(cfg)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "step_seconds" in r]
+    return {
+        "step_seconds": [r["step_seconds"] for r in steps[s["warmup"] :]],
+        "wall": wall,
+        "completion_len": sum(r["response_length_mean"] for r in steps) / len(steps),
+    }
+
+
+# ---- TRL -------------------------------------------------------------------------------------
+
+
+def _text(completion) -> str:
+    """A TRL completion as text (conversational datasets give a list of messages)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(m["content"] for m in completion if m.get("role") == "assistant")
+
+
+def accuracy(completions, answer, **_) -> list[float | None]:
+    """r1v2's accuracy reward as a TRL reward function (None: unscored, as in r1v2)."""
+    from r1v2.rewards import accuracy_reward
+
+    return [accuracy_reward(_text(c), a) for c, a in zip(completions, answer)]
+
+
+def fmt(completions, **_) -> list[float]:
+    """r1v2's format reward as a TRL reward function."""
+    from r1v2.rewards import format_reward
+
+    return [format_reward(_text(c)) for c in completions]
+
+
+def run_trl(model_dir: Path, samples: list, out: Path, s: dict) -> dict:
+    """Train with TRL's GRPOTrainer; returns the step times and the run's wall time."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from r1v2.model.tokenizer import load_tokenizer
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self._t0 = 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._t0)
+
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": x.question}], "answer": x.answer} for x in samples]
+    )
+    n = s["prompts_per_step"] * s["group_size"]
+    args = GRPOConfig(
+        output_dir=str(out),
+        max_steps=s["warmup"] + s["steps"],
+        per_device_train_batch_size=n,  # completions per step: prompts_per_step * G
+        gradient_accumulation_steps=1,
+        num_generations=s["group_size"],
+        max_completion_length=s["max_new_tokens"],
+        temperature=s["temperature"],
+        top_p=1.0,
+        top_k=0,
+        beta=s["kl_coef"],
+        epsilon=s["clip"],
+        epsilon_high=s["clip"],
+        num_iterations=s["ppo_epochs"],
+        loss_type="grpo",  # per-sequence token mean, then mean over sequences
+        scale_rewards="group",
+        reward_weights=[1.0, 1.0],
+        learning_rate=s["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=s["max_grad_norm"],
+        use_vllm=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        model_init_kwargs={"dtype": torch.float32},
+        seed=s["seed"],
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        disable_tqdm=True,
+        log_completions=False,
+        dataloader_num_workers=0,
+    )
+    timer = StepTimer()
+    t0 = time.perf_counter()
+    trainer = GRPOTrainer(
+        model=str(model_dir),
+        reward_funcs=[accuracy, fmt],
+        args=args,
+        train_dataset=dataset,
+        processing_class=load_tokenizer(model_dir),
+        callbacks=[timer],
+    )
+    trainer.train()
+    wall = time.perf_counter() - t0
+    key = "completions/mean_length"
+    lengths = [h[key] for h in trainer.state.log_history if key in h]
+    return {
+        "step_seconds": timer.times[s["warmup"] :],
+        "wall": wall,
+        "completion_len": sum(lengths) / len(lengths) if lengths else float("nan"),
+    }
+
+
+# ---- report ----------------------------------------------------------------------------------
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from repeated runs: all timed steps, mean wall time and completion length."""
+    return {
+        "step_seconds": [x for r in results for x in r["step_seconds"]],
+        "wall": sum(r["wall"] for r in results) / len(results),
+        "completion_len": sum(r["completion_len"] for r in results) / len(results),
+    }
+
+
+def throughput(result: dict, s: dict) -> float:
+    """Completions per second over the timed steps."""
+    return (
+        s["prompts_per_step"]
+        * s["group_size"]
+        * len(result["step_seconds"])
+        / sum(result["step_seconds"])
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=SETTINGS["steps"], help="timed steps per trainer")
+    p.add_argument("--group-size", type=int, default=SETTINGS["group_size"], help="G")
+    p.add_argument("--prompts-per-step", type=int, default=SETTINGS["prompts_per_step"])
+    p.add_argument("--max-new-tokens", type=int, default=SETTINGS["max_new_tokens"])
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for both trainers (1 is steadiest on a shared machine)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=2, help="runs per trainer, in ABBA order (default 2)"
+    )
+    p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
+    a = p.parse_args(argv)
+    s = dict(
+        SETTINGS,
+        steps=a.steps,
+        group_size=a.group_size,
+        prompts_per_step=a.prompts_per_step,
+        max_new_tokens=a.max_new_tokens,
+    )
+    torch.set_num_threads(a.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import transformers
+    import trl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = a.keep or Path(tmp)
+        model_dir, data, samples = build_inputs(root, s)
+        runs: dict[str, list[dict]] = {"r1v2": [], "trl": []}
+        for i in range(a.repeats):
+            # ABBA order: a drift in the machine's load hits both trainers alike
+            order = ("r1v2", "trl") if i % 2 == 0 else ("trl", "r1v2")
+            for name in order:
+                out = root / f"{name}-{i}"
+                if name == "r1v2":
+                    runs[name].append(run_r1v2(model_dir, data, out, s))
+                else:
+                    runs[name].append(run_trl(model_dir, samples, out, s))
+        ours, theirs = merge(runs["r1v2"]), merge(runs["trl"])
+
+    n = s["prompts_per_step"] * s["group_size"]
+    print()
+    print(
+        "GRPO throughput, text-only (one plain causal LM both trainers load the same way; "
+        f"TRL's vision-language path is not used); torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, trl {trl.__version__}, CPU, {torch.get_num_threads()} threads"
+    )
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in s.items()) + f", repeats={a.repeats}")
+    print(f"{'trainer':<8} {'completions/s':>14} {'s/step':>8} {'mean len':>9} {'run wall s':>11}")
+    for name, r in (("r1v2", ours), ("trl", theirs)):
+        per_step = sum(r["step_seconds"]) / len(r["step_seconds"])
+        print(
+            f"{name:<8} {throughput(r, s):>14.1f} {per_step:>8.3f} "
+            f"{r['completion_len']:>9.1f} {r['wall']:>11.1f}"
+        )
+    ratio = throughput(ours, s) / throughput(theirs, s)
+    print(
+        f"ratio r1v2/trl: {ratio:.2f}x ({n} completions per step, {len(ours['step_seconds'])} timed steps each)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
