@@ -18,8 +18,10 @@ from r1v2.model.toy.reward import (
     HALLUCINATION_KINDS,
     PAIR_KINDS,
     bt_loss,
+    bt_loss_all_pairs,
     calibration,
     completion,
+    cut_at_first_difference,
     fit,
     load_base,
     make_pairs,
@@ -77,6 +79,29 @@ def test_bt_loss_hand_values():
     loss = bt_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
     assert loss.item() == pytest.approx(0.720095, abs=1e-6)
     assert bt_loss(torch.tensor([3.0]), torch.tensor([3.0])).item() == pytest.approx(math.log(2))
+
+
+def test_bt_loss_all_pairs_hand_values():
+    """chosen [1, 0], rejected [0, 1]: differences [[1, 0], [0, -1]];
+    -log s(1) = 0.313262, -log s(0) = 0.693147 (twice), -log s(-1) = 1.313262;
+    mean 3.012818 / 4 = 0.753204. A naive double loop agrees on random scores."""
+    loss = bt_loss_all_pairs(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx(0.753204, abs=1e-6)
+    c, r = torch.randn(5), torch.randn(5)
+    naive = sum(bt_loss(c[i : i + 1], r[j : j + 1]) for i in range(5) for j in range(5)) / 25
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(bt_loss_all_pairs(c, r), naive)
+
+
+def test_cut_at_first_difference():
+    chosen = "i see 2 red circles . i see 1 square . 2 + 1 = 3 . </think> \\boxed{3}"
+    rejected = "i see 2 red circles . i see 2 squares . 2 + 2 = 4 . </think> \\boxed{4}"
+    assert cut_at_first_difference(chosen, rejected) == (
+        "i see 2 red circles . i see 1 square .",
+        "i see 2 red circles . i see 2 squares .",
+    )
+    cut = [p for p in make_pairs(60, seed=6, prefix_fraction=1.0) if p.kind != "repetitive"]
+    assert all("</think>" not in p.chosen and hallucinations(p.rejected, p.scene) for p in cut)
 
 
 def test_calibration_hand_values():

@@ -13,6 +13,7 @@ completion form (the reference trace after the prompt's ``<think>``):
       cell     one occupied cell is misread as another kind or as empty (a wrong cell)
 
   each checked with :func:`r1v2.data.synthetic.hallucinations` (at least one false claim);
+  a multiple-choice trace must land on one of the options, so there the change may reach 4;
 - rejected, repetitive: the reference trace with one section (one or two consecutive sentences
   of the reasoning) repeated 3 to 5 times in a row; its claims all hold.
 
@@ -24,7 +25,18 @@ norm clipped at 1). By default the adapter, the whole LLM and the head train and
 encoder stays frozen (its per-cell features are pretrained; checking a count needs the LLM to
 compare claims with image tokens across the whole sequence, which the head alone cannot).
 Pairs come from ``iter_samples(n_pairs, seed=TRAIN_SEED_OFFSET + seed)``; held-out pairs from
-``iter_samples(n_eval, seed=EVAL_SEED_OFFSET + seed)``, so they are other scenes.
+``iter_samples(n_eval, seed=EVAL_SEED_OFFSET + seed)``, so they are other scenes. Two training
+aids are off by default: ``cross_weight`` (:func:`bt_loss_all_pairs` across the prompts of a
+batch) and ``prefix_fraction`` (pairs cut right after the first false claim).
+
+Measured on the toy build's VLM (LM 3 layers hidden 96, vision 3 layers hidden 96; 2 shared
+CPU cores), 400 held-out pairs: 300 steps of 8 pairs (about 30 s alone on the machine) give
+75% pairwise accuracy against hallucinated responses and 100% against repetitive ones. By
+size of the false count: off by 2 about 90%, off by 1 (every ``cell`` pair) 60-70%, so the
+LM's counting precision is the ceiling: 900 steps, a 3x learning rate, training the vision
+encoder too, ``cross_weight=1`` or ``prefix_fraction=0.5`` all stayed at 66-75%.
+``cross_weight=1`` does tighten the scale (faithful 2.3 +- 0.9 against hallucinated 1.6 +- 1.7,
+where the default gives 4.0 +- 4.4 against 3.0 +- 4.9), useful when absolute scores matter.
 
 Output in ``out_dir``: the value-head checkpoint (:func:`save_value_head`; loads through
 ``TransformersRewardModel.from_pretrained``), ``rm_calibration.json`` and ``rm_metrics.json``.
@@ -209,11 +221,30 @@ def repetitive_response(text: str, rng: random.Random) -> str:
     return " ".join(repeated) + " " + sep + tail
 
 
-def make_pairs(n: int, seed: int, *, repetitive_fraction: float = 0.25) -> list[PreferencePair]:
+def cut_at_first_difference(chosen: str, rejected: str) -> tuple[str, str]:
+    """Both responses cut after the sentence (`` .``-ended) in which their words first differ."""
+    a, b = chosen.split(" "), rejected.split(" ")
+    i = next((k for k in range(min(len(a), len(b))) if a[k] != b[k]), min(len(a), len(b)))
+
+    def cut(words: list[str]) -> str:
+        ends = [j for j in range(i, len(words)) if words[j] == "."]
+        return " ".join(words[: ends[0] + 1] if ends else words)
+
+    return cut(a), cut(b)
+
+
+def make_pairs(
+    n: int, seed: int, *, repetitive_fraction: float = 0.25, prefix_fraction: float = 0.0
+) -> list[PreferencePair]:
     """One pair per sample of ``iter_samples(n, seed)``: repetitive with probability
     ``repetitive_fraction``, hallucinated otherwise. Deterministic in ``(n, seed)``.
+
+    With probability ``prefix_fraction`` a hallucinated pair is cut after the first sentence
+    where the two responses differ (:func:`cut_at_first_difference`): its last tokens then sit
+    right after the false claim (a training aid; held-out pairs are never cut).
     """
     rng = random.Random(f"rm-pairs:{seed}")
+    cut_rng = random.Random(f"rm-cut:{seed}")
     pairs = []
     for sample in iter_samples(n, seed=seed):
         question = format_question(sample.question.text, sample.question.options)
@@ -222,6 +253,8 @@ def make_pairs(n: int, seed: int, *, repetitive_fraction: float = 0.25) -> list[
             rejected, kind = repetitive_response(chosen, rng), "repetitive"
         else:
             rejected, kind = hallucinated_response(sample, rng)
+            if cut_rng.random() < prefix_fraction:
+                chosen, rejected = cut_at_first_difference(chosen, rejected)
         pairs.append(PreferencePair(question, sample.scene, chosen, rejected, kind))
     return pairs
 
@@ -444,6 +477,7 @@ def train_reward_model(
     trainable: str = "llm+adapter",
     repetitive_fraction: float = 0.25,
     cross_weight: float = 0.0,
+    prefix_fraction: float = 0.0,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
@@ -460,13 +494,22 @@ def train_reward_model(
         raise R1V2Error(f"trainable {trainable!r} is not one of {', '.join(MODES)}")
     if steps < 1 or batch_size < 1 or n_pairs < 1 or n_eval < 1:
         raise R1V2Error("steps, batch_size, n_pairs and n_eval must be >= 1")
+    fractions = {"repetitive_fraction": repetitive_fraction, "prefix_fraction": prefix_fraction}
+    for name, value in fractions.items():
+        if not 0.0 <= value <= 1.0:
+            raise R1V2Error(f"{name} must be in [0, 1], got {value}")
+    if cross_weight < 0:
+        raise R1V2Error(f"cross_weight must be >= 0, got {cross_weight}")
     start_time = time.perf_counter()
     torch.manual_seed(seed)
     base, processor = load_base(vlm_dir)
     set_trainable(base, trainable)
     model = ValueHeadModel(base)  # the head is drawn from the seeded global generator
     train_pairs = make_pairs(
-        n_pairs, TRAIN_SEED_OFFSET + seed, repetitive_fraction=repetitive_fraction
+        n_pairs,
+        TRAIN_SEED_OFFSET + seed,
+        repetitive_fraction=repetitive_fraction,
+        prefix_fraction=prefix_fraction,
     )
     eval_pairs = make_pairs(
         n_eval, EVAL_SEED_OFFSET + seed, repetitive_fraction=repetitive_fraction
@@ -499,6 +542,7 @@ def train_reward_model(
             "n_eval": n_eval,
             "trainable": trainable,
             "cross_weight": cross_weight,
+            "prefix_fraction": prefix_fraction,
             "seed": seed,
             "train_seconds": train_seconds,
             "rm_center": calib["rm_center"],
