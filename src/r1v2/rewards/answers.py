@@ -19,25 +19,29 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
+def _braces(text: str, start: int = 0):
+    r"""``(index, +1 or -1)`` for each unescaped ``{`` / ``}`` from ``start``; ``\x`` is skipped."""
+    i = start
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c in "{}":
+            yield i, 1 if c == "{" else -1
+        i += 1
+
+
 def matching_brace(text: str, open_index: int) -> int | None:
     r"""Index of the ``}`` closing the ``{`` at ``open_index``; None when it never closes.
 
     Backslash-escaped characters (``\{``, ``\}``, ``\\``) are skipped.
     """
     depth = 0
-    i = open_index
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
+    for i, step in _braces(text, open_index):
+        depth += step
+        if depth == 0:
+            return i
     return None
 
 
@@ -80,19 +84,10 @@ def extract_answer(completion: str) -> str | None:
 def balanced(text: str) -> bool:
     """True when every unescaped ``{`` in ``text`` has its ``}`` and no ``}`` is unmatched."""
     depth = 0
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth < 0:
-                return False
-        i += 1
+    for _, step in _braces(text):
+        depth += step
+        if depth < 0:
+            return False
     return depth == 0
 
 

@@ -430,7 +430,11 @@ def train(cfg: GRPOConfig) -> Path:
         # 7. metrics
         metrics = {
             "reward_mean": stats["reward_mean"],
-            **{k.replace("reward/", "reward_"): v for k, v in rewards.metrics().items()},
+            **{  # reward/total is reward_mean under another name: logged once
+                k.replace("reward/", "reward_"): v
+                for k, v in rewards.metrics().items()
+                if k != "reward/total"
+            },
             "effective_ratio": replay_stats["effective_ratio_after"],
             "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
             "zero_std_group_fraction": stats["zero_variance_frac"],

@@ -71,12 +71,7 @@ def prefilter(cfg: PrefilterConfig) -> dict:
     pool = load_samples(cfg.data).samples
     if not pool:
         raise R1V2Error(f"{cfg.data}: no samples")
-    device = (
-        "cuda"
-        if cfg.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if cfg.device == "auto" else cfg.device)
-    )
-    policy = Policy.from_pretrained(cfg.model, device=device)
+    policy = Policy.from_pretrained(cfg.model, device=cfg.device)
     reward_fn = HybridReward.from_config(
         cfg.reward, question_fn=lambda s: format_question(s.question, s.choices)
     )
