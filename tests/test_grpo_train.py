@@ -167,8 +167,8 @@ def test_two_processes_equal_one_process_with_accumulation(world, tmp_path):
     common = ("ssb.enabled=false", "micro_batch_size=8", "kl_coef=0.01")
     one, two = tmp_path / "one", tmp_path / "two"
     assert _cli(world, one, *common, launcher=(sys.executable,)).wait() == 0
-    launcher = (shutil.which("accelerate"), "launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")  # fmt: skip
+    shipped = Path(__file__).parent.parent / "configs" / "accelerate" / "cpu_2proc.yaml"
+    launcher = (shutil.which("accelerate"), "launch", "--config_file", str(shipped))
     proc = _cli(world, two, *common, launcher=launcher)
     log = proc.communicate()[0].decode()
     assert proc.returncode == 0, log
@@ -204,3 +204,38 @@ def test_second_ppo_epoch_moves_the_ratio(world, tmp_path):
     r1, r2 = read_metrics(one / "metrics.jsonl"), read_metrics(two / "metrics.jsonl")
     assert all(r["approx_kl"] == 0.0 for r in r1)
     assert any(r["approx_kl"] != 0.0 for r in r2 if r["loss"] != 0.0)
+
+
+def test_policy_update_moves_log_probs_with_the_advantage_sign(world):
+    """One update with A = (+1, -1): the first completion gets likelier, the second less so."""
+    from r1v2.data import load_samples
+    from r1v2.model.freeze import set_trainable
+    from r1v2.model.policy import Policy
+
+    cfg = resolve(GRPOConfig, None, ["optim.lr=0.01", "kl_coef=0", "generation.max_new_tokens=8"])
+    policy = Policy.from_pretrained(world / "vlm")
+    set_trainable(policy.model, "adapter")
+    item = load_samples(world / "data").samples[0]
+    torch.manual_seed(1)
+    out = policy.generate([item], cfg.generation, group_size=2)
+    trajs = [
+        grpo_mod.Trajectory(item, row[m]) for row, m in zip(out.completion_ids, out.completion_mask)
+    ]
+    assert not torch.equal(trajs[0].completion, trajs[1].completion)
+    batch = grpo_mod.collate(policy, trajs)
+    prompts, index, ids, mask = batch
+
+    def seq_logps():
+        with torch.no_grad():
+            return policy.logprobs(prompts, ids, mask, prompt_index=index).sum(dim=1)  # [2]
+
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    before = seq_logps()
+    metrics, stepped = grpo_mod.policy_update(
+        policy, None, optimizer, scheduler, params, batch, torch.tensor([1.0, -1.0]), cfg, 1
+    )
+    after = seq_logps()
+    assert stepped and metrics["ratio_mean"] == pytest.approx(1.0)
+    assert after[0] > before[0] and after[1] < before[1]
