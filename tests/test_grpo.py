@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1v2.algos.grpo import group_advantages, group_stats, loss_normalizer, policy_loss
+from r1v2.algos.grpo import group_advantages, group_stats, kl_penalty, loss_normalizer, policy_loss
 
 LN = math.log
 
@@ -322,3 +322,17 @@ def test_policy_loss_rejects_bad_arguments():
         policy_loss(logps, logps, adv, mask, ref_logps=logps, kl_estimator="k4")
     with pytest.raises(ValueError, match="advantages"):
         policy_loss(logps, logps, torch.zeros(3), mask)
+
+
+def test_kl_clip_bounds_the_log_ratio():
+    """d = ref - logp = 12 and -12, clip 10: k3 = e^10 - 1 - 10 = 22015.4658 and e^-10 - 1 + 10 =
+    9.0000454; unclipped k3(12) = e^12 - 13 = 162741.79. Beyond the clip the gradient is 0."""
+    logps = torch.tensor([[0.0, -12.0]], requires_grad=True)
+    ref = torch.tensor([[12.0, -24.0]])
+    kl = kl_penalty(logps, ref, "k3", clip=10.0)
+    expected = torch.tensor([[math.exp(10) - 11, math.exp(-10) + 9]])
+    torch.testing.assert_close(kl, expected, rtol=1e-6, atol=1e-6)
+    kl.sum().backward()
+    assert torch.equal(logps.grad, torch.zeros_like(logps))
+    unclipped = kl_penalty(logps.detach(), ref, "k3")
+    assert unclipped[0, 0].item() == pytest.approx(math.exp(12) - 13, rel=1e-6)

@@ -113,15 +113,23 @@ def group_stats(
 
 
 def kl_penalty(
-    logps: torch.Tensor, ref_logps: torch.Tensor, estimator: KLEstimator = "k3"
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    estimator: KLEstimator = "k3",
+    clip: float | None = None,
 ) -> torch.Tensor:
     """Per-token estimate of ``KL(pi_theta || pi_ref)`` from tokens sampled by the policy.
 
     With ``d = ref_logps - logps`` (log of pi_ref / pi_theta at the sampled token):
     ``k1 = -d``, ``k2 = d**2 / 2``, ``k3 = exp(d) - 1 - d`` (Schulman's estimators; k3 is
     unbiased and never negative). Shapes: ``[N, T]`` in, ``[N, T]`` out.
+
+    ``clip`` bounds ``|d|`` first (no gradient beyond it). Tokens the policy did not just sample
+    (replayed ones) can have ``d`` of 10 or more, where ``exp(d)`` swamps the loss.
     """
     d = ref_logps - logps  # [N, T]
+    if clip is not None:
+        d = d.clamp(-clip, clip)
     if estimator == "k1":
         return -d
     if estimator == "k2":
@@ -181,6 +189,7 @@ def policy_loss(
     kl_estimator: KLEstimator = "k3",
     aggregation: Aggregation = "seq-mean-token-mean",
     normalizer: float | None = None,
+    kl_clip: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped GRPO loss, eq. (8), with asymmetric clipping and an optional KL penalty.
 
@@ -197,6 +206,7 @@ def policy_loss(
         ref_logps: ``[N, T]`` log-probs under the reference policy; needed when ``kl_coef > 0``.
         kl_coef: beta of eq. (8).
         kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+        kl_clip: bound on ``|log(pi_ref / pi_theta)|`` per token in the KL estimate (None: none).
         aggregation: ``"seq-mean-token-mean"`` (eq. 8: mean over a sequence's tokens, then
             over sequences) or ``"token-mean"`` (mean over every counted token of the batch).
         normalizer: the denominator of the outer mean. Default: this batch's
@@ -243,6 +253,7 @@ def policy_loss(
             torch.where(mask, logps, zeros),
             torch.where(mask, ref_logps.detach(), zeros),
             kl_estimator,
+            kl_clip,
         )  # [N, T]
         kl = _aggregate(kl_per_token, mask, aggregation, normalizer)
     else:

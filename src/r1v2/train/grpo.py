@@ -102,6 +102,11 @@ class GRPOConfig:
     clip_high: float = option(0.2, "epsilon_high of the clipped ratio")
     kl_coef: float = option(0.001, "beta: weight of KL(pi_theta || pi_ref); 0 skips the reference")
     kl_estimator: Literal["k1", "k2", "k3"] = option("k3", "KL estimator")
+    kl_clip: float | None = option(
+        10.0,
+        "bound |log(pi_ref/pi_theta)| per token in the KL estimate (replayed tokens can make k3 "
+        "explode); null: no bound",
+    )
     aggregation: Literal["seq-mean-token-mean", "token-mean"] = option(
         "seq-mean-token-mean", "loss aggregation (eq. 8 is seq-mean-token-mean)"
     )
@@ -248,6 +253,7 @@ def policy_update(
                 ref_logps=None if ref is None else ref[sl].to(logps.device),
                 kl_coef=cfg.kl_coef,
                 kl_estimator=cfg.kl_estimator,
+                kl_clip=cfg.kl_clip,
                 aggregation=cfg.aggregation,
                 normalizer=normalizer,
             )
