@@ -44,7 +44,18 @@ def _summary(found: list[Claim]) -> list[tuple[str, str, str, bool]]:
         ("there are no blue triangles", [("blue triangles", "0", "0", True)]),
         ("i see 0 green squares", [("green squares", "0", "0", True)]),
         ("i don't see any green circles", [("green circles", "0", "0", True)]),
-        # the reference traces' per-kind counts, written as cell words
+        # the reference traces' tally form: kind (a cell word or a group), colon, number
+        (
+            "redcircle : 3 , redsquare : 1 , redtriangle : 0 . 3 + 1 + 0 = 4 . red objects : 4 .",
+            [
+                ("red circles", "3", "3", True),
+                ("red squares", "1", "1", True),
+                ("red triangles", "0", "0", True),
+                ("red objects", "4", "4", True),
+            ],
+        ),
+        ("circles : four", [("circles", "4", "4", True)]),
+        # per-kind counts written as cell words after "i see"
         (
             "i see 3 redcircle , 1 redsquare , 0 redtriangle .",
             [
@@ -78,6 +89,8 @@ def test_true_claims(response, expected):
     [
         # wrong count: 3 red circles, not 2
         ("i see 2 red circles .", ("red circles", "2", "3")),
+        ("redcircle : 2 .", ("red circles", "2", "3")),
+        ("squares : 3 .", ("squares", "3", "2")),
         ("there are five circles", ("circles", "5", "4")),
         # an absent object claimed present
         ("there is a green circle", ("green circles", "at least 1", "0")),
@@ -106,6 +119,7 @@ def test_false_claims(response, expected):
         "there are 2 more red circles than squares",  # a comparison, not a count
         "3 + 1 = 4 . 4 is option C . </think> \\boxed{C}",
         "i see . </think> \\boxed{3}",
+        "scene : redcircle empty how many circles ? options : A 2 , B 3",
     ],
 )
 def test_no_claims(response):

@@ -126,43 +126,43 @@ def test_sample_scene_object_counts_by_level():
             Question("count", (RED_CIRCLES,)),
             "how many red circles are there ?",
             "3",
-            "<think> i see 3 red circles . </think> \\boxed{3}",
+            "<think> redcircle : 3 . </think> \\boxed{3}",
         ),
         (
             Question("count", (RED,)),
             "how many red objects are there ?",
             "4",
-            "<think> i see 3 redcircle , 1 redsquare , 0 redtriangle . 3 + 1 + 0 = 4 . "
-            "i see 4 red objects . </think> \\boxed{4}",
+            "<think> redcircle : 3 , redsquare : 1 , redtriangle : 0 . 3 + 1 + 0 = 4 . "
+            "red objects : 4 . </think> \\boxed{4}",
         ),
         (
             Question("sum", (RED_CIRCLES, BLUE_SQUARES)),
             "how many red circles and blue squares are there in total ?",
             "4",  # 3 + 1
-            "<think> i see 3 red circles . i see 1 blue square . 3 + 1 = 4 . </think> \\boxed{4}",
+            "<think> redcircle : 3 . bluesquare : 1 . 3 + 1 = 4 . </think> \\boxed{4}",
         ),
         (
             Question("diff", (CIRCLES, SQUARES)),
             "how many more circles than squares are there ?",
             "2",  # 4 - 2
-            "<think> i see 3 redcircle , 0 greencircle , 1 bluecircle . 3 + 0 + 1 = 4 . "
-            "i see 4 circles . i see 1 redsquare , 0 greensquare , 1 bluesquare . 1 + 0 + 1 = 2 . "
-            "i see 2 squares . 4 - 2 = 2 . </think> \\boxed{2}",
+            "<think> redcircle : 3 , greencircle : 0 , bluecircle : 1 . 3 + 0 + 1 = 4 . "
+            "circles : 4 . redsquare : 1 , greensquare : 0 , bluesquare : 1 . 1 + 0 + 1 = 2 . "
+            "squares : 2 . 4 - 2 = 2 . </think> \\boxed{2}",
         ),
         (
             Question("compare", (BLUE, GREEN), ("yes", "no")),
             "are there more blue objects than green objects ? options : A yes , B no",
             "A",  # 2 > 1: yes, option A
-            "<think> i see 1 bluecircle , 1 bluesquare , 0 bluetriangle . 1 + 1 + 0 = 2 . "
-            "i see 2 blue objects . i see 0 greencircle , 0 greensquare , 1 greentriangle . "
-            "0 + 0 + 1 = 1 . i see 1 green object . 2 is more than 1 . yes is option A . "
+            "<think> bluecircle : 1 , bluesquare : 1 , bluetriangle : 0 . 1 + 1 + 0 = 2 . "
+            "blue objects : 2 . greencircle : 0 , greensquare : 0 , greentriangle : 1 . "
+            "0 + 0 + 1 = 1 . green object : 1 . 2 is more than 1 . yes is option A . "
             "</think> \\boxed{A}",
         ),
         (
             Question("compare", (GREEN_TRIANGLES, BLUE_SQUARES), ("yes", "no")),
             "are there more green triangles than blue squares ? options : A yes , B no",
             "B",  # 1 > 1 is false: no, option B
-            "<think> i see 1 green triangle . i see 1 blue square . 1 is not more than 1 . "
+            "<think> greentriangle : 1 . bluesquare : 1 . 1 is not more than 1 . "
             "no is option B . </think> \\boxed{B}",
         ),
         (
@@ -170,14 +170,14 @@ def test_sample_scene_object_counts_by_level():
             "how many red circles , blue squares and green triangles are there in total ? "
             "options : A 4 , B 6 , C 5 , D 2",
             "C",  # 3 + 1 + 1 = 5, option C
-            "<think> i see 3 red circles . i see 1 blue square . i see 1 green triangle . "
+            "<think> redcircle : 3 . bluesquare : 1 . greentriangle : 1 . "
             "3 + 1 = 4 . 4 + 1 = 5 . 5 is option C . </think> \\boxed{C}",
         ),
         (
             Question("addsub", (RED_CIRCLES, BLUE_SQUARES, GREEN_TRIANGLES)),
             "what is red circles plus blue squares minus green triangles ?",
             "3",  # 3 + 1 - 1
-            "<think> i see 3 red circles . i see 1 blue square . i see 1 green triangle . "
+            "<think> redcircle : 3 . bluesquare : 1 . greentriangle : 1 . "
             "3 + 1 = 4 . 4 - 1 = 3 . </think> \\boxed{3}",
         ),
     ],
@@ -234,15 +234,14 @@ def test_random_questions_are_well_formed(many):
 
 
 def test_traces_hold_only_true_claims_and_every_count_is_read(many):
-    """Each count sentence 'i see ...' of a trace is read: one claim for a single kind, and for a
+    """Each tally 'G : N' of a trace is read: one claim for a single kind, and for a
     colour/shape group one per kind (3) plus the total."""
     for s in many:
         found = claims(s.trace, s.scene)
         assert found and all(c.holds for c in found)
         expected = sum(1 if g.colour and g.shape else 4 for g in s.question.groups)
         assert len(found) == expected
-        leads = s.trace.count("i see ")
-        assert leads == sum(1 if g.colour and g.shape else 2 for g in s.question.groups)
+        assert s.trace.count(" : ") == expected
 
 
 def test_difficulty_grows_with_level(many):

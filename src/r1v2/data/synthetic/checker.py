@@ -7,7 +7,8 @@ number in digits (``3``) or words (``zero``..``twenty``) and ``G`` is a group:
 - groups ``G``: ``red circle(s)``, ``redcircle(s)`` (a colour and a shape), ``red object(s)`` /
   ``red shape(s)`` / ``red thing(s)`` (a colour), ``circle(s)`` (a shape), ``object(s)`` /
   ``shape(s)`` / ``thing(s)`` (every object). Singular and plural are read alike.
-- counts: ``i see N G``, ``i can see N G``, ``there is/are N G``, ``there's N G``: exactly N.
+- counts: ``i see N G``, ``i can see N G``, ``there is/are N G``, ``there's N G``, and the
+  tally form ``G : N`` (``redcircle : 2``, ``red objects : 3``): exactly N.
   ``no`` for N means 0; ``a``/``an`` means at least one. A list of counts is read item by item
   (``i see 3 red circles and 2 squares``, commas or ``and``); groups joined without their own
   number share it (``there are 5 red circles and blue squares`` counts both together).
@@ -17,8 +18,9 @@ number in digits (``3``) or words (``zero``..``twenty``) and ``G`` is a group:
 - cells (1-based, row-major; cell 1 is top left): ``cell K is/has/holds/contains (a|an|one)
   G`` (the cell holds a member of G) and ``cell K is/has/holds/contains empty|nothing``.
 
-The reference traces state counts only, as ``i see N G`` (``G`` a plural group or a cell word
-such as ``redcircle``), so every perceptual statement of a trace is read here.
+The reference traces state counts only, in the tally form ``G : N`` (``G`` a cell word such as
+``redcircle`` or a group such as ``red objects``), so every perceptual statement of a trace is
+read here.
 
 Anything else (restating the question, arithmetic, the answer) is not a claim. A claim is a
 hallucination when it is false for the scene; a cell index outside the board is false.
@@ -58,6 +60,7 @@ _NEG_LEAD = re.compile(
     re.I,
 )
 _ITEM = re.compile(rf"(?P<q>{_QUANT})\s+(?P<g>{_GROUP_LIST})(?!\s*(?:more|fewer|less)\b)", re.I)
+_TALLY = re.compile(rf"(?P<g>{_GROUP})\s*:\s*(?P<q>{_NUM})\b", re.I)
 _NEG_ITEM = re.compile(rf"(?P<g>{_GROUP_LIST})", re.I)
 _CELL = re.compile(
     rf"\bcell\s+(?P<k>{_NUM})\s+(?:is|has|holds|contains)\s+(?:(?:a|an|one)\s+)?"
@@ -141,6 +144,8 @@ def _count_claims(response: str, scene: Scene) -> list[Claim]:
             if sep is None:
                 break
             pos = sep.end()
+    for m in _TALLY.finditer(response):
+        out.append(_count_claim(response, m.start(), m.end(), _groups(m["g"]), m["q"], scene))
     for lead in _NEG_LEAD.finditer(response):
         m = _NEG_ITEM.match(response, lead.end())
         if m is not None:

@@ -2,28 +2,32 @@
 
 A trace is ``<think> COUNTS ARITHMETIC [OPTION] </think> \\boxed{ANSWER}``:
 
-- one count per group of the question, in the question's order. A colour+shape group is one
-  kind of cell word and is counted directly; a colour or shape group is counted as the sum of
-  its three kinds of cell word (each written as that cell word)::
+- one count per group of the question, in the question's order, each written kind first and
+  number second. A colour+shape group is one kind of cell word and is counted directly; a
+  colour or shape group is counted as the sum of its three kinds (each written as its cell
+  word), then its total is stated::
 
-      i see 3 red circles .
-      i see 1 redcircle , 0 redsquare , 2 redtriangle . 1 + 0 + 2 = 3 . i see 3 red objects .
-      i see 0 blue squares .
+      redcircle : 3 .
+      redcircle : 1 , redsquare : 0 , redtriangle : 2 . 1 + 0 + 2 = 3 . red objects : 3 .
+      bluesquare : 0 .
 
 - the arithmetic, one binary operation per sentence: ``3 + 1 = 4 .``, ``4 - 2 = 2 .``, or for
   ``compare`` ``3 is more than 1 .`` / ``1 is not more than 3 .``;
 - for multiple choice, the option holding the value: ``4 is option C .`` / ``yes is option A .``;
 - the answer as one word: ``\\boxed{4}`` or ``\\boxed{C}``.
 
-Why this shape: a 4-layer word-level LM (hidden 192) learns to count one kind of cell word far
-better than a mixed group. Measured once (Qwen2-shaped LM, loss on the trace, batch 32, AdamW
-2e-3 with cosine decay; greedy accuracy on 600 fresh samples, levels 1-3 in equal shares, a
-quarter multiple choice): after 2000 steps, stating only the group counts reached 46.7%,
-this per-kind breakdown 63.2%, and listing the matching cells by index with a running tally
-(``red circles : cell 1 1 , cell 6 2 .``) 33.2% (finding cell indices needs absolute positions,
-which a RoPE LM reads poorly). After 250 steps all three are at 26-36%.
+Why this shape: a tiny word-level LM counts one kind of cell word far better than a mixed
+group, and far better when the kind is written *before* its number (the number is then
+predicted right after the token that says what to count, a one-hop lookup over the scene
+words; number first, the model must also recall which kind comes next). Measured with
+Qwen2-shaped LMs (loss on the trace, batch 32, AdamW 3e-3 with cosine decay, fresh samples
+every step; greedy accuracy on 600 fresh samples, levels 1-3 in equal shares, a quarter
+multiple choice), hidden 96, 3 layers, 2000 steps: number first (``i see 1 redcircle , ...``)
+60.8%, kind first 79.7-83.7% (two learning rates); kind first after 1000 steps 75.7%, with 2
+layers after 2000 steps 84.5%. Earlier, with number first at hidden 192, 4 layers: stating only
+the group counts 46.7%, the per-kind breakdown 63.2%, listing matching cells by index 33.2%.
 
-Every perceptual statement is an ``i see N ...`` count that
+Every perceptual statement is a ``G : N`` count that
 :mod:`r1v2.data.synthetic.checker` reads, so a trace's claims can be checked against the scene.
 Numbers are written as digits ``0``..``16`` everywhere.
 """
@@ -66,18 +70,17 @@ def kinds(group: Group) -> list[Group]:
 def count_sentence(scene: Scene, group: Group) -> tuple[str, int]:
     """The trace's count of ``group`` and the count.
 
-    ``i see 2 red circles .`` for one kind; for a colour or shape group the count of each of
-    its kinds (as its cell word), their sum, then the total:
-    ``i see 1 redcircle , 0 redsquare , 2 redtriangle . 1 + 0 + 2 = 3 . i see 3 red objects .``
+    ``redcircle : 2 .`` for one kind (its cell word); for a colour or shape group the count of
+    each of its kinds, their sum, then the total:
+    ``redcircle : 1 , redsquare : 0 , redtriangle : 2 . 1 + 0 + 2 = 3 . red objects : 3 .``
     """
     n = group.count(scene)
-    total = f"i see {n} {group.phrase(n)} ."
     parts = kinds(group)
-    if len(parts) == 1:
-        return total, n
     ns = [k.count(scene) for k in parts]
-    items = " , ".join(f"{m} {cell_word((k.colour, k.shape))}" for m, k in zip(ns, parts))
-    return f"i see {items} . {' + '.join(map(str, ns))} = {n} . {total}", n
+    items = " , ".join(f"{cell_word((k.colour, k.shape))} : {m}" for m, k in zip(ns, parts))
+    if len(parts) == 1:
+        return f"{items} .", n
+    return f"{items} . {' + '.join(map(str, ns))} = {n} . {group.phrase(n)} : {n} .", n
 
 
 def _arithmetic(qtype: str, c: list[int]) -> str:

@@ -54,7 +54,7 @@ class ToyBuildConfig:
     lm_batch_size: int = option(32, "LM pretraining sequences per step")
     lm_lr: float = option(3e-3, "LM peak learning rate (warm-up, then cosine decay)")
     lm_hidden_size: int = option(96, "LM hidden size")
-    lm_layers: int = option(3, "LM decoder layers")
+    lm_layers: int = option(2, "LM decoder layers")
     lm_heads: int = option(4, "LM attention heads")
     vision_steps: int = option(80, "vision pretraining steps (per-cell classification)")
     vision_batch_size: int = option(32, "images per vision pretraining step")

@@ -37,7 +37,7 @@ def text_user_turn(sample: SynthSample) -> str:
 
 
 def completion_text(sample: SynthSample) -> str:
-    """The reference completion after the prompt's ``<think>``: ``i see ... </think> \\boxed{N}``."""
+    """The reference completion after the prompt's ``<think>``: ``redcircle : 2 . </think> \\boxed{N}``."""
     return sample.trace.removeprefix("<think> ")
 
 

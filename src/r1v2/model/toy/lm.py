@@ -4,7 +4,7 @@ A Qwen2-shaped causal LM with a word-level tokenizer over the task's vocabulary 
 fresh synthetic samples at every step, to answer questions about a scene given in words::
 
     <|im_start|>user scene : redcircle empty ... how many red circles are there ?<|im_end|>
-    <|im_start|>assistant <think> i see 2 red circles . </think> \\boxed{2} <|im_end|>
+    <|im_start|>assistant <think> redcircle : 2 . </think> \\boxed{2} <|im_end|>
 
 Choice: the loss covers the assistant turn only (the trace, the answer and ``<|im_end|>``);
 the scene words are random and predicting them teaches nothing the RL stages use.

@@ -3,7 +3,7 @@ r"""The toy reward model: the toy VLM with a scalar value head, trained to prefe
 Pairs (:func:`make_pairs`) are built from synthetic samples; every response is in the policy's
 completion form (the reference trace after the prompt's ``<think>``):
 
-- chosen: the reference trace, whose every ``i see N ...`` claim holds for the scene;
+- chosen: the reference trace, whose every ``G : N`` count claim holds for the scene;
 - rejected, hallucinated (three kinds, equally likely): the reference trace of a *false scene*
   that differs from the true one where the question looks, so the per-kind counts, their sums,
   the arithmetic and the answer all agree with the false counts and only the image can tell:
