@@ -15,6 +15,7 @@ from r1v2.rewards import RewardModel, RMInput
 from r1v2.rewards.reward_model import (
     TransformersRewardModel,
     ValueHeadModel,
+    encode,
     last_token_index,
     load_value_head,
     render,
@@ -104,6 +105,7 @@ def test_value_head_matches_naive_forward(tmp_path):
         "version": 1,
         "base_class": "Qwen2ForCausalLM",
         "hidden_size": 32,
+        "pooling": "last",
     }
     rm = TransformersRewardModel.from_pretrained(tmp_path, batch_size=3)
     scores = rm.score(SAMPLES)
@@ -116,6 +118,47 @@ def test_value_head_matches_naive_forward(tmp_path):
             naive.append((hidden[0, -1] @ w + b).item())
     assert scores == pytest.approx(naive, abs=1e-5)
     assert len(set(round(x, 4) for x in naive)) == 3
+
+
+def test_logprob_head_is_scaled_mean_completion_logprob(tmp_path):
+    """pooling='logprob': score = w * mean log p(completion tokens and EOS | prompt) + b, against
+    a naive per-sample forward with the prompt length found by tokenising the prompt alone."""
+    tok = word_tokenizer(WORDS)
+    base = Qwen2ForCausalLM(_config(tok)).eval()
+    model = ValueHeadModel(base, pooling="logprob")
+    assert (model.head.weight.item(), model.head.bias.item()) == (1.0, 0.0)  # starts as the mean
+    with torch.no_grad():
+        model.head.weight.fill_(2.0)
+        model.head.bias.fill_(0.5)
+    save_value_head(tmp_path, model, tok)
+    meta = json.loads((tmp_path / "value_head.json").read_text())
+    assert (meta["pooling"], meta["hidden_size"]) == ("logprob", 1)
+    rm = TransformersRewardModel.from_pretrained(tmp_path, batch_size=2)
+    assert rm.model.pooling == "logprob"
+    scores = rm.score(SAMPLES)
+
+    naive = []
+    with torch.no_grad():
+        for s in SAMPLES:
+            ids = _ids(tok, s)[0]  # [T]
+            prompt = _text(s).removesuffix(s.completion + "<|im_end|>")
+            start = len(tok(prompt, add_special_tokens=False)["input_ids"])
+            logp = torch.log_softmax(base(ids[None]).logits[0], -1)  # [T, V]
+            per_token = [logp[t - 1, ids[t]].item() for t in range(start, len(ids))]
+            assert len(per_token) == len(s.completion.split()) + 1  # words + EOS
+            naive.append(2.0 * sum(per_token) / len(per_token) + 0.5)
+    assert scores == pytest.approx(naive, abs=1e-5)
+    assert len(set(round(x, 4) for x in naive)) == 3
+
+
+def test_logprob_head_needs_a_completion_mask():
+    tok = word_tokenizer(WORDS)
+    model = ValueHeadModel(Qwen2ForCausalLM(_config(tok)), pooling="logprob")
+    ids = _ids(tok, SAMPLES[0])
+    with pytest.raises(ValueError, match="completion_mask"):
+        model(ids, torch.ones_like(ids))
+    with pytest.raises(ValueError, match="pooling"):
+        ValueHeadModel(Qwen2ForCausalLM(_config(tok)), pooling="max")
 
 
 def test_value_head_gradients_reach_head_and_base():
@@ -173,6 +216,15 @@ def test_vlm_value_head_matches_naive_forward(tmp_path):
     assert scores == pytest.approx(naive, abs=1e-5)
     assert scores[0] != pytest.approx(scores[2], abs=1e-4)
 
+    # The completion mask of an image sample covers the completion and EOS only, after the
+    # expanded image tokens.
+    batch = encode(processor, samples, completion_mask=True)
+    mask, ids = batch["completion_mask"], batch["input_ids"]  # [3, T]
+    for row, s in enumerate(samples):
+        assert mask[row].sum().item() == len(s.completion.split()) + 1
+        first = int(mask[row].nonzero()[0])
+        assert tok.decode(ids[row, first : first + 2]).split() == s.completion.split()[:2]
+
 
 def test_load_errors(tmp_path):
     tok = word_tokenizer(WORDS)
@@ -204,6 +256,9 @@ def test_load_errors(tmp_path):
     meta = json.loads((head / "value_head.json").read_text())
     (head / "value_head.json").write_text(json.dumps({**meta, "base_class": "NoSuchModel"}))
     with pytest.raises(R1V2Error, match="base_class"):
+        load_value_head(head)
+    (head / "value_head.json").write_text(json.dumps({**meta, "pooling": "max"}))
+    with pytest.raises(R1V2Error, match="value_head.json: field 'pooling'"):
         load_value_head(head)
 
 

@@ -9,11 +9,19 @@ Two kinds of checkpoint are read:
 
       value_head.safetensors   "weight" [1, H] and "bias" [1] of a Linear(H, 1), float32
       value_head.json          {"format": "r1v2-value-head", "version": 1,
-                                "base_class": "Qwen2ForCausalLM", "hidden_size": H}
+                                "base_class": "Qwen2ForCausalLM", "hidden_size": H,
+                                "pooling": "last"}
 
-  ``base_class`` names the transformers class the base loads with. The score is the head
-  applied to the base model's last hidden state (after its final norm) at the last token
-  whose attention mask is 1.
+  ``base_class`` names the transformers class the base loads with; ``pooling`` (``"last"``
+  when absent) says what the head reads:
+
+  - ``"last"``: the base model's last hidden state (after its final norm) at the last token
+    whose attention mask is 1; the head is Linear(H, 1).
+  - ``"logprob"``: the mean log-probability of the completion's tokens (EOS included) under
+    the base model's own LM head, given the prompt and images; the head is Linear(1, 1)
+    (a scale and an offset), and ``hidden_size`` is 1. A generative reward model: the
+    language model itself says how likely each stated count is given the image, and
+    Bradley-Terry training sharpens that. The base must be a model with an LM head.
 
 Inputs are rendered with the checkpoint's chat template. The default ``template="generation"``
 renders the user turn (images first, then the question) with the generation prompt and
@@ -36,6 +44,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from r1v2.algos.logprobs import token_logprobs
 from r1v2.errors import R1V2Error
 from r1v2.rewards.rm_interface import RewardModel, RMInput
 
@@ -53,6 +62,8 @@ HEAD_WEIGHTS = "value_head.safetensors"
 HEAD_CONFIG = "value_head.json"
 HEAD_FORMAT = "r1v2-value-head"
 Template = Literal["generation", "conversation"]
+Pooling = Literal["last", "logprob"]
+POOLINGS: tuple[str, ...] = ("last", "logprob")
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -67,31 +78,56 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 class ValueHeadModel(torch.nn.Module):
     """A (vision-)language model with a Linear(H, 1) on its last hidden state: one score per row.
 
-    ``head`` defaults to a fresh Linear (float32) with weight ~ N(0, 1/H) and bias 0 (our
-    choice: unit-scale scores for unit-scale hidden states at the start of training).
+    ``pooling="last"``: ``head`` is Linear(H, 1) on the last attended token's hidden state,
+    by default fresh (float32) with weight ~ N(0, 1/H) and bias 0 (our choice: unit-scale
+    scores for unit-scale hidden states at the start of training). ``pooling="logprob"``:
+    ``head`` is Linear(1, 1) on the mean completion-token log-probability, by default weight 1
+    and bias 0 (the score starts as the mean log-probability itself); ``forward`` then needs a
+    ``completion_mask`` (``encode(..., completion_mask=True)``).
     """
 
-    def __init__(self, base: torch.nn.Module, head: torch.nn.Linear | None = None) -> None:
+    def __init__(
+        self, base: torch.nn.Module, head: torch.nn.Linear | None = None, pooling: Pooling = "last"
+    ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.base = base
-        hidden = base.config.get_text_config().hidden_size
+        hidden = base.config.get_text_config().hidden_size if pooling == "last" else 1
         if head is None:
             head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
-            torch.nn.init.normal_(head.weight, std=hidden**-0.5)
+            if pooling == "last":
+                torch.nn.init.normal_(head.weight, std=hidden**-0.5)
+            else:
+                torch.nn.init.ones_(head.weight)
             torch.nn.init.zeros_(head.bias)
         if head.in_features != hidden or head.out_features != 1:
-            raise ValueError(f"value head must be Linear({hidden}, 1), got {head}")
+            raise ValueError(f"a {pooling!r} value head must be Linear({hidden}, 1), got {head}")
         self.head = head
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: Any
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor | None = None,
+        **inputs: Any,
     ) -> torch.Tensor:
-        """input_ids, attention_mask: [B, T] (+ ``pixel_values`` for a VLM) -> scores [B]."""
-        out = self.base.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
-        hidden = out.last_hidden_state  # [B, T, H]
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # [B, H]
-        return self.head(last.to(self.head.weight.dtype)).squeeze(-1)  # [B]
+        """input_ids, attention_mask (, completion_mask): [B, T] (+ ``pixel_values`` for a VLM)
+        -> scores [B]."""
+        if self.pooling == "logprob":
+            if completion_mask is None:
+                raise ValueError("a 'logprob' value head needs completion_mask [B, T]")
+            logits = self.base(input_ids=input_ids, attention_mask=attention_mask, **inputs).logits
+            logps = token_logprobs(logits[:, :-1], input_ids[:, 1:])  # [B, T-1]
+            mask = completion_mask[:, 1:].to(logps.device, logps.dtype)  # [B, T-1]
+            pooled = ((logps * mask).sum(1) / mask.sum(1).clamp(min=1)).unsqueeze(-1)  # [B, 1]
+        else:
+            out = self.base.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs)
+            hidden = out.last_hidden_state  # [B, T, H]
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            pooled = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # [B, H]
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)  # [B]
 
 
 def save_value_head(path: str | Path, model: ValueHeadModel, processor: Any = None) -> Path:
@@ -112,6 +148,7 @@ def save_value_head(path: str | Path, model: ValueHeadModel, processor: Any = No
         "version": 1,
         "base_class": type(model.base).__name__,
         "hidden_size": head.in_features,
+        "pooling": model.pooling,
     }
     (path / HEAD_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     return path
@@ -136,8 +173,13 @@ def load_value_head(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
         raise R1V2Error(
             f"{config_file}: field 'base_class' {meta.get('base_class')!r} is not a transformers model class"
         )
+    pooling = meta.get("pooling", "last")
+    if pooling not in POOLINGS:
+        raise R1V2Error(
+            f"{config_file}: field 'pooling' must be one of {POOLINGS}, got {pooling!r}"
+        )
     base = base_cls.from_pretrained(path, dtype=dtype)
-    hidden = base.config.get_text_config().hidden_size
+    hidden = base.config.get_text_config().hidden_size if pooling == "last" else 1
     weights_file = path / HEAD_WEIGHTS
     try:
         tensors = load_file(str(weights_file))
@@ -159,7 +201,7 @@ def load_value_head(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)
-    return ValueHeadModel(base, head)
+    return ValueHeadModel(base, head, pooling)
 
 
 def _open_image(image: Any) -> Image.Image:
@@ -177,8 +219,11 @@ def _open_image(image: Any) -> Image.Image:
     raise R1V2Error(f"cannot use {type(image).__name__} as an image (PIL image, path or bytes)")
 
 
-def render(processor: Any, sample: RMInput, template: Template = "generation") -> str:
-    """The text of one sample under the checkpoint's chat template (see the module docstring)."""
+def render(
+    processor: Any, sample: RMInput, template: Template = "generation", *, completion: bool = True
+) -> str:
+    """The text of one sample under the checkpoint's chat template (see the module docstring);
+    with ``completion=False`` (``"generation"`` only) the prompt alone."""
     if sample.images:
         content: Any = [{"type": "image"} for _ in sample.images]
         content.append({"type": "text", "text": sample.question})
@@ -192,6 +237,8 @@ def render(processor: Any, sample: RMInput, template: Template = "generation") -
         raise R1V2Error("the reward model's tokenizer/processor has no chat template")
     if template == "generation":
         prompt = templater.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        if not completion:
+            return prompt
         return prompt + sample.completion + (tokenizer.eos_token or "")
     if template == "conversation":
         messages = [*user, {"role": "assistant", "content": sample.completion}]
@@ -199,22 +246,50 @@ def render(processor: Any, sample: RMInput, template: Template = "generation") -
     raise ValueError(f"template must be 'generation' or 'conversation', got {template!r}")
 
 
-def encode(processor: Any, samples: Sequence[RMInput], template: Template = "generation") -> dict:
-    """Tokenise ``samples`` (right padding) and process their images: model inputs as tensors."""
-    texts = [render(processor, s, template) for s in samples]
-    images = [_open_image(im) for s in samples for im in s.images]
+def _tokenize(processor: Any, texts: list[str], images: list[Image.Image]) -> dict:
     if images:
         if not hasattr(processor, "image_processor"):
             raise R1V2Error("this reward model is text-only: it cannot take images")
-        batch = processor(
-            text=texts, images=images, padding=True, padding_side="right", return_tensors="pt"
+        return dict(
+            processor(
+                text=texts, images=images, padding=True, padding_side="right", return_tensors="pt"
+            )
         )
-    else:
-        tokenizer = getattr(processor, "tokenizer", processor)
-        batch = tokenizer(
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return dict(
+        tokenizer(
             texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt"
         )
-    return dict(batch)
+    )
+
+
+def encode(
+    processor: Any,
+    samples: Sequence[RMInput],
+    template: Template = "generation",
+    *,
+    completion_mask: bool = False,
+) -> dict:
+    """Tokenise ``samples`` (right padding) and process their images: model inputs as tensors.
+
+    With ``completion_mask`` (``"generation"`` template only) the result also holds
+    ``completion_mask`` [B, T]: 1 on the completion's tokens and the EOS, found by encoding
+    the prompts alone (the rendered text is prompt + completion + EOS).
+    """
+    texts = [render(processor, s, template) for s in samples]
+    images = [_open_image(im) for s in samples for im in s.images]
+    batch = _tokenize(processor, texts, images)
+    if completion_mask:
+        if template != "generation":
+            raise ValueError("completion_mask needs the 'generation' template")
+        prompts = [render(processor, s, template, completion=False) for s in samples]
+        prompt_len = _tokenize(processor, prompts, images)["attention_mask"].sum(1)  # [B]
+        total = batch["attention_mask"].sum(1)  # [B]
+        positions = torch.arange(batch["input_ids"].shape[1])  # [T]
+        batch["completion_mask"] = (
+            (positions >= prompt_len[:, None]) & (positions < total[:, None])
+        ).long()  # [B, T]
+    return batch
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -303,7 +378,12 @@ class TransformersRewardModel:
         scores: list[float] = []
         dtype = next(self.model.parameters()).dtype
         for start in range(0, len(samples), self.batch_size):
-            batch = encode(self.processor, samples[start : start + self.batch_size], self.template)
+            batch = encode(
+                self.processor,
+                samples[start : start + self.batch_size],
+                self.template,
+                completion_mask=getattr(self.model, "pooling", None) == "logprob",
+            )
             batch = {
                 k: v.to(self.device, dtype) if k == "pixel_values" else v.to(self.device)
                 for k, v in batch.items()

@@ -52,7 +52,9 @@ class SSBConfig:
 class OptimConfig:
     """AdamW and its learning-rate schedule."""
 
-    lr: float = option(5e-5, "peak learning rate (toy VLM, adapter-only: 5e-5 learned, 3e-4 collapsed)")
+    lr: float = option(
+        5e-5, "peak learning rate (toy VLM, adapter-only: 5e-5 learned, 3e-4 collapsed)"
+    )
     weight_decay: float = option(0.0, "AdamW weight decay")
     betas: list[float] = option([0.9, 0.999], "AdamW betas")
     schedule: Literal["constant", "linear", "cosine"] = option(

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from r1v2.config import option
 from r1v2.data.synthetic import generate
@@ -62,10 +62,15 @@ class ToyBuildConfig:
     vision_layers: int = option(3, "vision encoder layers")
     vision_heads: int = option(4, "vision encoder attention heads")
     align_steps: int = option(
-        100, "adapter warm-up steps: the knob that sets how well the VLM perceives"
+        35, "adapter warm-up steps: the knob that sets how well the VLM perceives"
     )
     align_batch_size: int = option(32, "images per adapter warm-up step")
     align_lr: float = option(1e-3, "adapter warm-up peak learning rate")
+    rm_pooling: Literal["logprob", "last"] = option(
+        "logprob",
+        "reward model head: on the mean completion log-probability (logprob) or on the last "
+        "token's hidden state (last)",
+    )
     rm_steps: int = option(300, "reward model training steps")
     rm_batch_size: int = option(8, "preference pairs per reward model step")
     rm_pairs: int = option(2400, "reward model training pairs")
@@ -100,7 +105,8 @@ def stage_hashes(cfg: ToyBuildConfig) -> dict[str, str]:
     vision = _hash("vision", c.seed, c.vision_steps, c.vision_batch_size,
                    c.vision_hidden_size, c.vision_layers, c.vision_heads)  # fmt: skip
     vlm = _hash("vlm", lm, vision, c.seed, c.align_steps, c.align_batch_size, c.align_lr)
-    rm = _hash("rm", vlm, c.seed, c.rm_steps, c.rm_batch_size, c.rm_pairs, c.rm_eval_pairs)
+    rm = _hash("rm", vlm, c.seed, c.rm_pooling, c.rm_steps, c.rm_batch_size, c.rm_pairs,
+               c.rm_eval_pairs)  # fmt: skip
     return {"data": data, "lm": lm, "vision": vision, "vlm": vlm, "rm": rm}
 
 
@@ -201,8 +207,8 @@ def _build_rm(cfg: ToyBuildConfig, out: Path) -> dict[str, Any]:
     from r1v2.model.toy.reward import train_reward_model
 
     metrics = train_reward_model(
-        out / "vlm", out / "rm", seed=cfg.seed, steps=cfg.rm_steps, batch_size=cfg.rm_batch_size,
-        n_pairs=cfg.rm_pairs, n_eval=cfg.rm_eval_pairs, progress=cfg.progress,
+        out / "vlm", out / "rm", seed=cfg.seed, pooling=cfg.rm_pooling, steps=cfg.rm_steps,
+        batch_size=cfg.rm_batch_size, n_pairs=cfg.rm_pairs, n_eval=cfg.rm_eval_pairs, progress=cfg.progress,
         log=print if cfg.progress else None,
     )  # fmt: skip
     return json.loads(json.dumps(metrics, default=str))
