@@ -76,7 +76,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 class ValueHeadModel(torch.nn.Module):
-    """A (vision-)language model with a Linear(H, 1) on its last hidden state: one score per row.
+    """A (vision-)language model with a scalar head: one score per row.
 
     ``pooling="last"``: ``head`` is Linear(H, 1) on the last attended token's hidden state,
     by default fresh (float32) with weight ~ N(0, 1/H) and bias 0 (our choice: unit-scale
