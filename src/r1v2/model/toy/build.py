@@ -41,7 +41,7 @@ STAGES = ("data", "lm", "vision", "vlm", "rm")
 
 @dataclasses.dataclass
 class ToyBuildConfig:
-    """``r1v2 toy build``: sizes are step counts (full size: about 6 minutes on 2 CPU cores)."""
+    """``r1v2 toy build``: sizes are step counts (full size: about 4 minutes on 2 CPU cores)."""
 
     out: str = option("runs/toy", "folder to build into (lm/, vision/, vlm/, rm/, data/)")
     seed: int = option(0, "seed of every stage; the same seed and sizes give the same models")
