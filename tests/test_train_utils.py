@@ -85,3 +85,14 @@ def test_sampler_covers_each_epoch_and_resumes():
     assert [s2.next(4) for _ in range(3)] == rest
     assert PromptSampler(5, seed=1).next(5) != first or PromptSampler(5, seed=2).next(5) != first
     assert PromptSampler(4, shuffle=False).next(6) == [0, 1, 2, 3, 0, 1]
+
+
+def test_sharded_accelerate_setups_are_refused():
+    """A config asking accelerate for FSDP or DeepSpeed would otherwise be ignored silently."""
+    from r1v2.train.grpo import check_distributed_type
+
+    for kind in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        check_distributed_type(kind)
+    for kind in ("FSDP", "DEEPSPEED"):
+        with pytest.raises(R1V2Error, match=f"asks for {kind}.*multi_gpu.yaml"):
+            check_distributed_type(kind)

@@ -314,6 +314,7 @@ def train(cfg: GRPOConfig) -> Path:
     from r1v2.train.progress import StepProgress
 
     accelerator = Accelerator(cpu=cfg.device == "cpu")
+    check_distributed_type(accelerator.distributed_type.value)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.prompts_per_step % world:
         raise R1V2Error(f"prompts_per_step={cfg.prompts_per_step} must divide by {world} processes")
@@ -478,6 +479,20 @@ def train(cfg: GRPOConfig) -> Path:
     if logger is not None:
         logger.close()
     return out
+
+
+SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def check_distributed_type(kind: str) -> None:
+    """Refuse accelerate setups that shard the model: this trainer keeps a full replica per
+    process and averages gradients itself, so a sharding config would be silently ignored."""
+    if kind in SHARDED:
+        raise R1V2Error(
+            f"the accelerate config asks for {kind}, which r1v2 grpo does not support: every "
+            "process holds a full model replica and gradients are averaged with one all-reduce. "
+            "Launch with configs/accelerate/multi_gpu.yaml (GPUs) or cpu_2proc.yaml (CPU)."
+        )
 
 
 def _resume_path(cfg: GRPOConfig, out: Path) -> Path | None:
