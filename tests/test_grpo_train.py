@@ -64,6 +64,7 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
         assert r["rollouts"] == 16.0
     assert "hallucination_rate" in rows[1] and "hallucination_rate" in rows[2]
     assert "hallucination_rate" not in rows[0]
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"  # the run's own curves
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == [
         "checkpoint-00000002", "checkpoint-00000003",
     ]  # fmt: skip

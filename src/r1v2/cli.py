@@ -124,6 +124,18 @@ COMMANDS: list[Command] = [
         ),
     ),
     Command(
+        name="plot",
+        help="Training curves of GRPO runs (reward, effective ratio, probe accuracy) as a PNG",
+        config="r1v2.train.plot:PlotConfig",
+        run="r1v2.train.plot:run",
+        positional="runs",
+        description=(
+            "r1v2 plot RUN [RUN ...] --out curves.png: four panels against the step, one line "
+            "per run: rolling mean reward, effective ratio after (solid) and before (dashed) "
+            "replay, probe accuracy and probe hallucination rate, from each run's metrics.jsonl."
+        ),
+    ),
+    Command(
         name="prefilter",
         help="Drop prompts whose k rollouts all get the same reward (offline filtering for GRPO)",
         config="r1v2.train.prefilter:PrefilterConfig",
@@ -255,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"{cmd.name} takes one {cmd.positional}, got {positional}")
             items.append((cmd.positional, value))
         cfg = resolve(config_cls, config_file, items)
-    except ConfigError as e:
+    except R1V2Error as e:  # ConfigError, or a config's own validate()
         print(f"r1v2 {cmd.name}: error: {e}", file=sys.stderr)
         return 2
     if ns.print_config:

@@ -478,6 +478,9 @@ def train(cfg: GRPOConfig) -> Path:
     progress.close()
     if logger is not None:
         logger.close()
+        from r1v2.train.plot import plot_runs
+
+        plot_runs([out], out / "metrics.png")
     return out
 
 

@@ -1,0 +1,145 @@
+"""``r1v2 plot``: training curves of one or more runs from their ``metrics.jsonl``, as a PNG.
+
+Four panels against the step, one line per run (SSB against plain GRPO on one figure, say):
+
+- reward: ``reward_mean``, a rolling mean over ``window`` steps;
+- effective ratio: after replay (solid) and before replay (dashed), rolling means; the RECIPE's
+  0.6 target as a dotted line;
+- probe accuracy (``probe_accuracy``, logged every ``probe_every`` steps);
+- hallucination rate on the probe (``hallucination_rate``).
+
+A panel whose metric no run logged says so instead of staying blank. ``r1v2 grpo`` also writes
+``OUTPUT_DIR/metrics.png`` of its own run when it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1v2.config import option
+from r1v2.errors import R1V2Error
+
+METRICS_FILE = "metrics.jsonl"
+PANELS: tuple[tuple[str, str], ...] = (
+    ("reward_mean", "reward (rolling mean)"),
+    ("effective_ratio", "effective ratio (solid: after replay, dashed: before)"),
+    ("probe_accuracy", "probe accuracy"),
+    ("hallucination_rate", "probe hallucination rate"),
+)
+
+
+@dataclass
+class PlotConfig:
+    """``r1v2 plot RUN [RUN ...]``: training curves of GRPO runs."""
+
+    runs: list[str] = option(help="run folders (each with metrics.jsonl) or metrics.jsonl files")
+    out: str = option("curves.png", "PNG file to write")
+    labels: list[str] | None = option(None, "legend labels, one per run (default: folder names)")
+    window: int = option(20, "steps in the rolling mean of the per-step curves")
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise R1V2Error("name at least one run folder: r1v2 plot runs/grpo [runs/other ...]")
+        if self.labels is not None and len(self.labels) != len(self.runs):
+            raise R1V2Error(
+                f"config field 'labels' has {len(self.labels)} entries for {len(self.runs)} runs"
+            )
+        if self.window < 1:
+            raise R1V2Error(f"config field 'window' must be >= 1, got {self.window}")
+
+
+def read_run(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (``path`` is the file or its folder); a bad line
+    is an error naming the file and line."""
+    path = Path(path)
+    file = path / METRICS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise R1V2Error(f"{file}: file not found (not a training run's metrics)")
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise R1V2Error(f"{file}:{number}: malformed JSON ({e})") from e
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise R1V2Error(f"{file}:{number}: field 'step': expected an integer step")
+        rows.append(row)
+    return rows
+
+
+def rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of ``key`` over the rows that logged it."""
+    points = [(r["step"], float(r[key])) for r in rows if r.get(key) is not None]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_runs(
+    runs: list[str | Path], out: str | Path, labels: list[str] | None = None, window: int = 20
+) -> Path:
+    """Write the four-panel figure of ``runs`` to ``out``; returns its path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    data = [read_run(r) for r in runs]
+    labels = labels or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs]
+    fig = Figure(figsize=(11, 7), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    colours = [f"C{i}" for i in range(len(runs))]
+    for ax, (key, title) in zip(axes, PANELS):
+        drawn = False
+        for rows, label, colour in zip(data, labels, colours):
+            steps, values = series(rows, key)
+            if not steps:
+                continue
+            drawn = True
+            per_step = key in ("reward_mean", "effective_ratio")
+            ax.plot(steps, rolling_mean(values, window) if per_step else values,
+                    color=colour, label=label, marker=None if per_step else "o", markersize=3)  # fmt: skip
+            if key == "effective_ratio":
+                b_steps, before = series(rows, "effective_ratio_before_replay")
+                if b_steps:
+                    ax.plot(b_steps, rolling_mean(before, window), color=colour, linestyle="--")
+        if key == "effective_ratio" and drawn:
+            ax.axhline(0.6, color="grey", linestyle=":", linewidth=1)
+        if not drawn:
+            ax.text(0.5, 0.5, f"no run logged {key}", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[2:]:
+        ax.set_xlabel("step")
+    legend: dict[str, Any] = {}  # label -> handle, over every panel (a run may skip some)
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    handles, names = list(legend.values()), list(legend)
+    if handles:
+        fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(out))
+    return out
+
+
+def run(cfg: PlotConfig) -> int:
+    path = plot_runs(cfg.runs, cfg.out, cfg.labels, cfg.window)
+    print(f"wrote {path}")
+    return 0
