@@ -23,7 +23,7 @@ words; number first, the model must also recall which kind comes next). Measured
 Qwen2-shaped LMs (loss on the trace, batch 32, AdamW 3e-3 with cosine decay, fresh samples
 every step; greedy accuracy on 600 fresh samples, levels 1-3 in equal shares, a quarter
 multiple choice), hidden 96, 3 layers, 2000 steps: number first (``i see 1 redcircle , ...``)
-60.8%, kind first 79.7-83.7% (two learning rates); kind first after 1000 steps 75.7%, with 2
+60.8%, kind first 79.7% and 83.7% (peak learning rates 3e-3 and 5e-3); kind first after 1000 steps 75.7%, with 2
 layers after 2000 steps 84.5%. Earlier, with number first at hidden 192, 4 layers: stating only
 the group counts 46.7%, the per-kind breakdown 63.2%, listing matching cells by index 33.2%.
 

@@ -208,8 +208,8 @@ def _build_rm(cfg: ToyBuildConfig, out: Path) -> dict[str, Any]:
 
     metrics = train_reward_model(
         out / "vlm", out / "rm", seed=cfg.seed, pooling=cfg.rm_pooling, steps=cfg.rm_steps,
-        batch_size=cfg.rm_batch_size, n_pairs=cfg.rm_pairs, n_eval=cfg.rm_eval_pairs, progress=cfg.progress,
-        log=print if cfg.progress else None,
+        batch_size=cfg.rm_batch_size, n_pairs=cfg.rm_pairs, n_eval=cfg.rm_eval_pairs,
+        progress=cfg.progress, log=print if cfg.progress else None,
     )  # fmt: skip
     return json.loads(json.dumps(metrics, default=str))
 

@@ -524,7 +524,7 @@ def train_reward_model(
     torch.manual_seed(seed)
     base, processor = load_base(vlm_dir)
     set_trainable(base, trainable)
-    # the head is drawn from the seeded global generator
+    # a "last" head is drawn from the seeded global generator; a "logprob" head starts at (1, 0)
     model = ValueHeadModel(base, pooling=pooling)
     train_pairs = make_pairs(
         n_pairs,
