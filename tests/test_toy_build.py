@@ -71,11 +71,23 @@ def test_second_build_reuses_every_stage(built: Path):
     assert weights.stat().st_mtime_ns == before
 
 
+def test_toy_eval_reports_lm_vlm_and_reward_model(built: Path, capsys):
+    assert main(["toy", "eval", "--out", str(built), "n=4", "batch_size=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "text LM (scene in words)" in printed and "VLM (image)" in printed
+    rm = json.loads((built / "rm" / "rm_metrics.json").read_text())
+    assert f"accuracy {rm['accuracy_hallucinated']:.1%} vs hallucinated" in printed
+    measured = json.loads((built / "measure.json").read_text())
+    assert measured["lm"]["n"] == measured["vlm"]["n"] == 4
+
+
 def test_changing_the_warm_up_rebuilds_only_what_depends_on_it():
     """align_steps feeds the vlm hash, and the rm hash through it; lm, vision, data keep theirs."""
     a = stage_hashes(ToyBuildConfig(align_steps=100))
     b = stage_hashes(ToyBuildConfig(align_steps=101))
     assert [k for k in a if a[k] != b[k]] == ["vlm", "rm"]
+    c = stage_hashes(ToyBuildConfig(align_steps=100, rm_pooling="last"))
+    assert [k for k in a if a[k] != c[k]] == ["rm"]
 
 
 def test_lm_is_deterministic_by_seed(tmp_path: Path):

@@ -127,6 +127,14 @@ def run_eval(cfg: ToyEvalConfig) -> int:
             f"{what:<26} accuracy {m['accuracy']:.1%} ({levels}), "
             f"hallucination rate {m['hallucination_rate']:.1%}, n={m['n']}, {m['seconds']} s"
         )
+    rm_metrics = Path(cfg.out) / "rm" / "rm_metrics.json"
+    if rm_metrics.is_file():  # measured on held-out pairs when the reward model was trained
+        m = json.loads(rm_metrics.read_text())
+        print(
+            f"{'reward model (pairs)':<26} accuracy {m['accuracy_hallucinated']:.1%} vs "
+            f"hallucinated, {m['accuracy_repetitive']:.1%} vs repetitive, n={m['n_eval']} "
+            f"(from {rm_metrics})"
+        )
     path = Path(cfg.out) / "measure.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
