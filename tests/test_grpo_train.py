@@ -152,6 +152,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log
     assert "starting at step 0 " not in log
+    assert "done: 8 steps in " in log and f"curves: {cut / 'metrics.png'}" in log
     a, b = _weights(full, 8), _weights(cut, 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_metrics(cut / "metrics.jsonl")]

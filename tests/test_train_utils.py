@@ -96,3 +96,18 @@ def test_sharded_accelerate_setups_are_refused():
     for kind in ("FSDP", "DEEPSPEED"):
         with pytest.raises(R1V2Error, match=f"asks for {kind}.*multi_gpu.yaml"):
             check_distributed_type(kind)
+
+
+def test_run_summary_by_hand():
+    from r1v2.train.grpo import run_summary
+
+    rows = [{"step": 0, "probe_accuracy": 0.25, "hallucination_rate": 0.5}]
+    rows += [{"step": s, "reward_mean": float(s), "effective_ratio": 0.7} for s in range(1, 41)]
+    rows[5]["effective_ratio"] = 0.625
+    rows[-1] |= {"probe_accuracy": 0.5, "hallucination_rate": 0.125}
+    text = run_summary(rows, 12.4)
+    assert text.startswith("40 steps in 12 s; ")
+    assert "reward 10.5 -> 30.5 (mean of the first and last 20 steps)" in text  # 1..20, 21..40
+    assert "lowest effective ratio 0.62" in text
+    assert "probe accuracy 25.0% -> 50.0% (steps 0 -> 40), hallucination rate 50.0% -> 12.5%" in text
+    assert run_summary([], 0.0) == "0 steps in 0 s"

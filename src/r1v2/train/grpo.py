@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1v2.train.metrics import MetricsLogger
+from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
 
 
@@ -528,6 +529,35 @@ def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, fl
     return dict(zip(keys, values.tolist()))
 
 
+def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
+    """One paragraph on a finished run from its metrics rows: steps, time, mean reward of the
+    first and last 20 steps, probe accuracy and hallucination rate first -> last, and the
+    lowest effective ratio (after replay)."""
+    steps = [r for r in rows if "reward_mean" in r]
+    parts = [f"{steps[-1]['step'] if steps else 0} steps in {seconds:.0f} s"]
+    if steps:
+        head, tail = steps[:20], steps[-20:]
+        first = sum(r["reward_mean"] for r in head) / len(head)
+        last = sum(r["reward_mean"] for r in tail) / len(tail)
+        parts.append(f"reward {first:.3g} -> {last:.3g} (mean of the first and last 20 steps)")
+        low = min(r["effective_ratio"] for r in steps)
+        parts.append(f"lowest effective ratio {low:.2f}")
+    probes = [r for r in rows if "probe_accuracy" in r]
+    if probes:
+        a, b = probes[0], probes[-1]
+        parts.append(
+            f"probe accuracy {a['probe_accuracy']:.1%} -> {b['probe_accuracy']:.1%} "
+            f"(steps {a['step']} -> {b['step']}), hallucination rate "
+            f"{a['hallucination_rate']:.1%} -> {b['hallucination_rate']:.1%}"
+        )
+    return "; ".join(parts)
+
+
 def run(cfg: GRPOConfig) -> int:
-    train(cfg)
+    start = time.perf_counter()
+    out = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        rows = read_metrics(out / "metrics.jsonl")
+        print(f"done: {run_summary(rows, time.perf_counter() - start)}")
+        print(f"curves: {out / 'metrics.png'}; checkpoints: {out}/checkpoint-*")
     return 0
