@@ -157,3 +157,27 @@ def test_from_config():
         resolve(HybridRewardConfig, None, ["rm_cap=high"])
     with pytest.raises(R1V2Error, match="rm_cap"):
         resolve(HybridRewardConfig, None, ["rm_cap=2"])
+
+
+def test_rm_center_and_scale_come_from_the_calibration_file(tmp_path):
+    """Left null, center and scale are read from RM_PATH/rm_calibration.json; a value given in
+    the config wins; without the file they are 0 and 1; a bad file names itself."""
+    import json
+
+    from r1v2.rewards.hybrid import rm_calibration
+
+    (tmp_path / "rm_calibration.json").write_text(json.dumps({"rm_center": 3.0, "rm_scale": 2.0}))
+    cfg = resolve(HybridRewardConfig, None, [f"rm_path={tmp_path}"])
+    assert rm_calibration(cfg) == (3.0, 2.0)
+    reward = HybridReward.from_config(cfg, reward_model=FakeRM([5.0]))
+    result = reward([GOOD], [{"answer": "4"}])
+    assert result.components["rm"] == [pytest.approx(0.7310586)]  # sigmoid((5 - 3) / 2)
+    given = resolve(HybridRewardConfig, None, [f"rm_path={tmp_path}", "rm_scale=4"])
+    assert rm_calibration(given) == (3.0, 4.0)
+    assert rm_calibration(resolve(HybridRewardConfig, None, [f"rm_path={tmp_path / 'x'}"])) == (
+        0.0,
+        1.0,
+    )
+    (tmp_path / "rm_calibration.json").write_text('{"rm_center": 1}')
+    with pytest.raises(R1V2Error, match="rm_calibration.json: expected numbers"):
+        rm_calibration(cfg)

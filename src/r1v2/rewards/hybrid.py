@@ -19,9 +19,11 @@ A component whose weight is 0 is not computed at all.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from r1v2.config import option
@@ -31,6 +33,7 @@ from r1v2.rewards.fmt import format_reward
 from r1v2.rewards.rm_interface import RewardModel, RMInput
 
 DEFAULT_WEIGHTS = {"accuracy": 1.0, "rm": 1.0, "format": 1.0}
+CALIBRATION_FILE = "rm_calibration.json"  # {"rm_center": float, "rm_scale": float, ...}
 COMPONENTS = tuple(DEFAULT_WEIGHTS)
 
 
@@ -43,6 +46,25 @@ def rm_to_reward(score: float, center: float = 0.0, scale: float = 1.0, cap: flo
     z = (score - center) / scale
     s = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
     return min(s, cap)
+
+
+def rm_calibration(cfg: HybridRewardConfig) -> tuple[float, float]:
+    """``(center, scale)`` of the RM mapping: the config's values; one left null comes from
+    ``RM_PATH/rm_calibration.json`` when the reward model has that file, else 0 and 1."""
+    center, scale = cfg.rm_center, cfg.rm_scale
+    file = Path(cfg.rm_path) / CALIBRATION_FILE if cfg.rm_path else None
+    if (center is None or scale is None) and file is not None and file.is_file():
+        try:
+            saved = json.loads(file.read_text())
+            center = float(saved["rm_center"]) if center is None else center
+            scale = float(saved["rm_scale"]) if scale is None else scale
+        except (ValueError, KeyError, TypeError) as e:
+            raise R1V2Error(
+                f"{file}: expected numbers under 'rm_center' and 'rm_scale' ({e!r})"
+            ) from e
+        if scale <= 0:
+            raise R1V2Error(f"{file}: field 'rm_scale' must be > 0, got {scale}")
+    return (0.0 if center is None else center, 1.0 if scale is None else scale)
 
 
 @dataclass
@@ -61,10 +83,16 @@ class HybridRewardConfig:
     rm_device: str = option("cpu", "device the reward model runs on")
     rm_dtype: str = option("float32", "dtype the reward model runs in (float32, bfloat16, float16)")
     rm_batch_size: int = option(8, "samples per reward model forward pass")
-    rm_center: float = option(
-        0.0, "RM score mapped to 0.5: r_rm = min(sigmoid((s - center) / scale), cap)"
+    rm_center: float | None = option(
+        None,
+        "RM score mapped to 0.5: r_rm = min(sigmoid((s - center) / scale), cap); null: from "
+        "RM_PATH/rm_calibration.json when the reward model has one, else 0",
     )
-    rm_scale: float = option(1.0, "RM score units per unit of the sigmoid's input (> 0)")
+    rm_scale: float | None = option(
+        None,
+        "RM score units per unit of the sigmoid's input (> 0); null: from "
+        "RM_PATH/rm_calibration.json when the reward model has one, else 1",
+    )
     rm_cap: float = option(
         1.0, "upper bound of the mapped RM reward, in [0, 1] (calibrated threshold)"
     )
@@ -76,7 +104,7 @@ class HybridRewardConfig:
             raise R1V2Error(
                 f"reward.weights: unknown component(s) {', '.join(unknown)}; valid: {', '.join(COMPONENTS)}"
             )
-        if self.rm_scale <= 0:
+        if self.rm_scale is not None and self.rm_scale <= 0:
             raise R1V2Error(f"reward.rm_scale must be > 0, got {self.rm_scale}")
         if not 0.0 <= self.rm_cap <= 1.0:
             raise R1V2Error(f"reward.rm_cap must be in [0, 1], got {self.rm_cap}")
@@ -178,8 +206,7 @@ class HybridReward:
         return cls(
             weights,
             reward_model=reward_model,
-            rm_center=cfg.rm_center,
-            rm_scale=cfg.rm_scale,
+            **dict(zip(("rm_center", "rm_scale"), rm_calibration(cfg))),
             rm_cap=cfg.rm_cap,
             accuracy_timeout=cfg.accuracy_timeout,
             question_fn=question_fn,

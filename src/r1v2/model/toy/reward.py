@@ -85,6 +85,7 @@ from r1v2.data.synthetic.traces import kinds
 from r1v2.errors import R1V2Error
 from r1v2.model.freeze import MODES, set_trainable
 from r1v2.model.policy import format_question
+from r1v2.rewards.hybrid import CALIBRATION_FILE
 from r1v2.rewards.reward_model import (
     POOLINGS,
     RMInput,
@@ -97,7 +98,6 @@ HALLUCINATION_KINDS = ("count", "absent", "cell")
 PAIR_KINDS = (*HALLUCINATION_KINDS, "repetitive")
 TRAIN_SEED_OFFSET = 10_000  # RM pairs use their own sample streams, apart from the RL data
 EVAL_SEED_OFFSET = 20_000
-CALIBRATION_FILE = "rm_calibration.json"
 METRICS_FILE = "rm_metrics.json"
 MIN_SCALE = 1e-3
 
