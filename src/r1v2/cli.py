@@ -120,7 +120,8 @@ COMMANDS: list[Command] = [
             "+ format), group-normalised advantages, the Selective Sample Buffer replaying "
             "high-|A| samples into zero-advantage slots, clipped policy updates with a KL term. "
             "Checkpoints every save_steps; resume=auto continues the newest one. Multi-process: "
-            "accelerate launch --num_processes K -m r1v2 grpo ..."
+            "accelerate launch --num_processes K -m r1v2 grpo ... (add sharding=fsdp to shard "
+            "the model with torch FSDP2); torchrun --nproc_per_node K on a CPU."
         ),
     ),
     Command(

@@ -194,6 +194,9 @@ class Policy:
         self.eos_ids = _eos_ids(model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
+        # Sharded models (FSDP) need every process to keep stepping generation until all are
+        # done; r1v2.train.grpo sets this when it shards the policy.
+        self.synced_gpus = False
 
     @classmethod
     def from_pretrained(
@@ -374,7 +377,10 @@ class Policy:
         )
         # With inputs_embeds and no input_ids, generate returns only the new tokens.
         return self.model.generate(
-            inputs_embeds=embeds, attention_mask=mask.long(), generation_config=config
+            inputs_embeds=embeds,
+            attention_mask=mask.long(),
+            generation_config=config,
+            synced_gpus=self.synced_gpus,
         )
 
     # ---- scoring -------------------------------------------------------------------------

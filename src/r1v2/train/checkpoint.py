@@ -70,9 +70,12 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters that require grad, detached and contiguous on the CPU."""
+    """The parameters that require grad, detached and contiguous on the CPU; sharded (FSDP)
+    parameters gathered whole, so every process must call it."""
+    from r1v2.train.sharding import full_tensor
+
     return {
-        name: p.detach().to("cpu").contiguous()
+        name: full_tensor(p.detach()).to("cpu").contiguous()
         for name, p in model.named_parameters()
         if p.requires_grad
     }
@@ -105,8 +108,9 @@ def save_checkpoint(
     if barrier is not None:
         barrier()
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    weights = trainable_state(model)  # on every rank: gathering sharded weights is collective
     if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(trainer_state, tmp / "trainer_state.pt")
     if barrier is not None:
         barrier()

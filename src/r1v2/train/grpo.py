@@ -33,6 +33,7 @@ from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
+from r1v2.train.sharding import Runner, direct, full_tensor, shard_model
 
 
 @dataclass
@@ -96,6 +97,11 @@ class GRPOConfig:
         metadata={"help": "sampling of rollouts"},
     )
 
+    sharding: Literal["replicate", "fsdp"] = option(
+        "replicate",
+        "with several processes: replicate the model on each and average gradients, or shard "
+        "parameters, gradients and optimizer state with torch FSDP2 (r1v2.train.sharding)",
+    )
     trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
         "adapter", "parts that train (paper: adapter-only is best)"
     )
@@ -210,13 +216,25 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
 
 
 def policy_update(
-    policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world_size
+    policy,
+    ref_model,
+    optimizer,
+    scheduler,
+    params,
+    batch,
+    advantages,
+    cfg,
+    world_size,
+    run: Runner = direct,
+    run_ref: Runner = direct,
 ):
     """mu iterations of the clipped surrogate over the batch; returns metrics and whether it stepped.
 
     ``old_logps`` are the current policy's log-probs before the first iteration, for fresh and
     replayed samples alike (so a replayed sample's ratio starts at 1). With one iteration
     they are the training forward's own log-probs, detached, which saves a forward pass.
+    ``run``/``run_ref`` run each use of the policy / reference model (see
+    :mod:`r1v2.train.sharding`); with FSDP the gradients come back already averaged.
     """
     prompts, index, ids, mask = batch
     n = ids.shape[0]
@@ -224,12 +242,18 @@ def policy_update(
     with torch.no_grad():
         old = None
         if not reuse_old:
-            old = policy.logprobs(
-                prompts, ids, mask, prompt_index=index, micro_batch_size=cfg.micro_batch_size
+            old = run(
+                policy.logprobs,
+                prompts,
+                ids,
+                mask,
+                prompt_index=index,
+                micro_batch_size=cfg.micro_batch_size,
             )
         ref = None
         if ref_model is not None:
-            ref = policy.logprobs(
+            ref = run_ref(
+                policy.logprobs,
                 prompts,
                 ids,
                 mask,
@@ -245,7 +269,7 @@ def policy_update(
         loss_total = 0.0
         for start in range(0, n, cfg.micro_batch_size):
             sl = slice(start, min(start + cfg.micro_batch_size, n))
-            logps = policy.logprobs(prompts, ids[sl], mask[sl], prompt_index=index[sl])  # [b, T]
+            logps = run(policy.logprobs, prompts, ids[sl], mask[sl], prompt_index=index[sl])
             loss, m = policy_loss(
                 logps,
                 logps.detach() if reuse_old else old[sl].to(logps.device),
@@ -265,8 +289,10 @@ def policy_update(
             w = (sl.stop - sl.start) / n
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + w * float(v) / cfg.ppo_epochs
-        average_gradients(params, world_size)
+        if run is direct:  # FSDP averaged the gradients in the backward pass
+            average_gradients(params, world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
+        grad_norm = full_tensor(grad_norm)
         if not (math.isfinite(loss_total) and torch.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             stepped = False
@@ -314,7 +340,8 @@ def train(cfg: GRPOConfig) -> Path:
     from r1v2.rewards.hybrid import HybridReward
     from r1v2.train.progress import StepProgress
 
-    accelerator = Accelerator(cpu=cfg.device == "cpu")
+    # Without a GPU, accelerate only joins the processes of a launch (gloo) when told cpu=True.
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     check_distributed_type(accelerator.distributed_type.value)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.prompts_per_step % world:
@@ -334,6 +361,10 @@ def train(cfg: GRPOConfig) -> Path:
     ref_model = (
         copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     )
+    ckpt = _resume_path(cfg, out)
+    # weights before sharding: the checkpoint holds whole tensors
+    state = load_checkpoint(ckpt, policy.model, rank=rank)[0] if ckpt is not None else {}
+    run, run_ref = _runners(cfg, policy, ref_model, world, accelerator.device.type)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
@@ -353,10 +384,8 @@ def train(cfg: GRPOConfig) -> Path:
     sampler = PromptSampler(len(pool), seed=cfg.seed)
 
     step, nan_streak, nan_total = 0, 0, 0
-    ckpt = _resume_path(cfg, out)
     if ckpt is not None:
-        state, _ = load_checkpoint(ckpt, policy.model, rank=rank)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"], run)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         buffer.load_state_dict(state["buffers"][rank])
@@ -378,7 +407,7 @@ def train(cfg: GRPOConfig) -> Path:
     def checkpoint(at: int) -> None:
         buffers = _gather_objects(buffer.state_dict(), world)
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimizer_state(optimizer, run),  # whole tensors (collective)
             "scheduler": scheduler.state_dict(),
             "sampler": sampler.state_dict(),
             "buffers": buffers,
@@ -400,7 +429,7 @@ def train(cfg: GRPOConfig) -> Path:
 
     if probe_items and step == 0:  # the starting point, for before/after comparisons
         policy.model.eval()
-        baseline = _mean_over_processes(probe(policy, probe_items, cfg), accelerator)
+        baseline = _mean_over_processes(run(probe, policy, probe_items, cfg), accelerator)
         if rank == 0:
             logger.log(0, baseline)
     shard = cfg.prompts_per_step // world
@@ -413,7 +442,7 @@ def train(cfg: GRPOConfig) -> Path:
         items = [pool[i] for i in indices]
         # 2. G rollouts per prompt
         policy.model.eval()
-        texts, completions = generate_shard(policy, items, cfg, step, rank * shard)
+        texts, completions = run(generate_shard, policy, items, cfg, step, rank * shard)
         per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
         # 3. hybrid reward, 4. group advantages
         rewards = reward_fn(texts, per_sample)
@@ -433,8 +462,9 @@ def train(cfg: GRPOConfig) -> Path:
         policy.model.train()
         batch = collate(policy, trajectories)
         update, stepped = policy_update(
-            policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world
-        )
+            policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world,
+            run, run_ref,
+        )  # fmt: skip
         nan_streak = 0 if stepped else nan_streak + 1
         nan_total += 0 if stepped else 1
         # 7. metrics
@@ -464,7 +494,7 @@ def train(cfg: GRPOConfig) -> Path:
         metrics = _mean_over_processes(metrics, accelerator)
         if probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
             policy.model.eval()
-            metrics.update(probe(policy, probe_items, cfg))
+            metrics.update(run(probe, policy, probe_items, cfg))
         if rank == 0:
             logger.log(step, metrics)
             progress.update(step, metrics)
@@ -485,6 +515,42 @@ def train(cfg: GRPOConfig) -> Path:
     return out
 
 
+def _runners(cfg: GRPOConfig, policy, ref_model, world: int, device_type: str):
+    """How the policy and the reference model run: as they are, or sharded with FSDP2."""
+    if cfg.sharding != "fsdp":
+        return direct, direct
+    if world == 1:
+        raise R1V2Error(
+            "sharding=fsdp needs several processes: accelerate launch --config_file "
+            "configs/accelerate/multi_gpu.yaml -m r1v2 grpo ..."
+        )
+    policy.synced_gpus = True  # every process steps generation until all are done
+    run = shard_model(policy.model, device_type)
+    return run, direct if ref_model is None else shard_model(ref_model, device_type)
+
+
+def optimizer_state(optimizer, run: Runner) -> dict[str, Any]:
+    """The optimizer's state dict; with FSDP gathered into whole tensors (every process must
+    call it), so a checkpoint does not depend on the number of processes."""
+    if run is direct:
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(run, optimizer, options=options)
+
+
+def load_optimizer_state(optimizer, state: dict[str, Any], run: Runner) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    if run is direct:
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_optimizer_state_dict(run, optimizer, optim_state_dict=state, options=options)
+
+
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 
@@ -495,7 +561,8 @@ def check_distributed_type(kind: str) -> None:
         raise R1V2Error(
             f"the accelerate config asks for {kind}, which r1v2 grpo does not support: every "
             "process holds a full model replica and gradients are averaged with one all-reduce. "
-            "Launch with configs/accelerate/multi_gpu.yaml (GPUs) or cpu_2proc.yaml (CPU)."
+            "Launch with configs/accelerate/multi_gpu.yaml (add sharding=fsdp to shard the "
+            "model with torch FSDP2), or torchrun --nproc_per_node K -m r1v2 grpo on a CPU."
         )
 
 
