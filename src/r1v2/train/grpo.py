@@ -555,14 +555,14 @@ SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 
 def check_distributed_type(kind: str) -> None:
-    """Refuse accelerate setups that shard the model: this trainer keeps a full replica per
-    process and averages gradients itself, so a sharding config would be silently ignored."""
+    """Refuse accelerate setups that would wrap the model themselves: this trainer never hands
+    its model to accelerate (it shards with torch FSDP2 itself, ``sharding=fsdp``), so such a
+    config would be silently ignored."""
     if kind in SHARDED:
         raise R1V2Error(
-            f"the accelerate config asks for {kind}, which r1v2 grpo does not support: every "
-            "process holds a full model replica and gradients are averaged with one all-reduce. "
-            "Launch with configs/accelerate/multi_gpu.yaml (add sharding=fsdp to shard the "
-            "model with torch FSDP2), or torchrun --nproc_per_node K -m r1v2 grpo on a CPU."
+            f"the accelerate config asks for {kind}, which r1v2 grpo does not use: launch with "
+            "configs/accelerate/multi_gpu.yaml and add sharding=fsdp to shard the model with "
+            "torch FSDP2 (or torchrun --nproc_per_node K -m r1v2 grpo on a CPU)."
         )
 
 
