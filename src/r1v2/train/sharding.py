@@ -13,7 +13,9 @@ a thin module whose ``forward(fn, *args)`` calls ``fn(*args)``: every use of the
 inside one root forward (``run(fn, ...)``), where the root unit's parameters are gathered and
 each layer gathers its own as it is called. Generation must then step in lock-step on every
 process (``Policy.synced_gpus``): a process whose sequences have all ended keeps running
-forwards until every process is done.
+forwards until every process is done. Every sharded layer gathers with a collective, so all
+processes must make the same calls: a step where one process has images and another has
+text-only prompts would hang (the toy task and single-modality pools are fine).
 """
 
 from __future__ import annotations
