@@ -6,7 +6,8 @@ import pytest
 
 from r1v2.cli import main
 from r1v2.errors import R1V2Error
-from r1v2.train.plot import read_run, rolling_mean, series
+from r1v2.train.metrics import read_metrics
+from r1v2.train.plot import rolling_mean, series
 
 
 def _run(folder, n=30, ssb=True):
@@ -30,7 +31,7 @@ def test_rolling_mean_by_hand():
 
 
 def test_series_keeps_the_rows_that_logged_the_key(tmp_path):
-    rows = read_run(_run(tmp_path / "a"))
+    rows = read_metrics(_run(tmp_path / "a"))
     steps, values = series(rows, "probe_accuracy")
     assert steps == [0, 10, 20, 30] and values == pytest.approx([0.4, 0.5, 0.6, 0.7])
     assert series(rows, "reward_mean")[0] == list(range(1, 31))
@@ -38,14 +39,14 @@ def test_series_keeps_the_rows_that_logged_the_key(tmp_path):
 
 def test_bad_metrics_files_name_file_and_line(tmp_path):
     with pytest.raises(R1V2Error, match="metrics.jsonl: file not found"):
-        read_run(tmp_path)
+        read_metrics(tmp_path)
     bad = tmp_path / "metrics.jsonl"
     bad.write_text('{"step": 1}\n{"step": 2, oops}\n')
     with pytest.raises(R1V2Error, match=r"metrics.jsonl:2: malformed JSON"):
-        read_run(tmp_path)
+        read_metrics(tmp_path)
     bad.write_text('{"step": 1}\n\n{"reward_mean": 1.0}\n')
     with pytest.raises(R1V2Error, match=r"metrics.jsonl:3: field 'step'"):
-        read_run(bad)
+        read_metrics(bad)
 
 
 def test_plot_command_writes_a_png_of_several_runs(tmp_path, capsys):

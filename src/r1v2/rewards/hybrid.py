@@ -203,10 +203,12 @@ class HybridReward:
             )
         if reward_model is None:
             weights.pop("rm", None)
+        center, scale = rm_calibration(cfg)
         return cls(
             weights,
             reward_model=reward_model,
-            **dict(zip(("rm_center", "rm_scale"), rm_calibration(cfg))),
+            rm_center=center,
+            rm_scale=scale,
             rm_cap=cfg.rm_cap,
             accuracy_timeout=cfg.accuracy_timeout,
             question_fn=question_fn,

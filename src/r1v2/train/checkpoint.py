@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from r1v2 import __version__
 from r1v2.errors import R1V2Error
+from r1v2.train.sharding import full_tensor
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -72,8 +73,6 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that require grad, detached and contiguous on the CPU; sharded (FSDP)
     parameters gathered whole, so every process must call it."""
-    from r1v2.train.sharding import full_tensor
-
     return {
         name: full_tensor(p.detach()).to("cpu").contiguous()
         for name, p in model.named_parameters()

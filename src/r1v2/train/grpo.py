@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,28 +238,14 @@ def policy_update(
     prompts, index, ids, mask = batch
     n = ids.shape[0]
     reuse_old = cfg.ppo_epochs == 1
-    with torch.no_grad():
-        old = None
-        if not reuse_old:
-            old = run(
-                policy.logprobs,
-                prompts,
-                ids,
-                mask,
-                prompt_index=index,
-                micro_batch_size=cfg.micro_batch_size,
-            )
-        ref = None
-        if ref_model is not None:
-            ref = run_ref(
-                policy.logprobs,
-                prompts,
-                ids,
-                mask,
-                prompt_index=index,
-                micro_batch_size=cfg.micro_batch_size,
-                model=ref_model,
-            )
+
+    def whole_batch(runner: Runner, **kwargs) -> torch.Tensor:  # [N, T], no gradients
+        with torch.no_grad():
+            return runner(policy.logprobs, prompts, ids, mask, prompt_index=index,
+                          micro_batch_size=cfg.micro_batch_size, **kwargs)  # fmt: skip
+
+    old = None if reuse_old else whole_batch(run)
+    ref = None if ref_model is None else whole_batch(run_ref, model=ref_model)
     normalizer = loss_normalizer(mask, cfg.aggregation)
     sums: dict[str, float] = {}
     stepped = True
@@ -623,8 +608,10 @@ def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
 def run(cfg: GRPOConfig) -> int:
     start = time.perf_counter()
     out = train(cfg)
-    if int(os.environ.get("RANK", "0")) == 0:
-        rows = read_metrics(out / "metrics.jsonl")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        rows = read_metrics(out)
         print(f"done: {run_summary(rows, time.perf_counter() - start)}")
         print(f"curves: {out / 'metrics.png'}; checkpoints: {out}/checkpoint-*")
     return 0

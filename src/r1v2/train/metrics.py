@@ -33,7 +33,7 @@ class MetricsLogger:
         wandb_project: str | None = None,
         run_config: dict[str, Any] | None = None,
     ):
-        self.path = Path(output_dir) / "metrics.jsonl"
+        self.path = Path(output_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = [
@@ -77,5 +77,27 @@ class MetricsLogger:
             self._wandb.finish()
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a ``metrics.jsonl`` (``path`` is the file or the run folder holding it); a
+    missing file or a bad line is an error naming the file and line."""
+    from r1v2.errors import R1V2Error
+
+    path = Path(path)
+    file = path / METRICS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise R1V2Error(f"{file}: file not found (not a training run's metrics)")
+    rows = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise R1V2Error(f"{file}:{number}: malformed JSON ({e})") from e
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise R1V2Error(f"{file}:{number}: field 'step': expected an integer step")
+        rows.append(row)
+    return rows

@@ -14,15 +14,14 @@ A panel whose metric no run logged says so instead of staying blank. ``r1v2 grpo
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1v2.config import option
 from r1v2.errors import R1V2Error
+from r1v2.train.metrics import read_metrics
 
-METRICS_FILE = "metrics.jsonl"
 PANELS: tuple[tuple[str, str], ...] = (
     ("reward_mean", "reward (rolling mean)"),
     ("effective_ratio", "effective ratio (solid: after replay, dashed: before)"),
@@ -51,27 +50,6 @@ class PlotConfig:
             raise R1V2Error(f"config field 'window' must be >= 1, got {self.window}")
 
 
-def read_run(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (``path`` is the file or its folder); a bad line
-    is an error naming the file and line."""
-    path = Path(path)
-    file = path / METRICS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise R1V2Error(f"{file}: file not found (not a training run's metrics)")
-    rows = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise R1V2Error(f"{file}:{number}: malformed JSON ({e})") from e
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise R1V2Error(f"{file}:{number}: field 'step': expected an integer step")
-        rows.append(row)
-    return rows
-
-
 def rolling_mean(values: list[float], window: int) -> list[float]:
     """Mean of the last ``window`` values at each position (fewer at the start)."""
     out, total = [], 0.0
@@ -96,7 +74,7 @@ def plot_runs(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    data = [read_run(r) for r in runs]
+    data = [read_metrics(r) for r in runs]
     labels = labels or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs]
     fig = Figure(figsize=(11, 7), dpi=110)
     FigureCanvasAgg(fig)

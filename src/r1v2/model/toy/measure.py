@@ -127,7 +127,9 @@ def run_eval(cfg: ToyEvalConfig) -> int:
             f"{what:<26} accuracy {m['accuracy']:.1%} ({levels}), "
             f"hallucination rate {m['hallucination_rate']:.1%}, n={m['n']}, {m['seconds']} s"
         )
-    rm_metrics = Path(cfg.out) / "rm" / "rm_metrics.json"
+    from r1v2.model.toy.reward import METRICS_FILE
+
+    rm_metrics = Path(cfg.out) / "rm" / METRICS_FILE
     if rm_metrics.is_file():  # measured on held-out pairs when the reward model was trained
         m = json.loads(rm_metrics.read_text())
         print(
