@@ -192,7 +192,7 @@ def test_responses_unknown_id_names_file_and_line(tmp_path, capsys):
     code = main(
         ["eval", "--responses", str(resp), "--bench", f"aime={aime}", "--out", str(tmp_path / "o")]
     )
-    assert code == 1
+    assert code == 2  # a user-facing error (r1v2.errors): exit 2
     err = capsys.readouterr().err
     assert f"{resp}:2: field 'id': unknown id 'q9'" in err
 
@@ -353,7 +353,21 @@ def test_config_errors(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "bench:\n- a=1\n- b=2\n" in printed and "max_new_tokens: 7" in printed
     # A YAML list value is spliced in.
-    assert main(["eval", "--responses", "r.jsonl", "--bench", "[a=1, b=2]", "--bench", "c=3", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--responses",
+                "r.jsonl",
+                "--bench",
+                "[a=1, b=2]",
+                "--bench",
+                "c=3",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     assert "bench:\n- a=1\n- b=2\n- c=3\n" in capsys.readouterr().out
 
 
@@ -406,3 +420,130 @@ def test_generation_with_a_tiny_vlm(tmp_path, monkeypatch, capsys):
         load_results(tmp_path / "out" / "results.json")["benchmarks"]["toy"]["pass@1"]
         == res["pass@1"]
     )
+
+
+def samples_file(tmp_path, rows, name="free.jsonl"):
+    rows = [{"images": [], "kind": "choice" if r.get("choices") else "math", **r} for r in rows]
+    return write_jsonl(tmp_path / name, rows)
+
+
+def run_responses(tmp_path, bench_spec, rows, *extra):
+    resp = write_responses(tmp_path / "responses.jsonl", rows)
+    out = tmp_path / "out"
+    argv = ["eval", "--responses", str(resp), "--bench", bench_spec, "--out", str(out), *extra]
+    assert main(argv) == 0
+    return load_results(out / "results.json")["benchmarks"], out
+
+
+def test_unboxed_answers_are_read_by_the_fallback(tmp_path, capsys):
+    """Free-form responses (no \\boxed), 3 questions x 2 runs:
+    run 0: "So the answer is 4." -> 4 right; "...the best fit is\\n(B)" -> final letter B right;
+           "I count 12 apples in total." -> last number 12 right                    -> 3/3
+    run 1: "\\boxed{5}" -> boxed, wrong; "There are 7 of them." -> 7 = option C, wrong;
+           "I cannot tell." -> no answer, wrong                                      -> 0/3
+    Pass@1 = (1 + 0) / 2 = 0.5; answers from the fallback: 3 + 1 = 4 (the boxed one and the
+    answerless one are not)."""
+    bench = samples_file(
+        tmp_path,
+        [
+            {"id": "q1", "question": "2 + 2?", "answer": "4"},
+            {"id": "q2", "question": "Which?", "answer": "B", "choices": ["3", "5", "7"]},
+            {"id": "q3", "question": "How many apples?", "answer": "12"},
+        ],
+    )
+    rows = [
+        {"id": "q1", "run": 0, "response": "So the answer is 4."},
+        {"id": "q2", "run": 0, "response": "Looking at it, the best fit is\n(B)"},
+        {"id": "q3", "run": 0, "response": "I count 12 apples in total."},
+        {"id": "q1", "run": 1, "response": "\\boxed{5}"},
+        {"id": "q2", "run": 1, "response": "There are 7 of them."},
+        {"id": "q3", "run": 1, "response": "I cannot tell."},
+    ]
+    res, out = run_responses(tmp_path, f"free:samples={bench}", rows)
+    r = res["free"]
+    assert r["pass@1_runs"] == [1.0, 0.0] and r["pass@1"] == 0.5
+    assert (r["n_fallback"], r["n_rule_unscored"], r["n_unscored"]) == (4, 0, 0)
+    scores = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    sources = {(x["id"], x["run"]): x["answer_source"] for x in scores}
+    assert sources == {
+        ("q1", 0): "fallback",
+        ("q2", 0): "fallback",
+        ("q3", 0): "fallback",
+        ("q1", 1): "boxed",
+        ("q2", 1): "fallback",
+        ("q3", 1): None,
+    }
+    md = (out / "results.md").read_text()
+    assert "| Runs | Rules unscored | Judged | Unscored | Missing | Fallback |" in md
+    assert "| 3 | 2 | 0 | 0 | 0 | 0 | 4 |" in md
+
+
+def test_unscorable_responses_count_as_wrong(tmp_path, capsys):
+    """3 questions, 1 run: q1 right; the references of q2 ("@@", which math-verify cannot
+    parse) and q3 (unbalanced braces) cannot be graded. Every item counts: Pass@1 = 1/3
+    (leaving the unscorable ones out would report 1/1 = 100%); 2 responses the rules could
+    not score, in results.json and on the console."""
+    bench = samples_file(
+        tmp_path,
+        [
+            {"id": "q1", "question": "2 + 2?", "answer": "4"},
+            {"id": "q2", "question": "?", "answer": "@@"},
+            {"id": "q3", "question": "?", "answer": "\\frac{1}{"},
+        ],
+    )
+    rows = [{"id": q, "run": 0, "response": "\\boxed{4}"} for q in ("q1", "q2", "q3")]
+    res, _ = run_responses(tmp_path, f"free:samples={bench}", rows)
+    r = res["free"]
+    assert r["pass@1"] == pytest.approx(1 / 3)
+    assert (r["n_rule_unscored"], r["n_unscored"], r["n_fallback"]) == (2, 2, 0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "free: 2 responses the rules could not score (2 left unscored after the judge, " in err
+
+
+class FakeJudge:
+    """Says CORRECT to everything; records what it was asked."""
+
+    def __init__(self):
+        self.items = []
+
+    def judge_many(self, items, on_done=None):
+        self.items += list(items)
+        return [True for _ in items]
+
+
+def test_judge_when_applies_to_fallback_answers(tmp_path):
+    """Reference "0.5 m". run 0 "The answer is 50 cm." (fallback answer, rules 0), run 1
+    "\\boxed{50 cm}" (boxed, rules 0), run 2 "I do not know." (no answer).
+    "fallback": the two answers are judged (both CORRECT), the answerless one is not;
+    "undecided": nothing (rules never gave None); "always": all three."""
+    from r1v2.data.schema import Sample
+    from r1v2.eval.benchmarks import Benchmark
+    from r1v2.eval.harness import score_benchmark
+
+    sample = Sample("rod", "How long is the rod?", (), "0.5 m", None, "math", {})
+    bench = Benchmark("phys", "samples", tmp_path / "p.jsonl", [sample], "accuracy", True)
+    texts = ["The answer is 50 cm.", "\\boxed{50 cm}", "I do not know."]
+    responses = {("rod", r): t for r, t in enumerate(texts)}
+    judged = {}
+    for when in ("fallback", "undecided", "always"):
+        judge = FakeJudge()
+        row = score_benchmark(bench, responses, [0, 1, 2], judge=judge, judge_when=when)[0]
+        judged[when] = [x.judged for x in row]
+        if when == "fallback":
+            assert [x.source for x in row] == ["fallback", "boxed", None]
+            assert [x.rule for x in row] == [0.0, 0.0, 0.0]
+            assert [x.score for x in row] == [1.0, 1.0, 0.0]
+            assert judge.items[0].response == "The answer is 50 cm."  # the response as given
+    assert judged == {
+        "fallback": [True, True, False],
+        "undecided": [False, False, False],
+        "always": [True, True, True],
+    }
+
+
+def test_training_reward_never_uses_the_fallback():
+    """The same free-form answer the eval fallback reads scores 0 as a training reward."""
+    from r1v2.rewards import accuracy_reward
+
+    assert accuracy_reward("So the answer is 4.", "4") == 0.0
+    assert accuracy_reward("r </think> So the answer is 4.", "4", after_think=True) == 0.0

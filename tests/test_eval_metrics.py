@@ -50,20 +50,30 @@ def test_pass_at_k_large_n_stays_finite():
 
 
 def test_per_run_and_summary():
-    """3 samples x 2 runs; sample 3 run 2 unscored (None).
-    run 1: (1 + 0 + 1) / 3 = 2/3; run 2: (1 + 1) / 2 = 1 (None left out).
-    mean = 5/6; sample std (ddof=1) = |1 - 2/3| / sqrt(2) = 0.2357...
+    """3 samples x 2 runs; sample 3 could not be scored in either run (None = wrong).
+    run 1: (1 + 0 + 0) / 3 = 1/3; run 2: (1 + 1 + 0) / 3 = 2/3.
+    mean = 1/2; sample std (ddof=1) = |2/3 - 1/3| / sqrt(2) = 0.2357...
     pass@2: sample 1 (n=2, c=2) -> 1; sample 2 (n=2, c=1) -> 1 - C(1,2)/C(2,2) = 1;
-    sample 3 has one scored run (< 2) and is left out -> 1.0.
-    pass@1 over samples: (1 + 0.5 + 1) / 3 = 5/6.
+    sample 3 (n=2, c=0) -> 0 -> 2/3.
+    pass@1 over samples: (1 + 0.5 + 0) / 3 = 1/2.
     """
-    scores = [[1.0, 1.0], [0.0, 1.0], [1.0, None]]
-    assert per_run_accuracy(scores, 2) == pytest.approx([2 / 3, 1.0])
+    scores = [[1.0, 1.0], [0.0, 1.0], [None, None]]
+    assert per_run_accuracy(scores, 2) == pytest.approx([1 / 3, 2 / 3])
     s = pass_summary(scores, 2)
-    assert s["pass@1"] == pytest.approx(5 / 6)
+    assert s["pass@1"] == pytest.approx(1 / 2)
     assert s["pass@1_std"] == pytest.approx((1 / 3) / math.sqrt(2))
-    assert s["pass@k"] == {"1": pytest.approx(5 / 6), "2": pytest.approx(1.0)}
-    assert (s["n_samples"], s["n_runs"], s["n_unscored"]) == (3, 2, 1)
+    assert s["pass@k"] == {"1": pytest.approx(1 / 2), "2": pytest.approx(2 / 3)}
+    assert (s["n_samples"], s["n_runs"], s["n_unscored"]) == (3, 2, 2)
+
+
+def test_unscored_counts_as_wrong():
+    """1 right of 3, the other 2 unscorable: Pass@1 is 1/3, not 1/1 = 100%."""
+    s = pass_summary([[1.0], [None], [None]], 1)
+    assert s["pass@1"] == pytest.approx(1 / 3)
+    assert s["pass@k"] == {"1": pytest.approx(1 / 3)}
+    assert s["n_unscored"] == 2
+    out = by_category([[1.0], [None], [0.0]], ["a", "a", "b"], 1)
+    assert out["a"] == {"pass@1": 0.5, "pass@1_std": 0.0, "n_samples": 2}
 
 
 def test_mean_std_edge_cases():

@@ -4,7 +4,7 @@ import pytest
 
 from r1v2.data.schema import Sample
 from r1v2.eval.scoring import (
-    has_answer,
+    rule_input,
     score_accuracy,
     score_any_of,
     score_mathvista,
@@ -13,6 +13,7 @@ from r1v2.eval.scoring import (
     split_top_level,
     yes_no,
 )
+from r1v2.rewards.answers import fallback_answer
 
 
 def sample(answer, choices=None, **meta):
@@ -104,10 +105,59 @@ def test_yes_no(response, expected):
     assert yes_no(response) == expected
 
 
-def test_score_yesno_and_has_answer():
+def test_score_yesno():
     s = sample("no")
     assert score_yesno("\\boxed{no}", s) == 1.0
     assert score_yesno("\\boxed{yes}", s) == 0.0
     assert score_yesno("unclear", s) == 0.0
-    assert has_answer("unclear", "yesno") is False and has_answer("No.", "yesno") is True
-    assert has_answer("\\boxed{3}", "accuracy") and not has_answer("3", "accuracy")
+
+
+@pytest.mark.parametrize(
+    ("response", "n_choices", "expected"),
+    [
+        ("So the answer is 42.", 0, "42"),
+        ("The final answer is $\\frac{1}{2}$. It follows from symmetry.", 0, "$\\frac{1}{2}$"),
+        ("Answer: **B**", 4, "B"),
+        ("Final answer:\n\n  x = 3\n", 0, "x = 3"),
+        ("The correct option is (C) because it fits.", 4, "(C) because it fits"),
+        ("answer is 3 and then answer: 5", 0, "5"),  # the last phrase
+        ("It can only be the last one.\n\n(D)", 4, "D"),
+        ("Comparing both, I pick C.", 4, "C"),
+        ("Comparing both, I pick C.", 0, None),  # a letter counts only for multiple choice
+        ("Comparing both, I pick F.", 4, None),  # F is past the 4 options
+        ("There are 3 red and 4 blue, 7 in all.", 0, "7"),
+        ("The total is 1,250 dollars, up 12.5% from -3.", 0, "-3"),
+        ("<think>the answer is 9</think> so it is 10", 0, "10"),  # after </think> only
+        ("I cannot tell.", 0, None),
+        ("The answer is {broken", 0, None),  # unbalanced: not an answer; no number either
+    ],
+)
+def test_fallback_answer(response, n_choices, expected):
+    assert fallback_answer(response, n_choices=n_choices) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "choices", "scorer", "text", "source"),
+    [
+        ("it is \\boxed{4}", None, "accuracy", "it is \\boxed{4}", "boxed"),
+        ("\\boxed{4", None, "accuracy", "\\boxed{4", None),  # broken box: no fallback
+        ("The answer is 4.", None, "accuracy", "\\boxed{4}", "fallback"),
+        ("So it is B", ("x", "y"), "any_of", "\\boxed{B}", "fallback"),
+        ("no idea", None, "accuracy", "no idea", None),
+        ("\\boxed{no}", None, "yesno", "\\boxed{no}", "boxed"),
+        ("No, there is none.", None, "yesno", "No, there is none.", "fallback"),
+        ("I cannot tell.", None, "yesno", "I cannot tell.", None),
+    ],
+)
+def test_rule_input(response, choices, scorer, text, source):
+    assert rule_input(response, sample("4", choices), scorer) == (text, source)
+
+
+def test_unscorable_answers_are_wrong_unscorable_references_none():
+    """An answer math-verify cannot parse is wrong (0.0); only a reference it cannot parse, or
+    a reference letter outside the options, gives None."""
+    assert score_accuracy("\\boxed{@@}", sample("\\frac{1}{2}")) == 0.0
+    assert score_accuracy("\\boxed{\\frac{1}{2}}", sample("@@")) is None
+    assert score_accuracy("\\boxed{A}", sample("E", ("3", "5"))) is None
+    assert score_any_of("\\boxed{@@}", sample("1", answers=["\\frac{1}{", "1"])) == 0.0
+    assert score_any_of("\\boxed{1}", sample("1", answers=["\\frac{1}{", "1"])) == 1.0

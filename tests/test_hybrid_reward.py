@@ -181,3 +181,46 @@ def test_rm_center_and_scale_come_from_the_calibration_file(tmp_path):
     (tmp_path / "rm_calibration.json").write_text('{"rm_center": 1}')
     with pytest.raises(R1V2Error, match="rm_calibration.json: expected numbers"):
         rm_calibration(cfg)
+
+
+def test_only_an_answer_after_think_counts():
+    """The prompt opened a think block (default after_think=True): a boxed draft before
+    </think> with no boxed answer after it, and a completion cut off inside its reasoning,
+    both earn accuracy 0 and format 0; a boxed answer after </think> earns 1 and 1.
+    Totals with weights accuracy 1, format 1: 0, 0, 2."""
+    completions = [
+        "\\boxed{4} maybe </think> the answer is four",
+        "3 + 1 = \\boxed{4} so",
+        "3 + 1 = 4 </think> \\boxed{4}",
+    ]
+    samples = [{"answer": "4"}] * 3
+    reward = HybridReward({"accuracy": 1.0, "format": 1.0})
+    assert reward.after_think is True
+    result = reward(completions, samples)
+    assert result.components["accuracy"] == [0.0, 0.0, 1.0]
+    assert result.total == [0.0, 0.0, 2.0]
+    # A prompt without a think block: the answer is searched in the whole completion.
+    plain = HybridReward({"accuracy": 1.0}, after_think=False)
+    assert plain(completions, samples).components["accuracy"] == [1.0, 1.0, 1.0]
+
+
+def test_from_config_passes_after_think():
+    cfg = resolve(HybridRewardConfig, None, ["weights={accuracy: 1}"])
+    draft = ["\\boxed{4} </think> four"]
+    assert HybridReward.from_config(cfg)(draft, [{"answer": "4"}]).total == [0.0]
+    loose = HybridReward.from_config(cfg, after_think=False)
+    assert loose.after_think is False
+    assert loose(draft, [{"answer": "4"}]).total == [1.0]
+
+
+def test_unverifiable_answer_is_wrong_not_excluded(monkeypatch):
+    """A math-verify failure on the answer gives accuracy 0 (a negative advantage in its group),
+    not None (excluded, which would beat a wrong answer)."""
+    from r1v2.rewards import accuracy as acc
+
+    monkeypatch.setattr(acc, "MATH_VERIFY_TARGET", "math:no_such_function")
+    reward = HybridReward({"accuracy": 1.0, "format": 1.0})
+    result = reward(["r </think> \\boxed{x+1}"], [{"answer": "1+x"}])
+    assert result.components["accuracy"] == [0.0]
+    assert result.unscored["accuracy"] == 0
+    assert result.total == [1.0]

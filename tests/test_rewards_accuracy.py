@@ -10,7 +10,15 @@ import pytest
 from r1v2.rewards import accuracy as acc
 from r1v2.rewards import accuracy_reward
 from r1v2.rewards import timeout as to
-from r1v2.rewards.answers import as_letter, as_number, boxed_contents, clean, extract_answer
+from r1v2.rewards.accuracy import option_index
+from r1v2.rewards.answers import (
+    as_letter,
+    as_number,
+    boxed_contents,
+    clean,
+    extract_answer,
+    number_unit,
+)
 
 CHOICES = ["3", "5", "7"]
 
@@ -87,6 +95,102 @@ def test_accuracy_cases(completion, reference, choices, expected):
     assert accuracy_reward(completion, reference, choices=choices) == expected
 
 
+# (completion, reference, expected) with after_think=True: only an answer after </think> counts.
+AFTER_THINK_CASES = [
+    (r"\boxed{4} maybe </think> the answer is four", "4", 0.0),  # a boxed draft in the reasoning
+    (r"let me see, \boxed{4}", "4", 0.0),  # cut off before </think>: no answer at all
+    (r"\boxed{4}", "4", 0.0),
+    (r"reasoning </think> \boxed{4}", "4", 1.0),
+    (r"\boxed{3} wait </think> so \boxed{4}", "4", 1.0),
+    (r"\boxed{4} </think> \boxed{3}", "4", 0.0),
+    (r"a </think> \boxed{4} b </think> none", "4", 0.0),  # the last </think> decides
+    (r"a </think> \boxed{B}", "B", 1.0),
+    (r"a \boxed{4}", "", None),  # an unscorable reference stays None
+]
+
+
+@pytest.mark.parametrize("completion,reference,expected", AFTER_THINK_CASES)
+def test_after_think(completion, reference, expected):
+    assert accuracy_reward(completion, reference, after_think=True) == expected
+
+
+def test_after_think_default_is_off():
+    """Eval reads other systems' responses, which may have no think block: by default the
+    whole completion is searched when nothing after </think> is boxed."""
+    assert accuracy_reward(r"\boxed{4} maybe </think> the answer is four", "4") == 1.0
+    assert accuracy_reward(r"let me see, \boxed{4}", "4") == 1.0
+    assert extract_answer(r"\boxed{4} </think> four", after_think=True) is None
+    assert extract_answer(r"\boxed{4} </think> four") == "4"
+
+
+LABELS = ["(a)", "(b)", "(c)", "(d)"]
+SHUFFLED_LABELS = ["(b)", "(a)", "(d)", "(c)"]
+SURD = ["160√{3}m", "80m", "30√{3}m", "320m"]
+PAIRS = ["1 & 3", "2 & 4", "1 & 4", "3 & 4"]
+
+# (prediction, reference, choices, expected): cases where the official scorers of public
+# benchmarks and ours used to disagree, and their neighbours.
+CHOICE_CASES = [
+    # options that are themselves labels: an option text matches as a whole
+    ("(b)", "(b)", LABELS, 1.0),
+    ("(d)", "(b)", LABELS, 0.0),
+    ("(b)", "B", LABELS, 1.0),
+    ("B", "(b)", LABELS, 1.0),
+    ("(a)", "B", SHUFFLED_LABELS, 1.0),  # "(a)" is option B's text, not the letter A
+    ("(b)", "B", SHUFFLED_LABELS, 0.0),  # "(b)" is option A's text
+    ("B", "(a)", SHUFFLED_LABELS, 1.0),  # "B" is no option's text: the letter B
+    ("A", "(a)", SHUFFLED_LABELS, 0.0),
+    # no prefix or number-only match of an option text
+    ("160m", "A", SURD, 0.0),
+    ("160m", "160√{3}m", SURD, 0.0),
+    ("30m", "C", SURD, 0.0),
+    ("30m", "30√{3}m", SURD, 0.0),
+    ("160√{3}m", "A", SURD, 1.0),
+    ("160 √{3} m", "A", SURD, 1.0),  # spaces do not matter
+    ("80m", "B", SURD, 1.0),
+    ("2 & 3", "1 & 3", PAIRS, 0.0),
+    ("2 & 3", "A", PAIRS, 0.0),
+    ("1 & 3", "A", PAIRS, 1.0),
+    ("1&3", "1 & 3", PAIRS, 1.0),
+    # the same plain number, unit on one side only; two different units do not match
+    ("45", "B", ["30°", "45°", "60°"], 1.0),
+    (r"45^\circ", "B", ["30°", "45°", "60°"], 1.0),
+    ("50 cm", "A", ["50 m", "50 cm"], 0.0),
+    ("50 cm", "B", ["50 m", "50 cm"], 1.0),
+    ("0.50", "B", ["0.25", "0.5"], 1.0),
+    ("50", "A", ["50 m", "50 cm"], 0.0),  # names two options: none
+    # the whole text ignoring case, and letter spellings
+    ("paris", "B", ["London", "Paris"], 1.0),
+    (r"\dfrac{1}{2}", "A", [r"\frac{1}{2}", r"\frac{1}{3}"], 1.0),
+    ("Option B", "B", ["x", "y"], 1.0),
+    ("E", "B", ["x", "y"], 0.0),  # a letter past the options names none
+    (r"\frac{2}{4}", "A", [r"\frac{1}{2}", r"\frac{1}{3}"], 0.0),  # no math-verify on options
+]
+
+
+@pytest.mark.parametrize("prediction,reference,choices,expected", CHOICE_CASES)
+def test_multiple_choice(prediction, reference, choices, expected):
+    got = accuracy_reward("</think> \\boxed{" + prediction + "}", reference, choices=choices)
+    assert got == expected
+
+
+def test_option_index():
+    assert [option_index(x, LABELS) for x in ["(c)", "(C)", "c", "C", "(e)", "x"]] == [
+        2,
+        2,
+        2,
+        2,
+        None,
+        None,
+    ]
+    assert [option_index(x, SHUFFLED_LABELS) for x in ["(a)", "A", "(A)", "D"]] == [1, 0, 1, 3]
+    assert option_index("x", ["X", "x"]) == 1  # exact text first
+    assert option_index("X ", ["x", "x"]) is None  # two options match ignoring case
+    assert number_unit("45 degrees") == (45.0, False, "°")
+    assert number_unit("3 Km/h") == (3.0, False, "km/h")
+    assert number_unit("160√{3}m") is None
+
+
 def test_unparsable_reference_is_none_even_without_answer():
     """A broken reference cannot be scored, whatever the completion says."""
     assert accuracy_reward("no answer here", r"\frac{1}{") is None
@@ -143,8 +247,10 @@ def fresh_pool(monkeypatch):
     pool.close()
 
 
-def test_slow_verifier_is_cut_and_scores_none(tmp_path, monkeypatch, fresh_pool):
-    """A verification that would run for a minute returns None (counted as a timeout)."""
+def test_slow_verifier_is_cut_and_scores_zero(tmp_path, monkeypatch, fresh_pool):
+    """A verification that would run for a minute is cut: the answer could not be checked in
+    time, so it is wrong (0.0, never None: an unverifiable answer must not beat a wrong one),
+    and it is counted as a timeout."""
     (tmp_path / "slow_verifier_mod.py").write_text(
         "import time\n\ndef verify(gold, pred):\n    time.sleep(60)\n    return True\n"
     )
@@ -159,7 +265,7 @@ def test_slow_verifier_is_cut_and_scores_none(tmp_path, monkeypatch, fresh_pool)
     t.start()
     t.join(timeout=50)
     assert not t.is_alive()
-    assert result == {"r": None}
+    assert result == {"r": 0.0}
     after = acc.accuracy_stats()
     assert after["timeouts"] == before["timeouts"] + 1
     assert fresh_pool.timeouts == 1
@@ -177,8 +283,16 @@ def test_pool_recovers_after_timeout_and_reports_errors(fresh_pool):
     assert fresh_pool.timeouts == 1
 
 
-def test_worker_error_scores_none(monkeypatch, fresh_pool):
+def test_worker_error_scores_zero(monkeypatch, fresh_pool):
+    """A verifier that fails: the answer is wrong (0.0), and the failure is counted."""
     monkeypatch.setattr(acc, "MATH_VERIFY_TARGET", "math:no_such_function")
     before = acc.accuracy_stats()["worker_errors"]
-    assert accuracy_reward(r"\boxed{x+1}", "1+x") is None
+    assert accuracy_reward(r"\boxed{x+1}", "1+x") == 0.0
     assert acc.accuracy_stats()["worker_errors"] == before + 1
+
+
+def test_unparsable_prediction_is_wrong_unparsable_reference_is_none():
+    """math-verify parses neither "???" nor "@@": as a prediction it is wrong, as a reference
+    the pair cannot be scored."""
+    assert accuracy_reward(r"\boxed{@@}", r"\frac{1}{2}") == 0.0
+    assert accuracy_reward(r"\boxed{\frac{1}{2}}", "@@") is None

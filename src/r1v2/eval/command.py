@@ -3,6 +3,9 @@
 Two ways to get responses: generate them with a checkpoint (``--model DIR``; cached per
 (model, settings, benchmark), resumable), or read another system's (``--responses FILE``).
 Either way they are scored by rules, optionally by an LLM judge, and reported in ``--out``.
+Responses without ``\\boxed`` are read by a rule-based fallback (eval only; counted per
+benchmark as ``n_fallback``); responses the rules cannot score are counted
+(``n_rule_unscored``) and, unless the judge decides them, count as wrong.
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ class EvalConfig:
     judge_when: Literal["undecided", "fallback", "always"] = option(
         "fallback",
         "ask the judge where rules give None (undecided), also where they give 0 but "
-        "an answer is present (fallback), or for every response (always)",
+        "an answer is present, boxed or read by the rule-based fallback (fallback), or for "
+        "every response (always)",
     )
     judge_timeout: float = option(60.0, "seconds per judge request")
     judge_retries: int = option(
@@ -267,25 +271,43 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         if b.name in caches:
             results[b.name]["responses_cache"] = caches[b.name]
         scores[b.name] = [x.to_json() for row in table for x in row]
-        if results[b.name]["n_missing"]:
-            err.print(
-                f"[yellow]{b.name}: {results[b.name]['n_missing']} (question, run) pairs have no response; scored 0[/yellow]"
-            )
+        for line in _warnings(b.name, results[b.name]):
+            err.print(f"[yellow]{line}[/yellow]")
     if judge is not None:
         err.print(f"judge: {judge.stats}")
     settings = dataclasses.asdict(cfg)
     doc = results_document(results, model=cfg.model, responses=cfg.responses, settings=settings)
     paths = write_reports(cfg.out, doc, scores)
     table = Table(title=f"r1v2 eval ({Path(cfg.model or cfg.responses or '').name})")
-    for col in ("benchmark", "Pass@1 (%)", "samples", "runs"):
+    for col in ("benchmark", "Pass@1 (%)", "samples", "runs", "rules unscored", "fallback"):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, r in doc["benchmarks"].items():
         table.add_row(
-            name, pct(r["pass@1"], r["pass@1_std"]), str(r["n_samples"]), str(r["n_runs"])
+            name,
+            pct(r["pass@1"], r["pass@1_std"]),
+            str(r["n_samples"]),
+            str(r["n_runs"]),
+            str(r["n_rule_unscored"]),
+            str(r["n_fallback"]),
         )
     Console().print(table)
     err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _warnings(name: str, result: dict) -> list[str]:
+    """Console lines for responses that were not scored the ordinary way."""
+    out = []
+    if result["n_missing"]:
+        out.append(
+            f"{name}: {result['n_missing']} (question, run) pairs have no response; scored 0"
+        )
+    if result["n_rule_unscored"]:
+        out.append(
+            f"{name}: {result['n_rule_unscored']} responses the rules could not score "
+            f"({result['n_unscored']} left unscored after the judge, counted as wrong)"
+        )
+    return out
 
 
 @dataclass

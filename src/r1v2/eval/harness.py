@@ -5,6 +5,12 @@ one from :class:`r1v2.model.policy.Policy`, tests pass fakes. Responses are appe
 cache, one line ``{"id", "run", "response"}`` per (sample, run), flushed after every batch: an
 interrupted evaluation resumes with only the missing (sample, run) pairs. The cache file has the
 layout ``r1v2 eval --responses`` reads, so it can be rescored on its own.
+
+Scoring: rules first (a response without ``\\boxed`` gets the rule-based fallback answer of
+:func:`r1v2.eval.scoring.rule_input`, counted as ``n_fallback``), then optionally the judge.
+A rule score of None means the rules could not score the response (its reference cannot be
+graded; counted as ``n_rule_unscored``); a final score still None after the judge counts as
+wrong in Pass@1 (every item is in the denominator) and is counted as ``n_unscored``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from r1v2.eval.benchmarks import Benchmark, category
 from r1v2.eval.jsonl import complete_lines
 from r1v2.eval.judge import JudgeClient, JudgeItem
 from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
-from r1v2.eval.scoring import SCORERS, has_answer, yes_no
+from r1v2.eval.scoring import SCORERS, AnswerSource, Scorer, rule_input, yes_no
 
 GenerateFn = Callable[[list[Sample], int], list[list[str]]]  # prompts [B], n -> [B][n] texts
 Key = tuple[str, int]  # (sample id, run)
@@ -186,7 +192,11 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
 
 @dataclass
 class Scored:
-    """One (sample, run): the response, the rule score, the judge's verdict, the final score."""
+    """One (sample, run): the response, the rule score, the judge's verdict, the final score.
+
+    ``rule`` and ``score`` are None when they could not be scored (``score`` None counts as
+    wrong in Pass@1).
+    """
 
     id: str
     run: int
@@ -195,6 +205,7 @@ class Scored:
     verdict: bool | None = None  # the judge's verdict; None when not asked or undecided
     judged: bool = False  # the judge was asked
     score: float | None = None
+    source: AnswerSource | None = None  # where the rules' answer came from; None: no answer
 
     def to_json(self) -> dict:
         return {
@@ -205,6 +216,7 @@ class Scored:
             "judged": self.judged,
             "verdict": self.verdict,
             "missing": self.response is None,
+            "answer_source": self.source,
         }
 
 
@@ -212,8 +224,8 @@ def needs_judge(s: Scored, scorer: str, when: JudgeWhen) -> bool:
     """Whether the judge is asked about ``s``.
 
     "undecided": only where rules gave None; "fallback": also where they gave 0 and the
-    response has a final answer; "always": every response. POPE's yes/no is never judged
-    (our choice: a yes/no word needs no judge).
+    response has a final answer (boxed, or found by the rule-based fallback); "always": every
+    response. POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
     """
     if s.response is None or scorer == "yesno":
         return False
@@ -221,7 +233,7 @@ def needs_judge(s: Scored, scorer: str, when: JudgeWhen) -> bool:
         return True
     if s.rule is None:
         return True
-    return when == "fallback" and s.rule == 0.0 and has_answer(s.response, scorer)
+    return when == "fallback" and s.rule == 0.0 and s.source is not None
 
 
 def judge_item(sample: Sample, response: str) -> JudgeItem:
@@ -242,7 +254,8 @@ def score_benchmark(
 ) -> list[list[Scored]]:
     """Scores ``[sample][run]`` of ``bench`` for the run ids ``runs``.
 
-    A missing response scores 0.0 (an answer not given is wrong) and is flagged ``missing``.
+    A missing response scores 0.0 (an answer not given is wrong) and is flagged ``missing``. A
+    response without ``\\boxed`` is scored on its fallback answer (``source`` "fallback").
     Progress callbacks: ``on_scored(k)`` after each sample's k runs, ``on_judge_start(n)``
     before n judge requests, ``on_judged()`` after each verdict.
     """
@@ -251,9 +264,7 @@ def score_benchmark(
     for s in bench.samples:
         row = []
         for r in runs:
-            text = responses.get((s.id, r))
-            rule = scorer(text, s) if text is not None else 0.0
-            row.append(Scored(s.id, r, text, rule, score=rule))
+            row.append(_score_rules(scorer, bench.scorer, s, r, responses.get((s.id, r))))
         table.append(row)
         if on_scored is not None:
             on_scored(len(row))
@@ -276,6 +287,17 @@ def score_benchmark(
     return table
 
 
+def _score_rules(
+    scorer: Scorer, scorer_name: str, sample: Sample, run: int, text: str | None
+) -> Scored:
+    """The rules' score of one (sample, run); a missing response is wrong (0.0)."""
+    if text is None:
+        return Scored(sample.id, run, None, 0.0, score=0.0)
+    rule_text, source = rule_input(text, sample, scorer_name)
+    rule = scorer(rule_text, sample)
+    return Scored(sample.id, run, text, rule, score=rule, source=source)
+
+
 def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) -> dict:
     """Metrics of one benchmark (fractions in [0, 1]; see ``r1v2.eval.metrics``)."""
     n_runs = len(runs)
@@ -283,6 +305,8 @@ def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) 
     out = metrics.pass_summary(scores, n_runs)
     out["runs"] = list(runs)
     out["n_missing"] = sum(1 for row in table for x in row if x.response is None)
+    out["n_rule_unscored"] = sum(1 for row in table for x in row if x.rule is None)
+    out["n_fallback"] = sum(1 for row in table for x in row if x.source == "fallback")
     out["n_judged"] = sum(1 for row in table for x in row if x.judged)
     out["n_judge_undecided"] = sum(
         1 for row in table for x in row if x.judged and x.verdict is None

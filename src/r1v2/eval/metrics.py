@@ -1,8 +1,10 @@
 """Evaluation metrics: Pass@1 over sampled runs, unbiased pass@k, POPE, hallucination rate.
 
 Scores arrive as a table ``scores[sample][run]`` of floats in [0, 1] or None. None means
-"could not be scored" (an unparsable reference, a judge that never answered): such entries are
-left out of every mean and counted separately, never turned into 0.
+"could not be scored" (an unparsable reference the judge did not decide): every item stays in
+the denominator and such an entry counts as wrong (RECIPE §6: "over every item: an unscorable
+response counts as wrong"), and it is counted separately (``n_unscored``). Leaving it out
+would report 1 right of 3 as 100%.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return m, math.sqrt(var)
 
 
-def per_run_accuracy(scores: Scores, n_runs: int) -> list[float]:
-    """Mean score of each run over the samples scored in that run: a list of length n_runs.
+def _value(score: float | None) -> float:
+    """A score as it counts in a mean: None (could not be scored) is wrong."""
+    return 0.0 if score is None else score
 
-    A run where no sample could be scored gives NaN.
+
+def per_run_accuracy(scores: Scores, n_runs: int) -> list[float]:
+    """Mean score of each run over every sample (None counts 0): a list of length n_runs.
+
+    Samples that have no entry for a run are left out of that run; a run no sample has gives
+    NaN.
     """
     out = []
     for r in range(n_runs):
-        vals = [row[r] for row in scores if r < len(row) and row[r] is not None]
+        vals = [_value(row[r]) for row in scores if r < len(row)]
         out.append(sum(vals) / len(vals) if vals else float("nan"))
     return out
 
@@ -55,14 +63,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def mean_pass_at_k(scores: Scores, k: int) -> float:
     """pass@k averaged over samples; a run counts as correct when its score is >= 0.5.
 
-    Each sample uses its own n (its scored runs); samples with fewer than k scored runs are left
-    out. NaN when none is left.
+    Each sample uses its own n (its runs; an unscored run is a wrong one); samples with fewer
+    than k runs are left out. NaN when none is left.
     """
     vals = []
     for row in scores:
-        scored = [s for s in row if s is not None]
-        if len(scored) >= k:
-            vals.append(pass_at_k(len(scored), sum(s >= 0.5 for s in scored), k))
+        if len(row) >= k:
+            vals.append(pass_at_k(len(row), sum(_value(s) >= 0.5 for s in row), k))
     return sum(vals) / len(vals) if vals else float("nan")
 
 
@@ -76,7 +83,8 @@ def k_values(n_runs: int) -> list[int]:
 
 
 def pass_summary(scores: Scores, n_runs: int) -> dict:
-    """Pass@1 (mean and std over runs), pass@k, and counts for one set of samples."""
+    """Pass@1 (mean and std over runs), pass@k, and counts for one set of samples
+    (``n_unscored``: entries that could not be scored, counted as wrong)."""
     runs = per_run_accuracy(scores, n_runs)
     finite = [r for r in runs if not math.isnan(r)]
     m, s = mean_std(finite)

@@ -98,9 +98,11 @@ def markdown(doc: dict) -> str:
                 *(pct(b.get("pass@k", {}).get(k)) for k in ks),
                 str(b["n_samples"]),
                 str(b["n_runs"]),
-                str(b.get("n_unscored", 0)),
+                str(b.get("n_rule_unscored", 0)),
                 str(b.get("n_judged", 0)),
+                str(b.get("n_unscored", 0)),
                 str(b.get("n_missing", 0)),
+                str(b.get("n_fallback", 0)),
             ]
         )
     lines += _table(
@@ -111,12 +113,20 @@ def markdown(doc: dict) -> str:
             *(f"pass@{k}" for k in ks),
             "Samples",
             "Runs",
-            "Unscored",
+            "Rules unscored",
             "Judged",
+            "Unscored",
             "Missing",
+            "Fallback",
         ],
         rows,
     )
+    lines += [
+        "",
+        "Rules unscored: responses the rules could not score (reference not gradable); "
+        "Unscored: still unscored after the judge, counted as wrong; Missing: no response, "
+        "counted as wrong; Fallback: answers read without `\\boxed` (rule-based fallback).",
+    ]
     for n in names:
         cats = benches[n].get("categories")
         if cats:

@@ -1,7 +1,8 @@
 r"""Rule scorers: one response against one sample's reference, -> 1.0, 0.0, or None.
 
 Every scorer reads the final answer the way the rewards do (``r1v2.rewards.answers``: the last
-``\boxed{}``, after ``</think>`` first) and grades with the accuracy reward (letters, numbers with
+``\boxed{}``, after ``</think>`` first; ``after_think=False``: other systems' responses may have
+no think block) and grades with the accuracy reward (letters or whole option texts, numbers with
 tolerance, math-verify) plus what its benchmark's protocol adds:
 
 - ``accuracy``: the accuracy reward as it is (letters for multiple choice, option text too).
@@ -13,19 +14,34 @@ tolerance, math-verify) plus what its benchmark's protocol adds:
   all be matched, in any order, by the comma-separated parts of the boxed answer.
 - ``yesno``: POPE's yes/no (see :func:`yes_no`).
 
-A response without a final answer scores 0.0; None means the reference cannot be graded.
+A response without a final answer, or with one the rules cannot parse or verify in time, scores
+0.0; None means only that the *reference* cannot be graded (the harness counts it, asks the
+judge, and counts it as wrong in Pass@1 when still undecided).
+
+Responses without any ``\boxed`` get a rule-based fallback answer first (:func:`rule_input`,
+:func:`r1v2.rewards.answers.fallback_answer`): "the answer is X", "Answer: X", a final option
+letter, a final number. Eval only (other systems' free-form responses); training never uses it.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Literal
 
 from r1v2.data.schema import Sample
 from r1v2.rewards.accuracy import accuracy_reward
-from r1v2.rewards.answers import THINK_CLOSE, as_number, clean, extract_answer
+from r1v2.rewards.answers import (
+    THINK_CLOSE,
+    as_number,
+    boxed_contents,
+    clean,
+    extract_answer,
+    fallback_answer,
+)
 
 Scorer = Callable[[str, Sample], "float | None"]
+AnswerSource = Literal["boxed", "fallback"]  # where the rules' answer came from
 
 
 def score_accuracy(response: str, sample: Sample) -> float | None:
@@ -140,8 +156,21 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def has_answer(response: str, scorer: str) -> bool:
-    """Whether the response states a final answer (the judge fallback only sees these)."""
+def rule_input(response: str, sample: Sample, scorer: str) -> tuple[str, AnswerSource | None]:
+    r"""The text the rule scorer reads, and where its final answer comes from.
+
+    A response with a ``\boxed`` (even a broken one) is read as it is: source "boxed", or None
+    when the box is broken. One without gets :func:`fallback_answer`, boxed (source "fallback";
+    the response itself when none is found: source None). POPE keeps its own reading
+    (:func:`yes_no`); a yes/no word read from un-boxed text counts as "fallback".
+    """
     if scorer == "yesno":
-        return yes_no(response) is not None
-    return extract_answer(response) is not None
+        if yes_no(response) is None:
+            return response, None
+        return response, "boxed" if extract_answer(response) is not None else "fallback"
+    if boxed_contents(response):
+        return response, "boxed" if extract_answer(response) is not None else None
+    answer = fallback_answer(response, n_choices=len(sample.choices or ()))
+    if answer is None:
+        return response, None
+    return "\\boxed{" + answer + "}", "fallback"

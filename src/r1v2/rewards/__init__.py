@@ -1,6 +1,8 @@
 """Reward functions: plain functions ``(completion, reference, **meta) -> float | None``.
 
-None means "could not be scored": callers count it and never turn it into 0.
+None means "could not be scored": callers count it and never turn it into 0. For the accuracy
+reward that is only a *reference* that cannot be scored; an answer the checker cannot parse or
+verify in time is wrong (0.0), so an unparseable answer never beats a wrong one (RECIPE §3).
 
 - :func:`accuracy_reward` (r_rule) and :func:`format_reward` (r_format): strings only.
 - :class:`HybridReward`: the weighted sum of GRPO (RECIPE §3), per-component values and counts.

@@ -1,13 +1,19 @@
-r"""Reading answers out of text: boxed extraction, clean-up, letters, numbers.
+r"""Reading answers out of text: boxed extraction, clean-up, letters, numbers, eval fallback.
 
-Pure string functions shared by the accuracy and format rewards. The rules:
+Pure string functions shared by the accuracy and format rewards and the eval scorers. The rules:
 
 - The final answer is the content of the last top-level ``\boxed{...}`` (braces matched,
   ``\{`` and ``\}`` escaped braces skipped). Two boxed answers: the last one counts. A last
   ``\boxed{`` whose braces never close means no answer (an earlier boxed answer is not used:
   the model's final answer is broken).
-- When the completion contains ``</think>``, the answer is looked for after the last
-  ``</think>`` first; only when that part holds no ``\boxed`` is the whole completion searched.
+- Where the answer is looked for (:func:`answer_region`): with ``after_think=True`` (training,
+  when the prompt opened a think block) only after the last ``</think>``, and a completion
+  without ``</think>`` has no answer (a boxed draft in the reasoning, or a completion cut off
+  before it closed its reasoning, earns nothing). With ``after_think=False`` (eval of other
+  systems' responses, which may have no think block): after the last ``</think>`` first; only
+  when that part holds no ``\boxed`` is the whole completion searched.
+- :func:`fallback_answer` reads an un-boxed answer ("the answer is X", a final letter or
+  number). It is for evaluating other systems only, never for training rewards.
 """
 
 from __future__ import annotations
@@ -64,18 +70,24 @@ def boxed_contents(text: str) -> list[str | None]:
     return out
 
 
-def answer_region(completion: str) -> str:
-    r"""The part of ``completion`` that holds its final answer (see the module rules)."""
-    if THINK_CLOSE in completion:
-        after = completion.rsplit(THINK_CLOSE, 1)[1]
-        if _BOXED.search(after):
-            return after
+def answer_region(completion: str, *, after_think: bool = False) -> str | None:
+    r"""The part of ``completion`` that holds its final answer (see the module rules); None
+    when ``after_think`` and the completion never closed its reasoning."""
+    if THINK_CLOSE not in completion:
+        return None if after_think else completion
+    after = completion.rsplit(THINK_CLOSE, 1)[1]
+    if after_think or _BOXED.search(after):
+        return after
     return completion
 
 
-def extract_answer(completion: str) -> str | None:
-    r"""The completion's final boxed answer (stripped), or None when it has none or it is broken."""
-    boxes = boxed_contents(answer_region(completion))
+def extract_answer(completion: str, *, after_think: bool = False) -> str | None:
+    r"""The completion's final boxed answer (stripped), or None when it has none or it is broken.
+
+    ``after_think``: only an answer after the last ``</think>`` counts (see the module rules).
+    """
+    region = answer_region(completion, after_think=after_think)
+    boxes = boxed_contents(region) if region is not None else []
     if not boxes or boxes[-1] is None:
         return None
     return boxes[-1].strip()
@@ -167,16 +179,29 @@ def as_number(text: str) -> tuple[float, bool] | None:
     (``50 cm`` == ``50 m``); one-letter units (``5 m``) are not recognised here (a variable?)
     and are left to math-verify.
     """
+    parsed = number_unit(text)
+    return None if parsed is None else parsed[:2]
+
+
+def number_unit(text: str) -> tuple[float, bool, str] | None:
+    """``(value, had_percent, unit)`` for a plain number (see :func:`as_number`), else None.
+
+    ``unit`` is ``""`` when there is none, ``"°"`` for any degree mark, else the unit's words
+    lower-cased without spaces (``"km/h"``, ``"squaremeters"``).
+    """
     m = _NUMBER.fullmatch(text)
     if m is None:
         return None
     unit = m["unit"].strip()
-    if unit and not _DEGREE.fullmatch(unit):
+    if unit and _DEGREE.fullmatch(unit):
+        unit = "°"
+    elif unit:
         if not _UNIT.fullmatch(unit):
             return None
         if any(w.lower() in _MATH_WORDS for w in re.findall(r"[A-Za-z]+", unit)):
             return None
-    return float(m["num"].replace(",", "")), m["pct"] is not None
+        unit = re.sub(r"\s+", "", unit).lower()
+    return float(m["num"].replace(",", "")), m["pct"] is not None, unit
 
 
 _WORDS = re.compile(r"[A-Za-z][A-Za-z' -]*")
@@ -185,3 +210,45 @@ _WORDS = re.compile(r"[A-Za-z][A-Za-z' -]*")
 def is_words(text: str) -> bool:
     """True for plain words (letters, spaces, hyphens, apostrophes): ``red circle``, ``yes``."""
     return _WORDS.fullmatch(text) is not None
+
+
+# ---- un-boxed answers (eval of other systems only) ----------------------------------------
+
+_ANSWER_PHRASE = re.compile(r"\b(?:answer|correct\s+(?:option|choice))\s*(?:is\b|:)\s*:?", re.I)
+_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")  # "5. Because ..." -> "5"
+_FINAL_LETTER = re.compile(r"(?:^|[\s:,])\(?([A-Z])\)?[.)]?$")
+_LAST_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?%?")
+_MARKDOWN = "*_#` "
+
+
+def fallback_answer(response: str, *, n_choices: int = 0) -> str | None:
+    r"""A rule-based final answer for a response without ``\boxed``; None when none is found.
+
+    Our rules (the paper only says a fallback exists), first that finds something, in the text
+    after the last ``</think>`` (or all of it when there is none):
+
+    1. the last "answer is X", "Answer: X", "final answer: X" or "correct option is X": X up to
+       the end of its line (the next line when it ends there), cut at a sentence end
+       (". " before a capital), markdown emphasis stripped;
+    2. multiple choice (``n_choices`` > 0): a final option letter, the last line ending in a
+       capital letter in range (``B``, ``(B)``, ``so it is C.``);
+    3. the last number (``-3``, ``1,000``, ``2.5``, ``40%``).
+
+    Only for evaluating other systems' responses: training rewards never use it.
+    """
+    text = response.rsplit(THINK_CLOSE, 1)[-1]
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if phrases:
+        rest = text[phrases[-1].end() :].splitlines()
+        line = next((x.strip() for x in rest if x.strip(_MARKDOWN)), "")
+        answer = _SENTENCE_END.split(line, maxsplit=1)[0].strip(_MARKDOWN).rstrip(".")
+        answer = answer.strip(_MARKDOWN)
+        if answer and balanced(answer):
+            return answer
+    lines = [line.strip(_MARKDOWN) for line in text.splitlines() if line.strip(_MARKDOWN)]
+    if n_choices and lines:
+        m = _FINAL_LETTER.search(lines[-1])
+        if m and ord(m.group(1)) - ord("A") < n_choices:
+            return m.group(1)
+    numbers = _LAST_NUMBER.findall(text)
+    return numbers[-1] if numbers else None

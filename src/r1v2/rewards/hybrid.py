@@ -1,7 +1,9 @@
 r"""The hybrid reward of GRPO (RECIPE §3, eq. 7): r = w_acc r_rule + w_rm r_rm + w_fmt r_format.
 
 - ``accuracy`` (r_rule): :func:`r1v2.rewards.accuracy_reward` on the sample's ``answer`` and
-  ``choices``, in {0, 1} or None.
+  ``choices``, in {0, 1}, or None when the *reference* cannot be scored (an answer that cannot
+  be parsed or verified in time is 0). With ``after_think`` (the default) only an answer after
+  ``</think>`` counts (RECIPE §3).
 - ``rm`` (r_rm): a :class:`RewardModel`'s unbounded score ``s`` mapped to
   ``min(sigmoid((s - center) / scale), cap)`` (RECIPE §5, "calibrated threshold"). The model is
   called once per batch.
@@ -11,9 +13,11 @@ Every component's value is returned per sample, so the trainer logs each one. A 
 that raises gives None for that sample (for the whole batch for ``rm``) and is counted in
 ``errors``; the step goes on.
 
-None in a component makes the sample's total None: the sample is excluded from the
-advantages rather than scored on the other terms (RECIPE §3: "None when it cannot be scored
-(excluded, never silently 0)"); a partial sum would silently treat the missing term as 0.
+None in a component means that component cannot score the sample: for ``accuracy`` an
+unscorable reference, for ``rm`` a failed or non-finite score, for any component an exception.
+It makes the sample's total None: the sample is excluded from the advantages rather than
+scored on the other terms (RECIPE §3: "None only when the reference cannot be scored
+(excluded)"); a partial sum would silently treat the missing term as 0.
 A component whose weight is 0 is not computed at all.
 """
 
@@ -96,7 +100,9 @@ class HybridRewardConfig:
     rm_cap: float = option(
         1.0, "upper bound of the mapped RM reward, in [0, 1] (calibrated threshold)"
     )
-    accuracy_timeout: float = option(5.0, "seconds allowed per math-verify check (timeout -> None)")
+    accuracy_timeout: float = option(
+        5.0, "seconds allowed per math-verify check (an answer that runs out of time scores 0)"
+    )
 
     def validate(self) -> None:
         unknown = sorted(set(self.weights) - set(COMPONENTS))
@@ -156,6 +162,10 @@ class HybridReward:
     (paths, bytes or PIL images). ``question_fn(sample)`` gives the question text the reward
     model sees (default: ``sample.question``); pass the function that built the policy's prompt
     so both see the same text.
+
+    ``after_think``: the prompt opened a think block (R1-style chat template), so only an
+    answer after ``</think>`` counts; a boxed draft inside the reasoning, or a completion cut
+    off before ``</think>``, scores 0 accuracy. Pass False for prompts without a think block.
     """
 
     def __init__(
@@ -168,6 +178,7 @@ class HybridReward:
         rm_cap: float = 1.0,
         accuracy_timeout: float = 5.0,
         question_fn: Callable[[Any], str] = _question,
+        after_think: bool = True,
     ) -> None:
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         HybridRewardConfig(weights=weights, rm_scale=rm_scale, rm_cap=rm_cap).validate()
@@ -180,6 +191,7 @@ class HybridReward:
         self.rm_center, self.rm_scale, self.rm_cap = rm_center, rm_scale, rm_cap
         self.accuracy_timeout = accuracy_timeout
         self.question_fn = question_fn
+        self.after_think = after_think
 
     @classmethod
     def from_config(
@@ -188,10 +200,13 @@ class HybridReward:
         *,
         reward_model: RewardModel | None = None,
         question_fn: Callable[[Any], str] = _question,
+        after_think: bool = True,
     ) -> HybridReward:
         """Build from a config; loads ``cfg.rm_path`` unless ``reward_model`` is given.
 
         Without a reward model (no ``rm_path``) the rm term is left out, whatever its weight.
+        ``after_think`` comes from the policy (``policy.opens_think``), not from the config:
+        whether the prompt opened a think block is the chat template's property.
         """
         cfg.validate()
         weights = dict(cfg.weights)
@@ -212,6 +227,7 @@ class HybridReward:
             rm_cap=cfg.rm_cap,
             accuracy_timeout=cfg.accuracy_timeout,
             question_fn=question_fn,
+            after_think=after_think,
         )
 
     def __call__(self, completions: Sequence[str], samples: Sequence[Any]) -> RewardResult:
@@ -259,6 +275,7 @@ class HybridReward:
             _get(sample, "answer"),
             choices=_get(sample, "choices"),
             timeout=self.accuracy_timeout,
+            after_think=self.after_think,
         )
 
     @staticmethod
