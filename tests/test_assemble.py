@@ -16,12 +16,14 @@ from transformers import (
     AutoProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
+    InternVLProcessor,
     LlamaConfig,
     LlamaForCausalLM,
 )
 
 from r1v2.cli import main
 from r1v2.config import ConfigError
+from r1v2.errors import R1V2Error
 from r1v2.model.assemble import (
     CheckpointError,
     MissingTokenizerError,
@@ -275,10 +277,62 @@ def test_bad_geometry_and_occupied_output(parts, assembled, tmp_path):
         build_assembled(parts[0], parts[1], image_size=40)
     with pytest.raises(ConfigError, match="downsample_ratio"):
         build_assembled(parts[0], parts[1], downsample_ratio=0.3)
-    with pytest.raises(CheckpointError, match="not empty"):
+    with pytest.raises(R1V2Error, match="not empty.*overwrite=true"):
         assemble(parts[0], parts[1], assembled, verbose=False)
-    with pytest.raises(CheckpointError, match="holds the input"):
+    with pytest.raises(R1V2Error, match="holds the vision encoder input"):
         assemble(parts[0], parts[1], parts[1].parent, overwrite=True, verbose=False)
+    with pytest.raises(R1V2Error, match="is inside the vision encoder input"):
+        assemble(parts[0], parts[1], parts[0] / "vlm", overwrite=True, verbose=False)
+    with pytest.raises(R1V2Error, match="is the LLM input"):
+        assemble(parts[0], parts[1], parts[1], overwrite=True, verbose=False)
+    assert not (parts[0] / "vlm").exists()
+
+
+def _occupied(path):
+    path.mkdir()
+    (path / "keep.txt").write_text("mine")
+    return path
+
+
+def _siblings(out):
+    return sorted(p.name for p in out.parent.iterdir())
+
+
+def test_overwrite_keeps_the_output_when_an_input_is_bad(parts, tmp_path):
+    """overwrite=true used to delete OUT before reading the inputs."""
+    out = _occupied(tmp_path / "out")
+    with pytest.raises(
+        CheckpointError, match="nope: vision encoder checkpoint directory not found"
+    ):
+        assemble(tmp_path / "nope", parts[1], out, overwrite=True, verbose=False)
+    llm = tiny_llm(WORDS, tmp_path / "l")
+    (llm / "tokenizer.json").unlink()
+    (llm / "tokenizer_config.json").unlink()
+    with pytest.raises(MissingTokenizerError):
+        assemble(parts[0], llm, out, overwrite=True, verbose=False)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert _siblings(out) == ["l", "out"]
+
+
+def test_overwrite_keeps_the_output_when_saving_fails(parts, tmp_path, monkeypatch):
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(InternVLProcessor, "save_pretrained", disk_full)
+    out = _occupied(tmp_path / "out")
+    with pytest.raises(R1V2Error, match=r"out: cannot write .*No space left on device"):
+        assemble(parts[0], parts[1], out, overwrite=True, verbose=False)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert _siblings(out) == ["out"]  # the temporary folder is gone
+
+
+def test_overwrite_replaces_the_whole_output(parts, tmp_path):
+    out = _occupied(tmp_path / "out")
+    assemble(parts[0], parts[1], out, overwrite=True, verbose=False)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert _siblings(out) == ["out"]
+    assert ".tmp-" not in "".join(p.read_text() for p in out.glob("*.json"))
+    assert AutoProcessor.from_pretrained(out).image_seq_length == 4
 
 
 def test_image_size_option_changes_the_token_budget(parts):
@@ -306,5 +360,5 @@ def test_cli_assemble_end_to_end(parts, tmp_path, capsys):
     code = main(
         ["assemble", f"vision={tmp_path / 'nope'}", f"llm={parts[1]}", f"out={tmp_path / 'x'}"]
     )
-    assert code == 1
+    assert code == 2
     assert "nope: vision encoder checkpoint directory not found" in capsys.readouterr().err

@@ -122,10 +122,10 @@ def test_max_pixels_option(data, capsys):
 
 
 def test_missing_path_and_subprocess(data):
-    """Through the installed entry point: a missing file is an error on stderr, exit 1."""
+    """Through the installed entry point: a missing file is an error on stderr, exit 2."""
     cmd = [sys.executable, "-m", "r1v2", "data", "check", str(data / "nope.jsonl")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert f"r1v2 data check: error: {data / 'nope.jsonl'}: no such file or folder" in proc.stderr
     ok = subprocess.run(cmd[:-1] + [str(data)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -360,7 +360,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert len(list((tmp_path / "synth" / "images").glob("*.png"))) == 20
     first = (tmp_path / "synth" / "samples.jsonl").read_bytes()
     # an existing output is kept unless overwrite is asked for
-    assert main(["data", "synth", "--out", out, "--n", "5"]) == 1
+    assert main(["data", "synth", "--out", out, "--n", "5"]) == 2
     assert "overwrite" in capsys.readouterr().err
     assert main(["data", "synth", f"out={out}", "n=20", "seed=0", "overwrite=true"]) == 0
     assert (tmp_path / "synth" / "samples.jsonl").read_bytes() == first

@@ -1,5 +1,6 @@
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -109,5 +110,131 @@ def test_run_summary_by_hand():
     assert text.startswith("40 steps in 12 s; ")
     assert "reward 10.5 -> 30.5 (mean of the first and last 20 steps)" in text  # 1..20, 21..40
     assert "lowest effective ratio 0.62" in text
-    assert "probe accuracy 25.0% -> 50.0% (steps 0 -> 40), hallucination rate 50.0% -> 12.5%" in text
+    assert (
+        "probe accuracy 25.0% -> 50.0% (steps 0 -> 40), hallucination rate 50.0% -> 12.5%" in text
+    )
     assert run_summary([], 0.0) == "0 steps in 0 s"
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A base LM and a run folder whose one checkpoint changed the LM head: (base, ckpt, head)."""
+    from r1v2.model.policy import Policy
+    from r1v2.model.tiny import tiny_llm
+
+    base = tiny_llm("how many red blue ? 0 1 2".split(), tmp_path / "base", seed=1)
+    model = Policy.from_pretrained(base).model
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    ckpt = save_checkpoint(
+        tmp_path / "run", 3, model=model, trainer_state={}, meta={"model": str(base)}
+    )
+    return base, ckpt, model.lm_head.weight.detach().clone()
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_export_applies_the_trained_weights(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from r1v2.train.export import export
+
+    base, ckpt, head = trained
+    before = _tree(base)
+    out = export(ckpt.parent, tmp_path / "exported")  # a run folder: its newest checkpoint
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(out).lm_head.weight, head)
+    assert _tree(base) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["base", "exported", "run"]
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        ("base", "is the base model input"),
+        ("base/export", "is inside the base model input"),
+        ("run/checkpoint-00000003", "is the checkpoint input"),
+        ("run", "is the run folder input"),
+        ("run/export", "is inside the run folder input"),
+        (".", "holds the base model input"),
+    ],
+)
+def test_export_refuses_to_write_over_its_inputs(trained, tmp_path, out, message):
+    """Exporting onto the base model used to replace its model.safetensors silently."""
+    from r1v2.train.export import export
+
+    base, ckpt, _ = trained
+    before = _tree(tmp_path)
+    with pytest.raises(R1V2Error, match=message):
+        export(ckpt, tmp_path / out, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_export_base_model_override_is_an_input_too(trained, tmp_path):
+    from r1v2.train.export import export
+
+    base, ckpt, _ = trained
+    other = shutil.copytree(base, tmp_path / "other")
+    with pytest.raises(R1V2Error, match="is the base model input"):
+        export(ckpt, other, base_model=other, overwrite=True)
+
+
+def test_export_replaces_an_occupied_output_only_with_overwrite(trained, tmp_path):
+    from r1v2.train.export import export
+
+    _, ckpt, head = trained
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(R1V2Error, match=r"exported: output folder is not empty \(set overwrite"):
+        export(ckpt, out)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    export(ckpt, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "exported", "run"]
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda c: (c / "trainable.safetensors").unlink(),
+            r"trainable\.safetensors: file not found",
+        ),
+        (lambda c: _truncate(c / "trainable.safetensors"), r"trainable\.safetensors: cannot read"),
+        (
+            lambda c: (c / "trainable.safetensors").write_bytes(b""),
+            r"trainable\.safetensors: cannot",
+        ),
+        (lambda c: (c / "meta.json").write_text("{not json"), r"meta\.json: invalid JSON"),
+        (lambda c: (c / "meta.json").write_text("[1]"), r"meta\.json: expected a JSON object"),
+        (lambda c: (c / "meta.json").write_text("{}"), r"meta\.json: no 'model' field"),
+    ],
+)
+def test_export_of_a_broken_checkpoint_names_the_file(trained, tmp_path, damage, message):
+    from r1v2.train.export import export
+
+    _, ckpt, _ = trained
+    damage(ckpt)
+    with pytest.raises(R1V2Error, match=message) as e:
+        export(ckpt, tmp_path / "exported")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "exported").exists()
+
+
+def test_export_of_a_loose_checkpoint_may_write_next_to_it(trained, tmp_path):
+    """A checkpoint folder outside a run's layout has no run folder to protect."""
+    from r1v2.train.export import export
+
+    _, ckpt, head = trained
+    loose = shutil.copytree(ckpt, tmp_path / "loose" / "ckpt")
+    out = export(loose, tmp_path / "loose" / "exported")
+    assert (out / "model.safetensors").is_file()
+    with pytest.raises(R1V2Error, match="is inside the checkpoint input"):
+        export(loose, loose / "exported")

@@ -109,6 +109,13 @@ COMMANDS: list[Command] = [
         help="Write a training checkpoint as an ordinary transformers checkpoint for inference",
         config="r1v2.train.export:ExportConfig",
         run="r1v2.train.export:run",
+        description=(
+            "Load the run's base model (meta.json 'model', or --base_model), apply --checkpoint's "
+            "trained weights (a checkpoint-N folder, or a run folder: its newest) and write model "
+            "and processor to --out, through a temporary folder swapped into place. --out may "
+            "not be, lie inside or hold the base model, the checkpoint or its run folder; an "
+            "existing non-empty --out needs overwrite=true."
+        ),
     ),
     Command(
         name="grpo",
@@ -269,17 +276,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             items.append((cmd.positional, value))
         cfg = resolve(config_cls, config_file, items)
     except R1V2Error as e:  # ConfigError, or a config's own validate()
-        print(f"r1v2 {cmd.name}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(cmd, e)
     if ns.print_config:
         print(to_yaml(cfg), end="")
         return 0
     try:
         code = _load(cmd.run)(cfg)
-    except R1V2Error as e:
-        print(f"r1v2 {cmd.name}: error: {e}", file=sys.stderr)
-        return 1
+    except R1V2Error as e:  # a problem the user can fix: bad input, a missing file, ...
+        return _error(cmd, e)
     return int(code or 0)
+
+
+def _error(cmd: Command, e: R1V2Error) -> int:
+    """Print ``r1v2 CMD: error: MESSAGE`` as one line on stderr; return exit code 2.
+
+    A message that quotes another library's multi-line text (a YAML parser's, say) has its
+    lines joined with " | ".
+    """
+    message = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    print(f"r1v2 {cmd.name}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

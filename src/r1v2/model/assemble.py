@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -33,6 +32,7 @@ from transformers.models.internvl.modeling_internvl import InternVLMultiModalPro
 
 from r1v2.config import ConfigError, option
 from r1v2.errors import R1V2Error
+from r1v2.fsutil import check_output_dir, replace_dir
 from r1v2.model.tokenizer import CHATML_THINK_TEMPLATE, load_tokenizer
 
 # The tokenizer attributes InternVLProcessor reads, and the tokens they name.
@@ -95,7 +95,9 @@ class AssembleConfig:
         "dtype of the saved weights; auto keeps the LLM's stored dtype (parts stored in "
         "another dtype are cast, so only they are not bit-identical)",
     )
-    overwrite: bool = option(False, "replace the output directory if it is not empty")
+    overwrite: bool = option(
+        False, "replace the output directory if it is not empty (once the new one is written)"
+    )
 
     def validate(self) -> None:
         _check_ratio(self.downsample_ratio)
@@ -151,17 +153,15 @@ def assemble(
     """Assemble ``vision_dir`` + a fresh adapter + ``llm_dir`` and save it to ``out_dir``.
 
     The result loads with ``AutoModelForImageTextToText`` and ``AutoProcessor``. Prints the
-    summary when ``verbose``. Returns ``out_dir``.
+    summary when ``verbose``. Returns ``out_dir``. ``out_dir`` may not be, lie inside or hold an
+    input; an existing non-empty one is replaced only with ``overwrite``, and only once the new
+    checkpoint is completely written (:func:`r1v2.fsutil.replace_dir`): a failure leaves it as
+    it was.
     """
-    out = Path(out_dir)
-    for source in (Path(vision_dir), Path(llm_dir)):
-        if source.resolve() == out.resolve() or out.resolve() in source.resolve().parents:
-            raise CheckpointError(f"{out}: the output directory holds the input {source}")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"{out}: output directory is not empty (set overwrite=true)")
-        shutil.rmtree(out)
-    built = build_assembled(
+    out = check_output_dir(
+        out_dir, overwrite=overwrite, inputs={"vision encoder": vision_dir, "LLM": llm_dir}
+    )
+    built = build_assembled(  # reads and checks every input before OUT is touched
         vision_dir,
         llm_dir,
         downsample_ratio=downsample_ratio,
@@ -169,9 +169,9 @@ def assemble(
         seed=seed,
         dtype=dtype,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    built.model.save_pretrained(out)
-    built.processor.save_pretrained(out)
+    with replace_dir(out, overwrite=overwrite) as tmp:
+        built.model.save_pretrained(tmp)
+        built.processor.save_pretrained(tmp)
     if verbose:
         print(f"assembled {vision_dir} + adapter + {llm_dir} -> {out}")
         for line in built.summary.lines():

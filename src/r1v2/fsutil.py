@@ -1,0 +1,107 @@
+"""Write a whole output folder safely: build it in a temporary sibling, then swap it into place.
+
+A command that writes a folder (``assemble``, ``export``) does::
+
+    check_output_dir(out, overwrite=cfg.overwrite, inputs={"LLM": llm_dir})  # before any work
+    ...  # validate and load the inputs
+    with replace_dir(out, overwrite=cfg.overwrite) as tmp:
+        model.save_pretrained(tmp)
+
+The body writes into ``OUT.tmp-<pid>`` next to ``OUT``. Only when it returns is the folder
+swapped in (the old ``OUT`` is renamed to ``OUT.old-<pid>``, the new one renamed to ``OUT``,
+then the old one removed). If anything fails before the swap, the temporary folder is removed
+and an existing ``OUT`` is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from r1v2.errors import R1V2Error
+
+
+class OutputDirError(R1V2Error):
+    """An output folder that cannot or may not be written (the message names it)."""
+
+
+def check_output_dir(
+    out: str | Path, *, overwrite: bool, inputs: Mapping[str, str | Path] | None = None
+) -> Path:
+    """Raise :class:`OutputDirError` unless ``out`` may be written; return it as a Path.
+
+    Refused: ``out`` is, is inside, or holds one of ``inputs`` (``{what: path}``, compared
+    after resolving symlinks); ``out`` or an ancestor of it exists and is not a folder; ``out``
+    is a non-empty folder and ``overwrite`` is false. Touches nothing on disk.
+    """
+    out = Path(out)
+    _refuse_overlap(out, inputs or {})
+    ancestor = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        where = "" if ancestor == out else f" ({ancestor} is a file)"
+        raise OutputDirError(f"{out}: the output path is not a folder{where}")
+    try:
+        occupied = out.is_dir() and any(out.iterdir())
+    except OSError as e:
+        raise OutputDirError(f"{out}: cannot read the output folder: {e}") from e
+    if occupied and not overwrite:
+        raise OutputDirError(f"{out}: output folder is not empty (set overwrite=true)")
+    return out
+
+
+@contextmanager
+def replace_dir(out: str | Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``out``; on success, swap it in as ``out``.
+
+    Checks ``out`` with :func:`check_output_dir` first. If the body raises, the temporary
+    folder is removed and ``out`` is untouched; an ``OSError`` from the body or the swap
+    (disk full, no permission) is raised as :class:`OutputDirError` naming ``out``.
+    """
+    out = check_output_dir(out, overwrite=overwrite)
+    real = out.resolve()  # a symlinked OUT: replace the folder it points to
+    tmp = real.with_name(f"{real.name}.tmp-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had our pid
+        tmp.mkdir(parents=True)
+        yield tmp
+        _swap(tmp, real)
+    except OSError as e:
+        raise OutputDirError(f"{out}: cannot write the output folder: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _refuse_overlap(out: Path, inputs: Mapping[str, str | Path]) -> None:
+    """The closest relation wins: "is" an input, then "is inside" one, then "holds" one."""
+    o = out.resolve()
+    resolved = {what: (Path(p), Path(p).resolve()) for what, p in inputs.items()}
+    relations = (
+        ("is the {} input ({})", lambda s: o == s),
+        ("is inside the {} input {}", lambda s: s in o.parents),
+        ("holds the {} input {}", lambda s: o in s.parents),
+    )
+    for text, holds in relations:
+        for what, (given, s) in resolved.items():
+            if holds(s):
+                raise OutputDirError(f"{out}: the output folder " + text.format(what, given))
+
+
+def _swap(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, removed last."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = out.with_name(f"{out.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)  # put the user's folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        raise OutputDirError(f"{out}: written, but the previous folder (moved to {old}) stays")
