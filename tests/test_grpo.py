@@ -116,6 +116,22 @@ def test_group_stats_by_hand():
     assert stats["effective_ratio"] == pytest.approx(2 / 6)
 
 
+def test_std_floor_zeroes_nearly_tied_groups_by_hand():
+    """Group [0.5, 0.5002]: std 0.0001, below the floor 0.01 -> both 0 (without the floor eq. 6
+    gives +-0.0001 / (0.0001 + 1e-6) = +-0.990). Group [0, 1]: std 0.5 >= 0.01 ->
+    -0.5 / (0.5 + 1e-6), +0.5 / (0.5 + 1e-6) = -+0.999998. group_stats counts the first group
+    as zero-variance: effective 2 of 4."""
+    rewards = [0.5, 0.5002, 0.0, 1.0]
+    raw = group_advantages(rewards, 2)
+    assert raw[0].item() == pytest.approx(-0.0001 / (0.0001 + 1e-6), rel=1e-3)
+    floored = group_advantages(rewards, 2, std_floor=0.01)
+    assert floored[:2].tolist() == [0.0, 0.0]
+    torch.testing.assert_close(floored[2:], torch.tensor([-0.5, 0.5]) / (0.5 + 1e-6))
+    stats = group_stats(rewards, 2, std_floor=0.01)
+    assert stats["effective_ratio"] == 0.5 and stats["zero_variance_frac"] == 0.5
+    assert group_stats(rewards, 2)["effective_ratio"] == 1.0
+
+
 # ---------------------------------------------------------------- policy_loss
 
 

@@ -134,6 +134,7 @@ def _cli(world, out, *extra, launcher=()):
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
     """Bitwise on the CPU: the killed-and-resumed run ends with the uninterrupted run's weights."""
     extra = ("max_steps=8", "save_steps=2", "generation.max_new_tokens=24")
@@ -161,25 +162,37 @@ def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "sharding, trainable, tol",
-    [("replicate", "adapter", 1e-7), ("fsdp", "all", 1e-6)],
+    "sharding, trainable, tol, extra",
+    [
+        ("replicate", "adapter", 1e-7, ("ssb.enabled=false",)),
+        ("replicate", "adapter", 1e-7, ("aggregation=token-mean", "max_steps=5")),
+        ("fsdp", "all", 1e-6, ("ssb.enabled=false",)),
+    ],
+    ids=["replicate", "token-mean+ssb", "fsdp"],
 )
-def test_two_processes_equal_one_process_with_accumulation(world, tmp_path, sharding, trainable, tol):
+def test_two_processes_equal_one_process_with_accumulation(
+    world, tmp_path, sharding, trainable, tol, extra
+):
     """2 processes x 8 sequences == 1 process x 16 sequences in 2 micro-batches of 8, with the
-    model replicated (gradients all-reduced) or sharded with FSDP2 (every weight trains).
+    model replicated (gradients all-reduced) or sharded with FSDP2 (every weight trains); and
+    with ``token-mean`` (the two ranks' sequences have different lengths, so each rank's
+    token count differs from half the step's) and the Selective Sample Buffer on (one replay
+    decision over the gathered batch).
 
     Tolerance: absolute, on the trained weights, whose updates here are ~1e-4 per step (only
     the float summation order differs: per-process padding and the gradient reduction).
     """
-    common = ("ssb.enabled=false", "micro_batch_size=8", "kl_coef=0.01", f"trainable={trainable}")
+    common = ("micro_batch_size=8", "kl_coef=0.01", f"trainable={trainable}", *extra)
     one, two = tmp_path / "one", tmp_path / "two"
     assert _cli(world, one, *common, launcher=(sys.executable,)).wait() == 0
     proc = _cli(world, two, *common, f"sharding={sharding}", launcher=TORCHRUN)
     log = proc.communicate()[0].decode()
     assert proc.returncode == 0, log
-    assert (two / "checkpoint-00000003" / "rng-rank1.pt").is_file()  # two processes ran
-    a, b = _weights(one, 3), _weights(two, 3)
+    last = read_metrics(one)[-1]["step"]
+    assert (two / f"checkpoint-{last:08d}" / "rng-rank1.pt").is_file()  # two processes ran
+    a, b = _weights(one, last), _weights(two, last)
     assert sorted(a) == sorted(b)
     start = load_file(str(world / "vlm" / "model.safetensors"))
     for k in a:
@@ -189,12 +202,19 @@ def test_two_processes_equal_one_process_with_accumulation(world, tmp_path, shar
     assert moved > 1e-6  # the runs did move
     m1 = read_metrics(one / "metrics.jsonl")
     m2 = read_metrics(two / "metrics.jsonl")
-    assert len(m1) == len(m2) == 3
+    assert len(m1) == len(m2) == last
     for r1, r2 in zip(m1, m2):
-        assert r1["reward_mean"] == pytest.approx(r2["reward_mean"], abs=1e-9)
-        assert r1["response_length_mean"] == pytest.approx(r2["response_length_mean"])
+        for key in ("reward_mean", "response_length_mean", "effective_ratio", "replayed"):
+            assert r1[key] == pytest.approx(r2[key], abs=1e-9), key
+        for key in ("kl", "loss", "clip_fraction"):
+            assert r1[key] == pytest.approx(r2[key], rel=1e-4, abs=1e-9), key
+    if "ssb.enabled=false" not in extra:
+        assert sum(r["replayed"] for r in m2) > 0  # the buffer did replay
+    if "aggregation=token-mean" in extra:  # the ranks' shards had different token counts
+        assert any(r["response_length_mean"] != 12 for r in m1)
 
 
+@pytest.mark.slow
 def test_fsdp_resume_matches_uninterrupted_run(world, tmp_path):
     """Sharded run stopped after its step-2 checkpoint, resumed to step 3: the same weights as
     a sharded run of 3 steps (the checkpoint holds whole weights and optimizer state)."""
@@ -258,8 +278,158 @@ def test_policy_update_moves_log_probs_with_the_advantage_sign(world):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     before = seq_logps()
     metrics, stepped = grpo_mod.policy_update(
-        policy, None, optimizer, scheduler, params, batch, torch.tensor([1.0, -1.0]), cfg, 1
-    )
+        policy, batch, torch.tensor([1.0, -1.0]), cfg=cfg, optimizer=optimizer,
+        scheduler=scheduler, params=params,
+    )  # fmt: skip
     after = seq_logps()
     assert stepped and metrics["ratio_mean"] == pytest.approx(1.0)
     assert after[0] > before[0] and after[1] < before[1]
+
+
+def _rollout_batch(world, n_prompts=4, group=4, temperature=1.0, seed=3):
+    """A policy (adapter trainable) and a real batch of its sampled completions."""
+    from r1v2.data import load_samples
+    from r1v2.model.freeze import set_trainable
+    from r1v2.model.policy import Policy
+
+    policy = Policy.from_pretrained(world / "vlm")
+    set_trainable(policy.model, "adapter")
+    items = load_samples(world / "data").samples[:n_prompts]
+    cfg = resolve(GRPOConfig, None, ["generation.max_new_tokens=10",
+                                     f"generation.temperature={temperature}"])  # fmt: skip
+    torch.manual_seed(seed)
+    out = policy.generate(items, cfg.generation, group_size=group)
+    trajs = [
+        grpo_mod.Trajectory(items[i // group], row[m])
+        for i, (row, m) in enumerate(zip(out.completion_ids, out.completion_mask))
+    ]
+    return policy, grpo_mod.collate(policy, trajs)
+
+
+def _update(policy, batch, advantages, overrides, ref_model=None, optimizer_cls=None):
+    cfg = resolve(GRPOConfig, None, overrides)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    if optimizer_cls is None:
+        optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr)
+    else:
+        optimizer = optimizer_cls(params)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return grpo_mod.policy_update(
+        policy, batch, advantages, cfg=cfg, optimizer=optimizer, scheduler=scheduler,
+        params=params, ref_model=ref_model,
+    )  # fmt: skip
+
+
+def test_logged_metrics_do_not_depend_on_micro_batch_size(world):
+    """16 sequences in micro-batches of 4 or of 16, two update iterations (so the ratio moves
+    and clips), KL against a perturbed reference: the logged kl, clip fraction, approx_kl and
+    loss are the whole step's, whatever the split (each micro-batch's share of kl used to be
+    weighted again by its size: a quarter of the truth at 4 of 16)."""
+    import copy
+
+    policy, batch = _rollout_batch(world)
+    ref = copy.deepcopy(policy.model).requires_grad_(False)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    start = copy.deepcopy(policy.model.state_dict())
+    advantages = torch.linspace(-1.5, 1.5, 16)
+    common = ["optim.lr=0.05", "ppo_epochs=2", "kl_coef=0.1", "clip_low=0.05", "clip_high=0.05"]
+    logged = []
+    for micro in (4, 16):
+        policy.model.load_state_dict(start)
+        metrics, stepped = _update(policy, batch, advantages, [*common, f"micro_batch_size={micro}"],
+                                   ref_model=ref)  # fmt: skip
+        assert stepped
+        logged.append(metrics)
+    a, b = logged
+    assert a["kl"] > 1e-4 and a["clip_frac"] > 0  # the quantities under test are not trivially 0
+    for key in ("kl", "pg_loss", "loss", "clip_frac", "approx_kl", "ratio_mean"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+
+
+def test_update_scores_tokens_at_the_sampling_temperature(world):
+    """Rollouts sampled at T = 0.7: one plain SGD step (lr 1, no clipping, mu 1, no KL) moves
+    the weights by minus the gradient of eq. 8 with log-probs of softmax(logits / 0.7)."""
+    policy, batch = _rollout_batch(world, temperature=0.7)
+    prompts, index, ids, mask = batch
+    advantages = torch.linspace(-1.0, 1.0, 16)
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    logps = policy.logprobs(prompts, ids, mask, prompt_index=index, temperature=0.7)
+    loss, _ = grpo_mod.policy_loss(logps, logps.detach(), advantages, mask)
+    want = torch.autograd.grad(loss, params)
+    overrides = ["generation.temperature=0.7", "kl_coef=0", "optim.max_grad_norm=0"]
+    _, stepped = _update(policy, batch, advantages, overrides,
+                         optimizer_cls=lambda ps: torch.optim.SGD(ps, lr=1.0))  # fmt: skip
+    assert stepped
+    for p, b, g in zip(params, before, want):
+        torch.testing.assert_close(b - p.detach(), g, rtol=1e-4, atol=1e-7)
+    # At T = 1 the gradient is another one: the test can tell them apart.
+    logps1 = policy.logprobs(prompts, ids, mask, prompt_index=index)
+    other = torch.autograd.grad(grpo_mod.policy_loss(logps1, logps1.detach(), advantages, mask)[0],
+                                params)  # fmt: skip
+    assert max((a - b).abs().max() for a, b in zip(other, want)) > 1e-3
+
+
+def test_probe_counts_unscored_answers_apart(world):
+    """The probe's accuracy is over answers that could be graded; a reference that cannot be
+    graded (letter Z of two choices) is counted as unscored, not as a wrong answer."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from r1v2.data import load_samples
+
+    a, b, c = load_samples(world / "data").samples[:3]
+    items = [
+        dataclasses.replace(a, answer="3"),
+        dataclasses.replace(b, answer="4"),
+        dataclasses.replace(c, answer="Z", choices=("x", "y")),
+    ]
+
+    class Fake:
+        def generate(self, batch, sampling):
+            return SimpleNamespace(texts=["</think> \\boxed{3}"] * len(batch))
+
+    out = grpo_mod.probe(Fake(), items, resolve(GRPOConfig, None, []))
+    assert out["probe_accuracy"] == 0.5 and out["probe_unscored"] == 1.0
+
+
+def test_resume_refuses_another_config_and_a_finished_past_run(world, tmp_path):
+    out = tmp_path / "run"
+    train(resolve(GRPOConfig, None, _args(world, out, "max_steps=2")))
+    with pytest.raises(R1V2Error, match=r"group_size \(4 -> 2\)"):
+        train(resolve(GRPOConfig, None, _args(world, out, "max_steps=3", "group_size=2")))
+    with pytest.raises(R1V2Error, match="past max_steps=1"):
+        train(resolve(GRPOConfig, None, _args(world, out, "max_steps=1")))
+    # raising max_steps continues the same run
+    train(resolve(GRPOConfig, None, _args(world, out, "max_steps=3")))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_a_new_run_never_touches_an_earlier_one_without_overwrite(world, tmp_path):
+    out = tmp_path / "run"
+    train(resolve(GRPOConfig, None, _args(world, out, "max_steps=2", "save_steps=1")))
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*")}
+    metrics_before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(R1V2Error, match="holds an earlier run.*overwrite=true"):
+        train(resolve(GRPOConfig, None, _args(world, out, "resume=never")))
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert (out / "metrics.jsonl").read_text() == metrics_before
+    # files but no checkpoint: refused too (resume=auto has nothing to continue)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(R1V2Error, match="no checkpoint to resume"):
+        train(resolve(GRPOConfig, None, _args(world, other)))
+    assert (other / "mine.txt").read_text() == "keep me"
+    # a bad input with overwrite=true still leaves the earlier run alone (validated first)
+    with pytest.raises(R1V2Error):
+        train(resolve(GRPOConfig, None, _args(world, out, "resume=never", "overwrite=true",
+                                              f"data={tmp_path / 'missing.jsonl'}")))  # fmt: skip
+    assert (out / "metrics.jsonl").read_text() == metrics_before
+    # overwrite=true replaces it: only the new run's checkpoints and metrics remain
+    train(resolve(GRPOConfig, None, _args(world, out, "resume=never", "overwrite=true",
+                                          "max_steps=1")))  # fmt: skip
+    assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-00000001"]
+    assert [r["step"] for r in read_metrics(out)] == [1]

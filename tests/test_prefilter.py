@@ -18,6 +18,8 @@ BAD = "i see 2 red circles . </think> \\boxed{2}"
 class FakePolicy:
     """Answers by a script per prompt: the question text says which completions to return."""
 
+    opens_think = True
+
     def generate(self, items, sampling, *, group_size):
         texts = []
         for item in items:
@@ -29,11 +31,20 @@ class FakePolicy:
 
 
 def test_classify_by_hand():
-    assert classify([2.0, 2.0], [1.0, 1.0], 1e-6) == "all_correct"
-    assert classify([1.0, 1.0], [0.0, 0.0], 1e-6) == "all_wrong"
-    assert classify([1.0, 2.0], [0.0, 1.0], 1e-6) == "kept"
-    assert classify([None, 1.0], [None, 0.0], 1e-6) == "unscored"
-    assert classify([0.5, 0.5], None, 1e-6) == "all_equal"
+    assert classify([2.0, 2.0], [1.0, 1.0], 0.0) == "all_correct"
+    assert classify([1.0, 1.0], [0.0, 0.0], 0.0) == "all_wrong"
+    assert classify([1.0, 2.0], [0.0, 1.0], 0.0) == "kept"
+    assert classify([None, 1.0], [None, 0.0], 0.0) == "unscored"
+    assert classify([0.5, 0.5], None, 0.0) == "all_equal"
+
+
+def test_classify_uses_the_trainers_std_floor():
+    """Rewards 1.00 and 1.02 (an accuracy tie, reward-model scores 0.02 apart): std 0.01. Under
+    a floor of 0.05 GRPO gives the group zero advantages, so the prefilter drops it; with no
+    floor it is kept. [0, 1] (std 0.5) is kept either way."""
+    assert classify([1.0, 1.02], [1.0, 1.0], 0.05) == "all_correct"
+    assert classify([1.0, 1.02], [1.0, 1.0], 0.0) == "kept"
+    assert classify([0.0, 1.0], [0.0, 1.0], 0.05) == "kept"
 
 
 def test_prefilter_keeps_only_mixed_prompts(tmp_path, monkeypatch):

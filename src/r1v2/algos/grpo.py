@@ -52,6 +52,7 @@ def group_advantages(
     group_size: int,
     scale: Scale = "std",
     eps: float = 1e-6,
+    std_floor: float = 0.0,
 ) -> torch.Tensor:
     """Group-relative advantages, eq. (6): ``A_i = (r_i - mean_g) / (std_g + eps)``.
 
@@ -60,6 +61,9 @@ def group_advantages(
         group_size: G, the responses per prompt; N must be a multiple of it.
         scale: ``"std"`` divides by the group std (eq. 6); ``"none"`` subtracts the mean only.
         eps: added to the std so that a nearly constant group does not blow up.
+        std_floor: a group whose reward std is below this counts as tied: all its advantages
+            are 0 (our choice, RECIPE section 4: with a continuous reward-model term groups
+            almost never tie exactly, and eq. 6 would blow differences of 1e-4 up to +-1.4).
 
     Returns:
         ``[N]`` float32 advantages (a new tensor; the input is not modified).
@@ -67,8 +71,8 @@ def group_advantages(
     Rules:
         - A reward that is None or NaN (could not be scored) is left out of its group's
           mean and std, and its own advantage is 0.
-        - A group whose scored rewards are all equal (or that has fewer than two scored
-          rewards) gets exactly 0 for every member, never NaN.
+        - A group whose scored rewards are all equal, whose std is below ``std_floor``, or
+          that has fewer than two scored rewards gets exactly 0 for every member, never NaN.
         - The std is the population std (``unbiased=False``): the paper's eq. (6) is silent,
           and the G responses are the whole group the advantage is relative to.
     """
@@ -80,28 +84,33 @@ def group_advantages(
     filled = torch.where(valid, r, torch.zeros_like(r))  # [P, G]
     mean = filled.sum(dim=1, keepdim=True) / count.clamp(min=1)  # [P, 1]
     dev = torch.where(valid, r - mean, torch.zeros_like(r))  # [P, G]
+    std = ((dev * dev).sum(dim=1, keepdim=True) / count.clamp(min=1)).sqrt()  # [P, 1]
     if scale == "std":
-        var = (dev * dev).sum(dim=1, keepdim=True) / count.clamp(min=1)  # [P, 1]
-        dev = dev / (var.sqrt() + eps)  # [P, G]
+        dev = dev / (std + eps)  # [P, G]
     # A constant group would otherwise keep the rounding error of its mean (e.g. 0.1 * 3 / 3).
     hi = torch.where(valid, r, torch.full_like(r, -math.inf)).amax(dim=1, keepdim=True)
     lo = torch.where(valid, r, torch.full_like(r, math.inf)).amin(dim=1, keepdim=True)
-    varies = (count >= 2) & (hi > lo)  # [P, 1]
+    varies = (count >= 2) & (hi > lo) & (std >= std_floor)  # [P, 1]
     adv = torch.where(varies & valid, dev, torch.zeros_like(dev))  # [P, G]
     return adv.flatten().to(torch.float32)  # [N]
 
 
 def group_stats(
-    rewards: torch.Tensor | Sequence[float | None], group_size: int, eps: float = 1e-6
+    rewards: torch.Tensor | Sequence[float | None],
+    group_size: int,
+    eps: float = 1e-6,
+    std_floor: float = 0.0,
 ) -> dict[str, float]:
     """Numbers that explain a batch of rewards, for logging.
 
     Returns a dict with ``reward_mean`` (over scored rewards; NaN when none is scored),
     ``unscored`` (count of None/NaN rewards), ``zero_variance_frac`` (fraction of groups whose
-    advantages are all 0) and ``effective_ratio`` (fraction of samples with ``|A| > eps``).
+    advantages are all 0) and ``effective_ratio`` (fraction of samples with ``|A| > eps``),
+    with advantages as :func:`group_advantages` gives them for ``eps`` and ``std_floor``.
     """
     r = _as_rewards(rewards)  # [N]
-    adv = group_advantages(r, group_size, eps=eps).view(-1, group_size)  # [P, G]
+    adv = group_advantages(r, group_size, eps=eps, std_floor=std_floor)  # [N]
+    adv = adv.view(-1, group_size)  # [P, G]
     valid = ~torch.isnan(r)  # [N]
     effective = adv.abs() > eps  # [P, G]
     return {

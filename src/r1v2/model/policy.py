@@ -240,6 +240,12 @@ class Policy:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def opens_think(self) -> bool:
+        """Whether the chat template's generation prompt opens a think block (R1 style): then
+        only an answer after ``</think>`` counts in training rewards."""
+        return self.render(Prompt("?")).rstrip().endswith("<think>")
+
     # ---- prompts -------------------------------------------------------------------------
 
     def render(self, prompt: Prompt) -> str:

@@ -34,6 +34,9 @@ from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import Runner, direct, full_tensor, shard_model
 
+STD_FLOOR = 0.05
+STD_FLOOR_NOTE = "0: exact ties only."
+
 
 @dataclass
 class SSBConfig:
@@ -77,8 +80,13 @@ class GRPOConfig:
     keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
     resume: str = option(
         "auto",
-        "auto: continue from the newest checkpoint in output_dir; "
-        "never: start fresh; or a checkpoint path",
+        "auto: continue from the newest checkpoint in output_dir (only when its config matches "
+        "this one; max_steps may grow); never: start fresh; or a checkpoint path",
+    )
+    overwrite: bool = option(
+        False,
+        "start fresh in an output_dir that holds an earlier run (removed once everything is "
+        "validated, before anything is written); without it such a folder is refused",
     )
     seed: int = option(0, "seed of the prompt order, the rollouts and the buffer")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda")
@@ -114,6 +122,12 @@ class GRPOConfig:
         10.0,
         "bound |log(pi_ref/pi_theta)| per token in the KL estimate (replayed tokens can make k3 "
         "explode); null: no bound",
+    )
+    std_floor: float = option(
+        STD_FLOOR,
+        "groups whose total-reward std is below this count as tied: zero advantages (the SSB "
+        "fills them). With the reward-model term, rewards are continuous and exact ties rare; "
+        "eq. 6 would turn tiny differences into advantages of +-1. " + STD_FLOOR_NOTE,
     )
     aggregation: Literal["seq-mean-token-mean", "token-mean"] = option(
         "seq-mean-token-mean", "loss aggregation (eq. 8 is seq-mean-token-mean)"
@@ -214,16 +228,45 @@ def average_gradients(params: list[torch.nn.Parameter], world_size: int) -> None
         offset += n
 
 
+SHARES = ("pg_loss", "kl")  # policy_loss gives these as a micro-batch's share of the step
+TOKEN_MEANS = ("ratio_mean", "clip_frac_low", "clip_frac_high", "clip_frac", "approx_kl")
+
+
+def step_counts(mask: torch.Tensor, aggregation: str, world_size: int, device) -> tuple[float, float]:
+    """``(normalizer, tokens)`` of the whole step over every process, divided by the number of
+    processes (one all-reduce). Each process divides its loss by this normalizer; averaging the
+    gradients over processes then gives the gradient of one pass over the whole batch, also
+    for ``token-mean``, where the processes' token counts differ."""
+    counts = torch.tensor(
+        [loss_normalizer(mask, aggregation), int(mask.sum())], dtype=torch.float64, device=device
+    )
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(counts)
+    normalizer, tokens = (counts / world_size).tolist()
+    return normalizer, tokens
+
+
+def scoring_temperature(sampling: SamplingConfig) -> float:
+    """The temperature completions are scored at: the sampler's (logits / T, as the field's
+    trainers do), 1 for greedy decoding. top_p / top_k truncation is not reflected in the
+    scores (the full tempered softmax is used, as in TRL and verl): with them on, rho and the
+    KL are taken against the untruncated distribution."""
+    return sampling.temperature if sampling.do_sample else 1.0
+
+
 def policy_update(
     policy,
-    ref_model,
+    batch,
+    advantages: torch.Tensor,
+    *,
+    cfg: GRPOConfig,
     optimizer,
     scheduler,
-    params,
-    batch,
-    advantages,
-    cfg,
-    world_size,
+    params: list[torch.nn.Parameter],
+    world_size: int = 1,
+    ref_model=None,
     run: Runner = direct,
     run_ref: Runner = direct,
 ):
@@ -232,21 +275,29 @@ def policy_update(
     ``old_logps`` are the current policy's log-probs before the first iteration, for fresh and
     replayed samples alike (so a replayed sample's ratio starts at 1). With one iteration
     they are the training forward's own log-probs, detached, which saves a forward pass.
+    Every log-prob is taken at the sampling temperature (:func:`scoring_temperature`).
     ``run``/``run_ref`` run each use of the policy / reference model (see
     :mod:`r1v2.train.sharding`); with FSDP the gradients come back already averaged.
+
+    Metrics: ``pg_loss``, ``kl`` and ``loss`` are the step's values (micro-batch shares
+    summed); the token means (``ratio_mean``, ``clip_frac*``, ``approx_kl``) are weighted by
+    tokens. Each is this process's share scaled so that the mean over processes is the
+    whole step's value; all are averaged over the mu iterations.
     """
     prompts, index, ids, mask = batch
     n = ids.shape[0]
     reuse_old = cfg.ppo_epochs == 1
+    temperature = scoring_temperature(cfg.generation)
 
     def whole_batch(runner: Runner, **kwargs) -> torch.Tensor:  # [N, T], no gradients
         with torch.no_grad():
             return runner(policy.logprobs, prompts, ids, mask, prompt_index=index,
-                          micro_batch_size=cfg.micro_batch_size, **kwargs)  # fmt: skip
+                          micro_batch_size=cfg.micro_batch_size, temperature=temperature,
+                          **kwargs)  # fmt: skip
 
     old = None if reuse_old else whole_batch(run)
     ref = None if ref_model is None else whole_batch(run_ref, model=ref_model)
-    normalizer = loss_normalizer(mask, cfg.aggregation)
+    normalizer, tokens = step_counts(mask, cfg.aggregation, world_size, policy.device)
     sums: dict[str, float] = {}
     stepped = True
     for _ in range(cfg.ppo_epochs):
@@ -254,7 +305,8 @@ def policy_update(
         loss_total = 0.0
         for start in range(0, n, cfg.micro_batch_size):
             sl = slice(start, min(start + cfg.micro_batch_size, n))
-            logps = run(policy.logprobs, prompts, ids[sl], mask[sl], prompt_index=index[sl])
+            logps = run(policy.logprobs, prompts, ids[sl], mask[sl], prompt_index=index[sl],
+                        temperature=temperature)  # fmt: skip
             loss, m = policy_loss(
                 logps,
                 logps.detach() if reuse_old else old[sl].to(logps.device),
@@ -271,9 +323,11 @@ def policy_update(
             )
             loss.backward()
             loss_total += float(loss.detach())
-            w = (sl.stop - sl.start) / n
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + w * float(v) / cfg.ppo_epochs
+            weight = float(m["tokens"]) / max(tokens, 1.0)
+            for k in SHARES:
+                sums[k] = sums.get(k, 0.0) + float(m[k]) / cfg.ppo_epochs
+            for k in TOKEN_MEANS:
+                sums[k] = sums.get(k, 0.0) + weight * float(m[k]) / cfg.ppo_epochs
         if run is direct:  # FSDP averaged the gradients in the backward pass
             average_gradients(params, world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
@@ -301,14 +355,113 @@ def probe(policy, probe_items, cfg: GRPOConfig) -> dict[str, float]:
     texts = []
     for start in range(0, len(probe_items), 32):
         texts += policy.generate(probe_items[start : start + 32], greedy).texts
-    correct = [
-        accuracy_reward(t, s.answer, choices=s.choices) or 0.0 for t, s in zip(texts, probe_items)
-    ]
+    scores = [accuracy_reward(t, s.answer, choices=s.choices) for t, s in zip(texts, probe_items)]
+    scored = [x for x in scores if x is not None]  # None: the reference cannot be graded
     scenes = [s.metadata["scene"] for s in probe_items]
     return {
-        "probe_accuracy": sum(correct) / len(correct),
+        "probe_accuracy": sum(scored) / len(scored) if scored else math.nan,
+        "probe_unscored": float(len(scores) - len(scored)),
         "hallucination_rate": hallucination_rate(texts, scenes),
     }
+
+
+@dataclass
+class StepContext:
+    """What one GRPO step uses; built once by :func:`train`."""
+
+    cfg: GRPOConfig
+    policy: Any
+    pool: list[Any]
+    sampler: PromptSampler
+    reward_fn: Any
+    buffer: SelectiveSampleBuffer
+    optimizer: Any
+    scheduler: Any
+    params: list[torch.nn.Parameter]
+    ref_model: Any
+    run: Runner
+    run_ref: Runner
+    rank: int
+    world: int
+
+
+def one_step(ctx: StepContext, step: int) -> tuple[dict[str, float], bool]:
+    """Steps 1-7 of one GRPO step on this process; returns its metrics and whether the
+    optimizer stepped."""
+    cfg, policy, rank, world, buffer = ctx.cfg, ctx.policy, ctx.rank, ctx.world, ctx.buffer
+    shard = cfg.prompts_per_step // world
+    # 1. prompts: this process's contiguous shard of the step's prompts
+    indices = ctx.sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
+    items = [ctx.pool[i] for i in indices]
+    # 2. G rollouts per prompt
+    policy.model.eval()
+    texts, completions = ctx.run(generate_shard, policy, items, cfg, step, rank * shard)
+    per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
+    # 3. hybrid reward (each process scores its own rollouts)
+    rewards = ctx.reward_fn(texts, per_sample)
+    # 4. group advantages and 5. Selective Sample Buffer over the whole step's batch
+    # (gathered from every process, in process order), so K processes decide as one
+    trajectories = _gather([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
+    total = _gather(list(rewards.total), world)
+    rule = rewards.components.get("accuracy")
+    advantages = group_advantages(total, cfg.group_size, eps=cfg.ssb.eps,
+                                  std_floor=cfg.std_floor)  # fmt: skip
+    stats = group_stats(total, cfg.group_size, eps=cfg.ssb.eps, std_floor=cfg.std_floor)
+    rule_ratio = (
+        math.nan
+        if rule is None
+        else group_stats(_gather(list(rule), world), cfg.group_size, eps=cfg.ssb.eps,
+                         std_floor=cfg.std_floor)["effective_ratio"]
+    )  # fmt: skip
+    replay_stats = {
+        "effective_ratio_before": stats["effective_ratio"],
+        "effective_ratio_after": stats["effective_ratio"],
+        "replayed": 0.0,
+    }
+    if cfg.ssb.enabled:
+        rb = replay(trajectories, advantages, buffer, cfg.ssb.target_ratio, step=step)
+        trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
+    mine = slice(rank * len(completions), (rank + 1) * len(completions))
+    trajectories, advantages = trajectories[mine], advantages[mine]
+    # 6. mu policy-update iterations
+    policy.model.train()
+    update, stepped = policy_update(
+        policy,
+        collate(policy, trajectories),
+        advantages,
+        cfg=cfg,
+        optimizer=ctx.optimizer,
+        scheduler=ctx.scheduler,
+        params=ctx.params,
+        world_size=world,
+        ref_model=ctx.ref_model,
+        run=ctx.run,
+        run_ref=ctx.run_ref,
+    )
+    # 7. metrics (effective ratios and rewards are already those of the whole step)
+    metrics = {
+        "reward_mean": stats["reward_mean"],
+        **{  # reward/total is reward_mean under another name: logged once
+            k.replace("reward/", "reward_"): v
+            for k, v in rewards.metrics().items()
+            if k != "reward/total"
+        },
+        "effective_ratio": replay_stats["effective_ratio_after"],
+        "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
+        "effective_ratio_rule": rule_ratio,
+        "zero_std_group_fraction": stats["zero_variance_frac"],
+        "kl": update.get("kl", 0.0),
+        "approx_kl": update.get("approx_kl", 0.0),
+        "clip_fraction": update.get("clip_frac", 0.0),
+        "response_length_mean": sum(len(c) for c in completions) / len(completions),
+        "ssb_size": float(len(buffer)),
+        "replayed": replay_stats["replayed"],
+        "loss": update.get("loss", math.nan),
+        "grad_norm": update.get("grad_norm", math.nan),
+        "lr": ctx.scheduler.get_last_lr()[0],
+        "rollouts": float(len(completions) * world),
+    }
+    return metrics, stepped
 
 
 # ---- the loop --------------------------------------------------------------------------------
@@ -332,6 +485,7 @@ def train(cfg: GRPOConfig) -> Path:
     if cfg.prompts_per_step % world:
         raise R1V2Error(f"prompts_per_step={cfg.prompts_per_step} must divide by {world} processes")
     out = Path(cfg.output_dir)
+    ckpt, replace_old = _resume_path(cfg, out)
     torch.manual_seed(cfg.seed)
 
     pool = load_samples(cfg.data).samples
@@ -346,9 +500,11 @@ def train(cfg: GRPOConfig) -> Path:
     ref_model = (
         copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
     )
-    ckpt = _resume_path(cfg, out)
-    # weights before sharding: the checkpoint holds whole tensors
-    state = load_checkpoint(ckpt, policy.model, rank=rank)[0] if ckpt is not None else {}
+    state: dict[str, Any] = {}
+    if ckpt is not None:
+        # weights before sharding: the checkpoint holds whole tensors
+        state = load_checkpoint(ckpt, policy.model, rank=rank)[0]
+        check_resumable(state.get("config", {}), cfg, ckpt, state["step"])
     run, run_ref = _runners(cfg, policy, ref_model, world, accelerator.device.type)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -361,20 +517,21 @@ def train(cfg: GRPOConfig) -> Path:
         num_training_steps=cfg.max_steps,
     )
     reward_fn = HybridReward.from_config(
-        cfg.reward, question_fn=lambda s: format_question(s.question, s.choices)
+        cfg.reward,
+        question_fn=lambda s: format_question(s.question, s.choices),
+        after_think=policy.opens_think,
     )
+    # One buffer, the same on every process: replay decides over the gathered batch.
     buffer = SelectiveSampleBuffer(
-        cfg.ssb.capacity, cfg.ssb.alpha, cfg.ssb.max_age, cfg.ssb.eps, seed=cfg.seed + rank
+        cfg.ssb.capacity, cfg.ssb.alpha, cfg.ssb.max_age, cfg.ssb.eps, seed=cfg.seed
     )
     sampler = PromptSampler(len(pool), seed=cfg.seed)
 
-    step, nan_streak, nan_total = 0, 0, 0
-    if ckpt is not None:
-        load_optimizer_state(optimizer, state["optimizer"], run)
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        buffer.load_state_dict(state["buffers"][rank])
-        step, nan_total = state["step"], state["nan_total"]
+    nan_streak = 0
+    step, nan_total = _restore(state, ckpt, optimizer, scheduler, sampler, buffer, run, cfg)
+    if replace_old and rank == 0:  # everything is validated: only now remove the earlier run
+        _clear_folder(out)
+    accelerator.wait_for_everyone()
     logger = (
         MetricsLogger(
             out,
@@ -390,12 +547,11 @@ def train(cfg: GRPOConfig) -> Path:
         print(f"{report}\nstarting at step {step} of {cfg.max_steps}; output: {out}")
 
     def checkpoint(at: int) -> None:
-        buffers = _gather_objects(buffer.state_dict(), world)
         state = {
             "optimizer": optimizer_state(optimizer, run),  # whole tensors (collective)
             "scheduler": scheduler.state_dict(),
             "sampler": sampler.state_dict(),
-            "buffers": buffers,
+            "buffer": buffer.state_dict(),
             "step": at,
             "nan_total": nan_total,
             "config": to_dict(cfg),
@@ -417,69 +573,21 @@ def train(cfg: GRPOConfig) -> Path:
         baseline = _mean_over_processes(run(probe, policy, probe_items, cfg), accelerator)
         if rank == 0:
             logger.log(0, baseline)
-    shard = cfg.prompts_per_step // world
+    ctx = StepContext(cfg, policy, pool, sampler, reward_fn, buffer, optimizer, scheduler, params,
+                      ref_model, run, run_ref, rank, world)  # fmt: skip
     progress = StepProgress(cfg.max_steps, start=step, enabled=cfg.progress and rank == 0)
     while step < cfg.max_steps:
         step += 1
         t0 = time.perf_counter()
-        # 1. prompts: this process's contiguous shard of the step's prompts
-        indices = sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
-        items = [pool[i] for i in indices]
-        # 2. G rollouts per prompt
-        policy.model.eval()
-        texts, completions = run(generate_shard, policy, items, cfg, step, rank * shard)
-        per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
-        # 3. hybrid reward, 4. group advantages
-        rewards = reward_fn(texts, per_sample)
-        advantages = group_advantages(rewards.total, cfg.group_size, eps=cfg.ssb.eps)  # [N]
-        stats = group_stats(rewards.total, cfg.group_size, eps=cfg.ssb.eps)
-        trajectories = [Trajectory(s, c) for s, c in zip(per_sample, completions)]
-        # 5. Selective Sample Buffer: replay into zero-advantage slots, store effective samples
-        replay_stats = {
-            "effective_ratio_before": stats["effective_ratio"],
-            "effective_ratio_after": stats["effective_ratio"],
-            "replayed": 0.0,
-        }
-        if cfg.ssb.enabled:
-            rb = replay(trajectories, advantages, buffer, cfg.ssb.target_ratio, step=step)
-            trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
-        # 6. mu policy-update iterations
-        policy.model.train()
-        batch = collate(policy, trajectories)
-        update, stepped = policy_update(
-            policy, ref_model, optimizer, scheduler, params, batch, advantages, cfg, world,
-            run, run_ref,
-        )  # fmt: skip
+        metrics, stepped = one_step(ctx, step)
         nan_streak = 0 if stepped else nan_streak + 1
         nan_total += 0 if stepped else 1
-        # 7. metrics
-        metrics = {
-            "reward_mean": stats["reward_mean"],
-            **{  # reward/total is reward_mean under another name: logged once
-                k.replace("reward/", "reward_"): v
-                for k, v in rewards.metrics().items()
-                if k != "reward/total"
-            },
-            "effective_ratio": replay_stats["effective_ratio_after"],
-            "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
-            "zero_std_group_fraction": stats["zero_variance_frac"],
-            "kl": update.get("kl", 0.0),
-            "approx_kl": update.get("approx_kl", 0.0),
-            "clip_fraction": update.get("clip_frac", 0.0),
-            "response_length_mean": sum(len(c) for c in completions) / len(completions),
-            "ssb_size": float(len(buffer)),
-            "replayed": replay_stats["replayed"],
-            "loss": update.get("loss", math.nan),
-            "grad_norm": update.get("grad_norm", math.nan),
-            "lr": scheduler.get_last_lr()[0],
-            "skipped_steps": float(nan_total),
-            "rollouts": float(len(completions)),
-            "step_seconds": time.perf_counter() - t0,
-        }
+        metrics["skipped_steps"] = float(nan_total)
+        metrics["step_seconds"] = time.perf_counter() - t0
         metrics = _mean_over_processes(metrics, accelerator)
         if probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
             policy.model.eval()
-            metrics.update(run(probe, policy, probe_items, cfg))
+            metrics.update(_mean_over_processes(run(probe, policy, probe_items, cfg), accelerator))
         if rank == 0:
             logger.log(step, metrics)
             progress.update(step, metrics)
@@ -498,6 +606,21 @@ def train(cfg: GRPOConfig) -> Path:
 
         plot_runs([out], out / "metrics.png")
     return out
+
+
+def _restore(state, ckpt, optimizer, scheduler, sampler, buffer, run, cfg) -> tuple[int, int]:
+    """Load a checkpoint's trainer state (nothing when ``state`` is empty); returns
+    ``(step, nan_total)``."""
+    if not state:
+        return 0, 0
+    load_optimizer_state(optimizer, state["optimizer"], run)
+    scheduler.load_state_dict(state["scheduler"])
+    try:
+        sampler.load_state_dict(state["sampler"])
+    except ValueError as e:
+        raise R1V2Error(f"{ckpt}: {e}: the prompt pool {cfg.data} changed") from e
+    buffer.load_state_dict(state["buffer"])
+    return state["step"], state["nan_total"]
 
 
 def _runners(cfg: GRPOConfig, policy, ref_model, world: int, device_type: str):
@@ -551,15 +674,86 @@ def check_distributed_type(kind: str) -> None:
         )
 
 
-def _resume_path(cfg: GRPOConfig, out: Path) -> Path | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        return latest_checkpoint(out)
-    path = Path(cfg.resume)
-    if not (path / "meta.json").is_file():
-        raise R1V2Error(f"resume={cfg.resume}: not a checkpoint folder (no meta.json)")
-    return path
+# Config fields that may differ when a run is resumed: they do not change what it computes
+# (micro_batch_size only the float summation order).
+RESUMABLE = {
+    "max_steps", "save_steps", "keep_last", "resume", "overwrite", "output_dir", "device",
+    "progress", "tensorboard", "wandb_project", "nan_patience", "probe_data", "probe_every",
+    "probe_size", "micro_batch_size",
+}  # fmt: skip
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "weights":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_resumable(saved: dict[str, Any], cfg: GRPOConfig, ckpt: Path, step: int) -> None:
+    """Refuse to continue a checkpoint whose run was configured differently (fields outside
+    :data:`RESUMABLE`; keys an older checkpoint lacks are not compared), or that is already
+    past ``max_steps``."""
+    before, now = _flat(saved), _flat(to_dict(cfg))
+    changed = [
+        f"{k} ({before[k]!r} -> {now[k]!r})"
+        for k in sorted(before.keys() & now.keys())
+        if k.split(".")[0] not in RESUMABLE and before[k] != now[k]
+    ]
+    if changed:
+        raise R1V2Error(
+            f"{ckpt} was trained with another config: {', '.join(changed)}. To start a new run "
+            "use another output_dir, or resume=never overwrite=true to replace this one"
+        )
+    if step > cfg.max_steps:
+        raise R1V2Error(
+            f"{ckpt} is at step {step}, past max_steps={cfg.max_steps}: raise max_steps to "
+            "continue it, or use another output_dir"
+        )
+
+
+def _resume_path(cfg: GRPOConfig, out: Path) -> tuple[Path | None, bool]:
+    """``(checkpoint to resume or None, whether output_dir holds an earlier run to remove)``;
+    checked before anything loads. A folder with files but no checkpoint to continue is
+    refused unless ``overwrite=true``."""
+    if out.exists() and not out.is_dir():
+        raise R1V2Error(f"output_dir={out} is a file, not a folder")
+    if cfg.resume not in ("auto", "never"):
+        path = Path(cfg.resume)
+        if not (path / "meta.json").is_file():
+            raise R1V2Error(f"resume={cfg.resume}: not a checkpoint folder (no meta.json)")
+        return path, False
+    latest = latest_checkpoint(out) if cfg.resume == "auto" else None
+    if latest is not None:
+        return latest, False
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not cfg.overwrite:
+        what = "an earlier run" if cfg.resume == "never" else "files but no checkpoint to resume"
+        raise R1V2Error(
+            f"output_dir={out} holds {what}: use another output_dir, or overwrite=true to "
+            "replace it" + (" (resume=auto continues it)" if cfg.resume == "never" else "")
+        )
+    return None, occupied
+
+
+def _clear_folder(out: Path) -> None:
+    import shutil
+
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _gather(values: list[Any], world: int) -> list[Any]:
+    """Every process's list, concatenated in process order (the same on every process)."""
+    if world == 1:
+        return list(values)
+    return [v for part in _gather_objects(values, world) for v in part]
 
 
 def _gather_objects(obj: Any, world: int) -> list[Any]:

@@ -1,8 +1,10 @@
 """``r1v2 prefilter``: offline prompt filtering before GRPO (RECIPE section 4).
 
 Roll out k responses per prompt with the initial policy, score them with the hybrid reward,
-and keep only prompts whose k rewards are not all equal: a prompt the policy always solves
-or always fails gives zero advantages to every sample and so no gradient.
+and keep only prompts whose k rewards are not tied: a prompt the policy always solves
+or always fails gives zero advantages to every sample and so no gradient. "Tied" is the
+trainer's own rule (:func:`r1v2.algos.grpo.group_advantages` with ``std_floor``): exactly equal
+rewards, or a reward std below the floor.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import torch
 
+from r1v2.algos.grpo import group_advantages
 from r1v2.config import option
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
+from r1v2.train.grpo import STD_FLOOR
 
 
 @dataclass
@@ -30,7 +34,9 @@ class PrefilterConfig:
     prompts_per_generate: int = option(16, "prompts per generate call")
     seed: int = option(0, "seed of the rollouts")
     device: str = option("auto", "auto (CUDA when available), cpu or cuda")
-    eps: float = option(1e-6, "rewards closer than this count as equal")
+    std_floor: float = option(
+        STD_FLOOR, "a prompt whose k rewards have a std below this counts as tied (as in grpo)"
+    )
     generation: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(max_new_tokens=128),
         metadata={"help": "sampling of rollouts"},
@@ -46,12 +52,15 @@ class PrefilterConfig:
             raise R1V2Error("config field 'k' must be >= 2 (equal rewards need at least two)")
 
 
-def classify(totals: list[float | None], accuracy: list[float | None] | None, eps: float) -> str:
-    """``kept``, ``all_correct``, ``all_wrong``, ``all_equal`` or ``unscored`` for one prompt."""
+def classify(
+    totals: list[float | None], accuracy: list[float | None] | None, std_floor: float
+) -> str:
+    """``kept``, ``all_correct``, ``all_wrong``, ``all_equal`` or ``unscored`` for one prompt:
+    kept when GRPO would give its group a non-zero advantage."""
     scored = [r for r in totals if r is not None]
     if len(scored) < 2:
         return "unscored"
-    if max(scored) - min(scored) > eps:
+    if bool(group_advantages(totals, len(totals), std_floor=std_floor).abs().gt(0).any()):
         return "kept"
     acc = [a for a in (accuracy or []) if a is not None]
     if acc and all(a == 1.0 for a in acc):
@@ -73,7 +82,9 @@ def prefilter(cfg: PrefilterConfig) -> dict:
         raise R1V2Error(f"{cfg.data}: no samples")
     policy = Policy.from_pretrained(cfg.model, device=cfg.device)
     reward_fn = HybridReward.from_config(
-        cfg.reward, question_fn=lambda s: format_question(s.question, s.choices)
+        cfg.reward,
+        question_fn=lambda s: format_question(s.question, s.choices),
+        after_think=policy.opens_think,
     )
     counts = {"kept": 0, "all_correct": 0, "all_wrong": 0, "all_equal": 0, "unscored": 0}
     kept = []
@@ -86,7 +97,7 @@ def prefilter(cfg: PrefilterConfig) -> dict:
         for j, item in enumerate(items):
             rows = slice(j * cfg.k, (j + 1) * cfg.k)
             acc = result.components.get("accuracy")
-            verdict = classify(result.total[rows], acc[rows] if acc else None, cfg.eps)
+            verdict = classify(result.total[rows], acc[rows] if acc else None, cfg.std_floor)
             counts[verdict] += 1
             if verdict == "kept":
                 kept.append(item)
