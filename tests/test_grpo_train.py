@@ -56,7 +56,7 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
                                           "probe_every=2", "probe_size=4")))  # fmt: skip
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    assert set(rows[0]) == {"step", "probe_accuracy", "hallucination_rate"}  # before training
+    assert set(rows[0]) == {"step", "probe_accuracy", "probe_unscored", "hallucination_rate"}
     rows = rows[1:]
     for r in rows:
         assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
@@ -306,7 +306,7 @@ def _rollout_batch(world, n_prompts=4, group=4, temperature=1.0, seed=3):
     return policy, grpo_mod.collate(policy, trajs)
 
 
-def _update(policy, batch, advantages, overrides, ref_model=None, optimizer_cls=None):
+def _update(policy, batch, advantages, overrides, reference=None, optimizer_cls=None):
     cfg = resolve(GRPOConfig, None, overrides)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     if optimizer_cls is None:
@@ -316,7 +316,7 @@ def _update(policy, batch, advantages, overrides, ref_model=None, optimizer_cls=
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return grpo_mod.policy_update(
         policy, batch, advantages, cfg=cfg, optimizer=optimizer, scheduler=scheduler,
-        params=params, ref_model=ref_model,
+        params=params, reference=reference,
     )  # fmt: skip
 
 
@@ -327,11 +327,14 @@ def test_logged_metrics_do_not_depend_on_micro_batch_size(world):
     weighted again by its size: a quarter of the truth at 4 of 16)."""
     import copy
 
+    from r1v2.train.reference import Reference
+
     policy, batch = _rollout_batch(world)
-    ref = copy.deepcopy(policy.model).requires_grad_(False)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    ref = Reference(policy.model)
+    with torch.no_grad():  # the policy moves away from pi_ref
+        for p in policy.model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
     start = copy.deepcopy(policy.model.state_dict())
     advantages = torch.linspace(-1.5, 1.5, 16)
     common = ["optim.lr=0.05", "ppo_epochs=2", "kl_coef=0.1", "clip_low=0.05", "clip_high=0.05"]
@@ -339,7 +342,7 @@ def test_logged_metrics_do_not_depend_on_micro_batch_size(world):
     for micro in (4, 16):
         policy.model.load_state_dict(start)
         metrics, stepped = _update(policy, batch, advantages, [*common, f"micro_batch_size={micro}"],
-                                   ref_model=ref)  # fmt: skip
+                                   reference=ref)  # fmt: skip
         assert stepped
         logged.append(metrics)
     a, b = logged
@@ -391,7 +394,9 @@ def test_probe_counts_unscored_answers_apart(world):
         def generate(self, batch, sampling):
             return SimpleNamespace(texts=["</think> \\boxed{3}"] * len(batch))
 
-    out = grpo_mod.probe(Fake(), items, resolve(GRPOConfig, None, []))
+    from r1v2.eval.greedy import probe
+
+    out = probe(Fake(), items, max_new_tokens=8)
     assert out["probe_accuracy"] == 0.5 and out["probe_unscored"] == 1.0
 
 

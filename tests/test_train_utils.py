@@ -100,7 +100,7 @@ def test_sharded_accelerate_setups_are_refused():
 
 
 def test_run_summary_by_hand():
-    from r1v2.train.grpo import run_summary
+    from r1v2.train.stage import run_summary
 
     rows = [{"step": 0, "probe_accuracy": 0.25, "hallucination_rate": 0.5}]
     rows += [{"step": s, "reward_mean": float(s), "effective_ratio": 0.7} for s in range(1, 41)]

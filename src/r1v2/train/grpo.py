@@ -1,20 +1,21 @@
 """GRPO with the hybrid reward and the Selective Sample Buffer (RECIPE sections 3-4).
 
-One step, top to bottom (:func:`train`):
+:func:`train` reads top to bottom: :func:`setup` (policy, reference, optimizer, reward,
+buffer, sampler, resume), then the loop of :func:`one_step`:
 
-    prompts -> G rollouts each -> hybrid reward -> group advantages -> SSB replay
-        -> mu policy-update iterations -> metrics -> checkpoint
+    1. prompts -> 2. G rollouts each -> 3. hybrid reward -> 4. group advantages
+        -> 5. SSB replay -> 6. mu policy-update iterations -> 7. metrics
+    (then the probe, the log and a checkpoint; at the end OUTPUT_DIR/final)
 
-Several processes (``accelerate launch --num_processes K -m r1v2 grpo ...``) split each
-step's prompts into K equal contiguous shards; each process rolls out and scores its shard,
-and the gradients are averaged across processes before every optimizer step, so K processes
-take the same step as one process holding all prompts.
+Several processes (``accelerate launch --num_processes K -m r1v2 grpo ...``, ``torchrun`` on
+a CPU) split each step's prompts into K equal contiguous shards; each process rolls out and
+scores its shard, advantages and the buffer's replay are decided once over the gathered
+batch, and the gradients are averaged across processes before every optimizer step, so K
+processes take the same step as one process holding all prompts.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,11 +29,21 @@ from r1v2.algos.ssb import SelectiveSampleBuffer, replay
 from r1v2.config import option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
-from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
-from r1v2.train.sharding import Runner, direct, full_tensor, shard_model
+from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
+from r1v2.train.stage import (
+    PolicySetup,
+    check_resumable,
+    clear_folder,
+    load_policy,
+    load_pool,
+    make_reward,
+    prepare_output,
+    run_summary,
+    save_final,
+)
 
 STD_FLOOR = 0.05
 STD_FLOOR_NOTE = "0: exact ties only."
@@ -69,11 +80,9 @@ class OptimConfig:
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(PolicySetup):
     """``r1v2 grpo``: GRPO with the hybrid reward and the Selective Sample Buffer."""
 
-    model: str = option("runs/toy/vlm", "policy checkpoint (an assembled VLM or a causal LM)")
-    data: str = option("runs/toy/data/train", "prompt pool: Sample JSONL/parquet file or folder")
     output_dir: str = option("runs/grpo", "where checkpoints, metrics.jsonl and logs go")
     max_steps: int = option(60, "optimizer steps to train (each on one batch of rollouts)")
     save_steps: int = option(20, "write a checkpoint every this many steps (and at the end)")
@@ -88,9 +97,6 @@ class GRPOConfig:
         "start fresh in an output_dir that holds an earlier run (removed once everything is "
         "validated, before anything is written); without it such a folder is refused",
     )
-    seed: int = option(0, "seed of the prompt order, the rollouts and the buffer")
-    device: str = option("auto", "auto (CUDA when available), cpu or cuda")
-    dtype: str = option("float32", "model dtype: float32, bfloat16 or float16")
 
     prompts_per_step: int = option(8, "prompts per step (over all processes)")
     group_size: int = option(8, "G: completions sampled per prompt")
@@ -98,10 +104,6 @@ class GRPOConfig:
         None,
         "prompts per generate call (null: the whole shard); rollouts are seeded per call, "
         "so equal values give equal rollouts whatever the number of processes",
-    )
-    generation: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=128),
-        metadata={"help": "sampling of rollouts"},
     )
 
     sharding: Literal["replicate", "fsdp"] = option(
@@ -133,9 +135,6 @@ class GRPOConfig:
         "seq-mean-token-mean", "loss aggregation (eq. 8 is seq-mean-token-mean)"
     )
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
-    reward: HybridRewardConfig = field(
-        default_factory=HybridRewardConfig, metadata={"help": "hybrid reward"}
-    )
     ssb: SSBConfig = field(default_factory=SSBConfig, metadata={"help": "Selective Sample Buffer"})
 
     probe_data: str | None = option(
@@ -179,13 +178,14 @@ def rollout_seed(seed: int, step: int, first_prompt: int) -> int:
     return (seed * 1_000_003 + step) * 1_000_003 + first_prompt
 
 
-def generate_shard(policy, items, cfg: GRPOConfig, step: int, offset: int):
-    """G completions for each item: (texts, unpadded completion ids), group-major."""
+def generate_shard(engine, items, cfg: GRPOConfig, step: int, offset: int):
+    """G completions for each item through the rollout engine: (texts, unpadded completion
+    ids), group-major."""
     chunk = cfg.prompts_per_generate or len(items)
     texts, ids = [], []
     for start in range(0, len(items), chunk):
         torch.manual_seed(rollout_seed(cfg.seed, step, offset + start))
-        out = policy.generate(
+        out = engine.generate(
             items[start : start + chunk], cfg.generation, group_size=cfg.group_size
         )
         texts += out.texts
@@ -266,9 +266,8 @@ def policy_update(
     scheduler,
     params: list[torch.nn.Parameter],
     world_size: int = 1,
-    ref_model=None,
-    run: Runner = direct,
-    run_ref: Runner = direct,
+    reference=None,
+    root_call: RootCall = direct,
 ):
     """mu iterations of the clipped surrogate over the batch; returns metrics and whether it stepped.
 
@@ -276,8 +275,9 @@ def policy_update(
     replayed samples alike (so a replayed sample's ratio starts at 1). With one iteration
     they are the training forward's own log-probs, detached, which saves a forward pass.
     Every log-prob is taken at the sampling temperature (:func:`scoring_temperature`).
-    ``run``/``run_ref`` run each use of the policy / reference model (see
-    :mod:`r1v2.train.sharding`); with FSDP the gradients come back already averaged.
+    ``reference`` (a :class:`r1v2.train.reference.Reference`, or None without a KL term) puts
+    pi_ref's weights in place while its log-probs are taken. ``root_call`` runs each use of the
+    model (:mod:`r1v2.train.sharding`); with FSDP the gradients come back already averaged.
 
     Metrics: ``pg_loss``, ``kl`` and ``loss`` are the step's values (micro-batch shares
     summed); the token means (``ratio_mean``, ``clip_frac*``, ``approx_kl``) are weighted by
@@ -289,14 +289,19 @@ def policy_update(
     reuse_old = cfg.ppo_epochs == 1
     temperature = scoring_temperature(cfg.generation)
 
-    def whole_batch(runner: Runner, **kwargs) -> torch.Tensor:  # [N, T], no gradients
+    def whole_batch() -> torch.Tensor:  # [N, T], no gradients
         with torch.no_grad():
-            return runner(policy.logprobs, prompts, ids, mask, prompt_index=index,
-                          micro_batch_size=cfg.micro_batch_size, temperature=temperature,
-                          **kwargs)  # fmt: skip
+            return root_call(policy.logprobs, prompts, ids, mask, prompt_index=index,
+                             micro_batch_size=cfg.micro_batch_size, temperature=temperature)  # fmt: skip
 
-    old = None if reuse_old else whole_batch(run)
-    ref = None if ref_model is None else whole_batch(run_ref, model=ref_model)
+    old = None if reuse_old else whole_batch()
+    ref = None
+    if reference is not None:  # in eval mode, as pi_ref was: no dropout in its log-probs
+        was_training = policy.model.training
+        policy.model.eval()
+        with reference.active():
+            ref = whole_batch()
+        policy.model.train(was_training)
     normalizer, tokens = step_counts(mask, cfg.aggregation, world_size, policy.device)
     sums: dict[str, float] = {}
     stepped = True
@@ -305,8 +310,8 @@ def policy_update(
         loss_total = 0.0
         for start in range(0, n, cfg.micro_batch_size):
             sl = slice(start, min(start + cfg.micro_batch_size, n))
-            logps = run(policy.logprobs, prompts, ids[sl], mask[sl], prompt_index=index[sl],
-                        temperature=temperature)  # fmt: skip
+            logps = root_call(policy.logprobs, prompts, ids[sl], mask[sl],
+                              prompt_index=index[sl], temperature=temperature)  # fmt: skip
             loss, m = policy_loss(
                 logps,
                 logps.detach() if reuse_old else old[sl].to(logps.device),
@@ -328,7 +333,7 @@ def policy_update(
                 sums[k] = sums.get(k, 0.0) + float(m[k]) / cfg.ppo_epochs
             for k in TOKEN_MEANS:
                 sums[k] = sums.get(k, 0.0) + weight * float(m[k]) / cfg.ppo_epochs
-        if run is direct:  # FSDP averaged the gradients in the backward pass
+        if root_call is direct:  # FSDP averaged the gradients in the backward pass
             average_gradients(params, world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
         grad_norm = full_tensor(grad_norm)
@@ -346,166 +351,81 @@ def policy_update(
     return sums, stepped
 
 
-def probe(policy, probe_items, cfg: GRPOConfig) -> dict[str, float]:
-    """Greedy answers on the probe set: accuracy and hallucination rate (synthetic checker)."""
-    from r1v2.data.synthetic import hallucination_rate
-    from r1v2.rewards import accuracy_reward
-
-    greedy = dataclasses.replace(cfg.generation, do_sample=False)
-    texts = []
-    for start in range(0, len(probe_items), 32):
-        texts += policy.generate(probe_items[start : start + 32], greedy).texts
-    scores = [accuracy_reward(t, s.answer, choices=s.choices) for t, s in zip(texts, probe_items)]
-    scored = [x for x in scores if x is not None]  # None: the reference cannot be graded
-    scenes = [s.metadata["scene"] for s in probe_items]
-    return {
-        "probe_accuracy": sum(scored) / len(scored) if scored else math.nan,
-        "probe_unscored": float(len(scores) - len(scored)),
-        "hallucination_rate": hallucination_rate(texts, scenes),
-    }
+# ---- the run -----------------------------------------------------------------------------------
 
 
 @dataclass
-class StepContext:
-    """What one GRPO step uses; built once by :func:`train`."""
+class GRPORun:
+    """Everything a GRPO run holds, built by :func:`setup`."""
 
     cfg: GRPOConfig
+    accelerator: Any
     policy: Any
-    pool: list[Any]
-    sampler: PromptSampler
-    reward_fn: Any
-    buffer: SelectiveSampleBuffer
+    engine: Any  # r1v2.rollout.RolloutEngine
+    reference: Any  # r1v2.train.reference.Reference, or None without a KL term
+    root_call: RootCall
+    params: list[torch.nn.Parameter]
     optimizer: Any
     scheduler: Any
-    params: list[torch.nn.Parameter]
-    ref_model: Any
-    run: Runner
-    run_ref: Runner
-    rank: int
-    world: int
+    reward_fn: Any
+    buffer: SelectiveSampleBuffer
+    sampler: PromptSampler
+    pool: list[Any]
+    probe_items: list[Any]
+    trainable_report: str
+    step: int = 0
+    nan_total: int = 0
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
 
 
-def one_step(ctx: StepContext, step: int) -> tuple[dict[str, float], bool]:
-    """Steps 1-7 of one GRPO step on this process; returns its metrics and whether the
-    optimizer stepped."""
-    cfg, policy, rank, world, buffer = ctx.cfg, ctx.policy, ctx.rank, ctx.world, ctx.buffer
-    shard = cfg.prompts_per_step // world
-    # 1. prompts: this process's contiguous shard of the step's prompts
-    indices = ctx.sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
-    items = [ctx.pool[i] for i in indices]
-    # 2. G rollouts per prompt
-    policy.model.eval()
-    texts, completions = ctx.run(generate_shard, policy, items, cfg, step, rank * shard)
-    per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
-    # 3. hybrid reward (each process scores its own rollouts)
-    rewards = ctx.reward_fn(texts, per_sample)
-    # 4. group advantages and 5. Selective Sample Buffer over the whole step's batch
-    # (gathered from every process, in process order), so K processes decide as one
-    trajectories = _gather([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
-    total = _gather(list(rewards.total), world)
-    rule = rewards.components.get("accuracy")
-    advantages = group_advantages(total, cfg.group_size, eps=cfg.ssb.eps,
-                                  std_floor=cfg.std_floor)  # fmt: skip
-    stats = group_stats(total, cfg.group_size, eps=cfg.ssb.eps, std_floor=cfg.std_floor)
-    rule_ratio = (
-        math.nan
-        if rule is None
-        else group_stats(_gather(list(rule), world), cfg.group_size, eps=cfg.ssb.eps,
-                         std_floor=cfg.std_floor)["effective_ratio"]
-    )  # fmt: skip
-    replay_stats = {
-        "effective_ratio_before": stats["effective_ratio"],
-        "effective_ratio_after": stats["effective_ratio"],
-        "replayed": 0.0,
-    }
-    if cfg.ssb.enabled:
-        rb = replay(trajectories, advantages, buffer, cfg.ssb.target_ratio, step=step)
-        trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
-    mine = slice(rank * len(completions), (rank + 1) * len(completions))
-    trajectories, advantages = trajectories[mine], advantages[mine]
-    # 6. mu policy-update iterations
-    policy.model.train()
-    update, stepped = policy_update(
-        policy,
-        collate(policy, trajectories),
-        advantages,
-        cfg=cfg,
-        optimizer=ctx.optimizer,
-        scheduler=ctx.scheduler,
-        params=ctx.params,
-        world_size=world,
-        ref_model=ctx.ref_model,
-        run=ctx.run,
-        run_ref=ctx.run_ref,
-    )
-    # 7. metrics (effective ratios and rewards are already those of the whole step)
-    metrics = {
-        "reward_mean": stats["reward_mean"],
-        **{  # reward/total is reward_mean under another name: logged once
-            k.replace("reward/", "reward_"): v
-            for k, v in rewards.metrics().items()
-            if k != "reward/total"
-        },
-        "effective_ratio": replay_stats["effective_ratio_after"],
-        "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
-        "effective_ratio_rule": rule_ratio,
-        "zero_std_group_fraction": stats["zero_variance_frac"],
-        "kl": update.get("kl", 0.0),
-        "approx_kl": update.get("approx_kl", 0.0),
-        "clip_fraction": update.get("clip_frac", 0.0),
-        "response_length_mean": sum(len(c) for c in completions) / len(completions),
-        "ssb_size": float(len(buffer)),
-        "replayed": replay_stats["replayed"],
-        "loss": update.get("loss", math.nan),
-        "grad_norm": update.get("grad_norm", math.nan),
-        "lr": ctx.scheduler.get_last_lr()[0],
-        "rollouts": float(len(completions) * world),
-    }
-    return metrics, stepped
-
-
-# ---- the loop --------------------------------------------------------------------------------
-
-
-def train(cfg: GRPOConfig) -> Path:
-    """Run GRPO as configured; returns the output folder."""
+def setup(cfg: GRPOConfig) -> GRPORun:
+    """Validate, load and restore everything a run needs; an earlier run in ``output_dir`` is
+    removed (with ``overwrite=true``) only after all of it succeeded."""
     from accelerate import Accelerator
     from transformers import get_scheduler
 
     from r1v2.data.loaders import load_samples
     from r1v2.model.freeze import set_trainable
-    from r1v2.model.policy import Policy, format_question
-    from r1v2.rewards.hybrid import HybridReward
-    from r1v2.train.progress import StepProgress
+    from r1v2.rollout import TransformersEngine
+    from r1v2.train.reference import Reference
 
     # Without a GPU, accelerate only joins the processes of a launch (gloo) when told cpu=True.
     accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     check_distributed_type(accelerator.distributed_type.value)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.prompts_per_step % world:
-        raise R1V2Error(f"prompts_per_step={cfg.prompts_per_step} must divide by {world} processes")
+    if cfg.prompts_per_step % accelerator.num_processes:
+        raise R1V2Error(
+            f"prompts_per_step={cfg.prompts_per_step} must divide by "
+            f"{accelerator.num_processes} processes"
+        )
     out = Path(cfg.output_dir)
-    ckpt, replace_old = _resume_path(cfg, out)
+    ckpt, replace_old = prepare_output(out, cfg.resume, cfg.overwrite)
     torch.manual_seed(cfg.seed)
-
-    pool = load_samples(cfg.data).samples
-    if not pool:
-        raise R1V2Error(f"{cfg.data}: no samples to train on")
+    pool = load_pool(cfg.data)
     probe_items = load_samples(cfg.probe_data).samples[: cfg.probe_size] if cfg.probe_data else []
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        cfg.dtype
-    ]
-    policy = Policy.from_pretrained(cfg.model, dtype=dtype, device=accelerator.device)
+    policy = load_policy(cfg, accelerator.device)
     report = set_trainable(policy.model, cfg.trainable)
-    ref_model = (
-        copy.deepcopy(policy.model).eval().requires_grad_(False) if cfg.kl_coef > 0 else None
-    )
+    # pi_ref = the starting weights of the trainable part, taken before a checkpoint loads
+    start_weights = Reference(policy.model).state_dict() if cfg.kl_coef > 0 else None
     state: dict[str, Any] = {}
-    if ckpt is not None:
-        # weights before sharding: the checkpoint holds whole tensors
-        state = load_checkpoint(ckpt, policy.model, rank=rank)[0]
-        check_resumable(state.get("config", {}), cfg, ckpt, state["step"])
-    run, run_ref = _runners(cfg, policy, ref_model, world, accelerator.device.type)
+    if ckpt is not None:  # weights before sharding: the checkpoint holds whole tensors
+        state = load_checkpoint(ckpt, policy.model, rank=accelerator.process_index)[0]
+        check_resumable(state.get("config", {}), cfg, ckpt, state["step"], RESUMABLE)
+    root_call = _root_call(cfg, policy, accelerator)
+    reference = None
+    if start_weights is not None:
+        reference = Reference(policy.model, root=None if root_call is direct else root_call)
+        reference.load_state_dict(start_weights)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
@@ -516,147 +436,254 @@ def train(cfg: GRPOConfig) -> Path:
         num_warmup_steps=cfg.optim.warmup_steps,
         num_training_steps=cfg.max_steps,
     )
-    reward_fn = HybridReward.from_config(
-        cfg.reward,
-        question_fn=lambda s: format_question(s.question, s.choices),
-        after_think=policy.opens_think,
+    run = GRPORun(
+        cfg=cfg,
+        accelerator=accelerator,
+        policy=policy,
+        engine=TransformersEngine(policy),
+        reference=reference,
+        root_call=root_call,
+        params=params,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        reward_fn=make_reward(cfg, policy),
+        # one buffer, the same on every process: replay decides over the gathered batch
+        buffer=SelectiveSampleBuffer(
+            cfg.ssb.capacity, cfg.ssb.alpha, cfg.ssb.max_age, cfg.ssb.eps, seed=cfg.seed
+        ),
+        sampler=PromptSampler(len(pool), seed=cfg.seed),
+        pool=pool,
+        probe_items=probe_items,
+        trainable_report=str(report),
     )
-    # One buffer, the same on every process: replay decides over the gathered batch.
-    buffer = SelectiveSampleBuffer(
-        cfg.ssb.capacity, cfg.ssb.alpha, cfg.ssb.max_age, cfg.ssb.eps, seed=cfg.seed
-    )
-    sampler = PromptSampler(len(pool), seed=cfg.seed)
-
-    nan_streak = 0
-    step, nan_total = _restore(state, ckpt, optimizer, scheduler, sampler, buffer, run, cfg)
-    if replace_old and rank == 0:  # everything is validated: only now remove the earlier run
-        _clear_folder(out)
+    if state:
+        _restore(run, state, ckpt)
+    if replace_old and run.rank == 0:  # everything is validated: only now remove the old run
+        clear_folder(out)
     accelerator.wait_for_everyone()
-    logger = (
-        MetricsLogger(
-            out,
-            resume_step=step,
-            tensorboard=cfg.tensorboard and rank == 0,
-            wandb_project=cfg.wandb_project if rank == 0 else None,
-            run_config=to_dict(cfg),
-        )
-        if rank == 0
-        else None
+    return run
+
+
+def _restore(run: GRPORun, state: dict[str, Any], ckpt: Path) -> None:
+    """A checkpoint's trainer state into the run (weights and RNG were loaded already)."""
+    load_optimizer_state(run.optimizer, state["optimizer"], run.root_call)
+    run.scheduler.load_state_dict(state["scheduler"])
+    try:
+        run.sampler.load_state_dict(state["sampler"])
+    except ValueError as e:
+        raise R1V2Error(f"{ckpt}: {e}: the prompt pool {run.cfg.data} changed") from e
+    run.buffer.load_state_dict(state["buffer"])
+    run.step, run.nan_total = state["step"], state["nan_total"]
+
+
+def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
+    """Steps 1-7 of one GRPO step on this process; returns the step's metrics (averaged over
+    processes) and whether the optimizer stepped."""
+    cfg, policy, rank, world = run.cfg, run.policy, run.rank, run.world
+    shard = cfg.prompts_per_step // world
+    # 1. prompts: this process's contiguous shard of the step's prompts
+    indices = run.sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
+    items = [run.pool[i] for i in indices]
+    # 2. G rollouts per prompt
+    texts, completions = run.root_call(generate_shard, run.engine, items, cfg, step, rank * shard)
+    per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
+    # 3. hybrid reward (each process scores its own rollouts)
+    rewards = run.reward_fn(texts, per_sample)
+    # 4. group advantages and 5. Selective Sample Buffer, over the whole step's batch
+    # (gathered from every process, in process order), so K processes decide as one
+    trajectories = _gather([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
+    total = _gather(list(rewards.total), world)
+    floor = {"eps": cfg.ssb.eps, "std_floor": cfg.std_floor}
+    advantages = group_advantages(total, cfg.group_size, **floor)  # [N]
+    stats = group_stats(total, cfg.group_size, **floor)
+    rule = rewards.components.get("accuracy")
+    rule_stats = group_stats(_gather(list(rule), world), cfg.group_size, **floor) if rule else {}
+    replay_stats = {
+        "effective_ratio_before": stats["effective_ratio"],
+        "effective_ratio_after": stats["effective_ratio"],
+        "replayed": 0.0,
+    }
+    if cfg.ssb.enabled:
+        rb = replay(trajectories, advantages, run.buffer, cfg.ssb.target_ratio, step=step)
+        trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
+    mine = slice(rank * len(completions), (rank + 1) * len(completions))
+    # 6. mu policy-update iterations on this process's share
+    policy.model.train()
+    update, stepped = policy_update(
+        policy,
+        collate(policy, trajectories[mine]),
+        advantages[mine],
+        cfg=cfg,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        params=run.params,
+        world_size=world,
+        reference=run.reference,
+        root_call=run.root_call,
     )
-    if rank == 0:
-        print(f"{report}\nstarting at step {step} of {cfg.max_steps}; output: {out}")
+    # 7. metrics (rewards and effective ratios are those of the whole step already)
+    metrics = {
+        "reward_mean": stats["reward_mean"],
+        **{  # reward/total is reward_mean under another name: logged once
+            k.replace("reward/", "reward_"): v
+            for k, v in rewards.metrics().items()
+            if k != "reward/total"
+        },
+        "effective_ratio": replay_stats["effective_ratio_after"],
+        "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
+        "effective_ratio_rule": rule_stats.get("effective_ratio", math.nan),
+        "zero_std_group_fraction": stats["zero_variance_frac"],
+        "kl": update.get("kl", 0.0),
+        "approx_kl": update.get("approx_kl", 0.0),
+        "clip_fraction": update.get("clip_frac", 0.0),
+        "response_length_mean": sum(len(c) for c in completions) / len(completions),
+        "ssb_size": float(len(run.buffer)),
+        "replayed": replay_stats["replayed"],
+        "loss": update.get("loss", math.nan),
+        "grad_norm": update.get("grad_norm", math.nan),
+        "lr": run.scheduler.get_last_lr()[0],
+        "rollouts": float(len(completions) * world),
+    }
+    return _mean_over_processes(metrics, run.accelerator), stepped
 
-    def checkpoint(at: int) -> None:
-        state = {
-            "optimizer": optimizer_state(optimizer, run),  # whole tensors (collective)
-            "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(),
-            "buffer": buffer.state_dict(),
-            "step": at,
-            "nan_total": nan_total,
-            "config": to_dict(cfg),
-        }
-        save_checkpoint(
-            out,
-            at,
-            model=policy.model,
-            trainer_state=state,
-            keep_last=cfg.keep_last,
-            meta={"model": str(cfg.model), "trainable": cfg.trainable},
-            rank=rank,
-            world_size=world,
-            barrier=accelerator.wait_for_everyone,
-        )
 
-    if probe_items and step == 0:  # the starting point, for before/after comparisons
-        policy.model.eval()
-        baseline = _mean_over_processes(run(probe, policy, probe_items, cfg), accelerator)
-        if rank == 0:
+def probe(run: GRPORun) -> dict[str, float]:
+    """Greedy accuracy and hallucination rate on the probe set (averaged over processes)."""
+    from r1v2.eval.greedy import probe as greedy_probe
+
+    run.policy.model.eval()
+    result = run.root_call(greedy_probe, run.engine, run.probe_items,
+                           max_new_tokens=run.cfg.generation.max_new_tokens)  # fmt: skip
+    return _mean_over_processes(result, run.accelerator)
+
+
+def save(run: GRPORun, step: int) -> None:
+    """Checkpoint ``step`` (collective: every process calls it)."""
+    cfg = run.cfg
+    state = {
+        "optimizer": optimizer_state(run.optimizer, run.root_call),  # whole tensors
+        "scheduler": run.scheduler.state_dict(),
+        "sampler": run.sampler.state_dict(),
+        "buffer": run.buffer.state_dict(),
+        "step": step,
+        "nan_total": run.nan_total,
+        "config": to_dict(cfg),
+    }
+    save_checkpoint(
+        run.out,
+        step,
+        model=run.policy.model,
+        trainer_state=state,
+        keep_last=cfg.keep_last,
+        meta={"model": str(cfg.model), "trainable": cfg.trainable},
+        rank=run.rank,
+        world_size=run.world,
+        barrier=run.accelerator.wait_for_everyone,
+    )
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+def train(cfg: GRPOConfig) -> Path:
+    """Run GRPO as configured; returns the output folder."""
+    from r1v2.train.progress import StepProgress
+
+    run = setup(cfg)
+    main = run.rank == 0
+    logger = _logger(run) if main else None
+    if main:
+        print(f"{run.trainable_report}\nstarting at step {run.step} of {cfg.max_steps}; "
+              f"output: {run.out}")  # fmt: skip
+    if run.probe_items and run.step == 0:  # the starting point, for before/after comparisons
+        baseline = probe(run)
+        if main:
             logger.log(0, baseline)
-    ctx = StepContext(cfg, policy, pool, sampler, reward_fn, buffer, optimizer, scheduler, params,
-                      ref_model, run, run_ref, rank, world)  # fmt: skip
-    progress = StepProgress(cfg.max_steps, start=step, enabled=cfg.progress and rank == 0)
-    while step < cfg.max_steps:
-        step += 1
+    progress = StepProgress(cfg.max_steps, start=run.step, enabled=cfg.progress and main)
+    nan_streak = 0
+    while run.step < cfg.max_steps:
+        step = run.step = run.step + 1
         t0 = time.perf_counter()
-        metrics, stepped = one_step(ctx, step)
+        metrics, stepped = one_step(run, step)
         nan_streak = 0 if stepped else nan_streak + 1
-        nan_total += 0 if stepped else 1
-        metrics["skipped_steps"] = float(nan_total)
-        metrics["step_seconds"] = time.perf_counter() - t0
-        metrics = _mean_over_processes(metrics, accelerator)
-        if probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
-            policy.model.eval()
-            metrics.update(_mean_over_processes(run(probe, policy, probe_items, cfg), accelerator))
-        if rank == 0:
+        run.nan_total += 0 if stepped else 1
+        metrics.update(skipped_steps=float(run.nan_total), step_seconds=time.perf_counter() - t0)
+        if run.probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
+            metrics.update(probe(run))
+        if main:
             logger.log(step, metrics)
             progress.update(step, metrics)
         if nan_streak >= cfg.nan_patience:
-            last = latest_checkpoint(out)
             raise R1V2Error(
-                f"{nan_streak} non-finite losses in a row (step {step}); stopping. "
-                f"Last good checkpoint: {last or 'none'}. Lower optim.lr or check the data."
+                f"{nan_streak} non-finite losses in a row (step {step}); stopping. Last good "
+                f"checkpoint: {latest_checkpoint(run.out) or 'none'}. Lower optim.lr or check "
+                "the data."
             )
         if stepped and (step % cfg.save_steps == 0 or step == cfg.max_steps):
-            checkpoint(step)  # never after a skipped step: the last checkpoint stays a good one
+            save(run, step)  # never after a skipped step: the last checkpoint stays a good one
     progress.close()
-    if logger is not None:
+    save_final(run.policy, run.out, sharded=run.root_call is not direct, rank=run.rank)
+    if main:
         logger.close()
         from r1v2.train.plot import plot_runs
 
-        plot_runs([out], out / "metrics.png")
-    return out
+        plot_runs([run.out], run.out / "metrics.png")
+    return run.out
 
 
-def _restore(state, ckpt, optimizer, scheduler, sampler, buffer, run, cfg) -> tuple[int, int]:
-    """Load a checkpoint's trainer state (nothing when ``state`` is empty); returns
-    ``(step, nan_total)``."""
-    if not state:
-        return 0, 0
-    load_optimizer_state(optimizer, state["optimizer"], run)
-    scheduler.load_state_dict(state["scheduler"])
-    try:
-        sampler.load_state_dict(state["sampler"])
-    except ValueError as e:
-        raise R1V2Error(f"{ckpt}: {e}: the prompt pool {cfg.data} changed") from e
-    buffer.load_state_dict(state["buffer"])
-    return state["step"], state["nan_total"]
+def _logger(run: GRPORun) -> MetricsLogger:
+    cfg = run.cfg
+    return MetricsLogger(
+        run.out,
+        resume_step=run.step,
+        tensorboard=cfg.tensorboard,
+        wandb_project=cfg.wandb_project,
+        run_config=to_dict(cfg),
+    )
 
 
-def _runners(cfg: GRPOConfig, policy, ref_model, world: int, device_type: str):
-    """How the policy and the reference model run: as they are, or sharded with FSDP2."""
+def _root_call(cfg: GRPOConfig, policy, accelerator) -> RootCall:
+    """How every use of the policy runs: as it is, or inside the FSDP2 root (sharding=fsdp)."""
     if cfg.sharding != "fsdp":
-        return direct, direct
-    if world == 1:
+        return direct
+    if accelerator.num_processes == 1:
         raise R1V2Error(
             "sharding=fsdp needs several processes: accelerate launch --config_file "
             "configs/accelerate/multi_gpu.yaml -m r1v2 grpo ..."
         )
     policy.synced_gpus = True  # every process steps generation until all are done
-    run = shard_model(policy.model, device_type)
-    return run, direct if ref_model is None else shard_model(ref_model, device_type)
+    return shard_model(policy.model, accelerator.device.type)
 
 
-def optimizer_state(optimizer, run: Runner) -> dict[str, Any]:
+# Config fields that may differ when a run is resumed: they do not change what it computes
+# (micro_batch_size only the float summation order).
+RESUMABLE = {
+    "max_steps", "save_steps", "keep_last", "resume", "overwrite", "output_dir", "device",
+    "progress", "tensorboard", "wandb_project", "nan_patience", "probe_data", "probe_every",
+    "probe_size", "micro_batch_size",
+}  # fmt: skip
+
+
+def optimizer_state(optimizer, root_call: RootCall) -> dict[str, Any]:
     """The optimizer's state dict; with FSDP gathered into whole tensors (every process must
     call it), so a checkpoint does not depend on the number of processes."""
-    if run is direct:
+    if root_call is direct:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(run, optimizer, options=options)
+    return get_optimizer_state_dict(root_call, optimizer, options=options)
 
 
-def load_optimizer_state(optimizer, state: dict[str, Any], run: Runner) -> None:
+def load_optimizer_state(optimizer, state: dict[str, Any], root_call: RootCall) -> None:
     """Inverse of :func:`optimizer_state`."""
-    if run is direct:
+    if root_call is direct:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
-    set_optimizer_state_dict(run, optimizer, optim_state_dict=state, options=options)
+    set_optimizer_state_dict(root_call, optimizer, optim_state_dict=state, options=options)
 
 
 SHARDED = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
@@ -672,81 +699,6 @@ def check_distributed_type(kind: str) -> None:
             "configs/accelerate/multi_gpu.yaml and add sharding=fsdp to shard the model with "
             "torch FSDP2 (or torchrun --nproc_per_node K -m r1v2 grpo on a CPU)."
         )
-
-
-# Config fields that may differ when a run is resumed: they do not change what it computes
-# (micro_batch_size only the float summation order).
-RESUMABLE = {
-    "max_steps", "save_steps", "keep_last", "resume", "overwrite", "output_dir", "device",
-    "progress", "tensorboard", "wandb_project", "nan_patience", "probe_data", "probe_every",
-    "probe_size", "micro_batch_size",
-}  # fmt: skip
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "weights":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def check_resumable(saved: dict[str, Any], cfg: GRPOConfig, ckpt: Path, step: int) -> None:
-    """Refuse to continue a checkpoint whose run was configured differently (fields outside
-    :data:`RESUMABLE`; keys an older checkpoint lacks are not compared), or that is already
-    past ``max_steps``."""
-    before, now = _flat(saved), _flat(to_dict(cfg))
-    changed = [
-        f"{k} ({before[k]!r} -> {now[k]!r})"
-        for k in sorted(before.keys() & now.keys())
-        if k.split(".")[0] not in RESUMABLE and before[k] != now[k]
-    ]
-    if changed:
-        raise R1V2Error(
-            f"{ckpt} was trained with another config: {', '.join(changed)}. To start a new run "
-            "use another output_dir, or resume=never overwrite=true to replace this one"
-        )
-    if step > cfg.max_steps:
-        raise R1V2Error(
-            f"{ckpt} is at step {step}, past max_steps={cfg.max_steps}: raise max_steps to "
-            "continue it, or use another output_dir"
-        )
-
-
-def _resume_path(cfg: GRPOConfig, out: Path) -> tuple[Path | None, bool]:
-    """``(checkpoint to resume or None, whether output_dir holds an earlier run to remove)``;
-    checked before anything loads. A folder with files but no checkpoint to continue is
-    refused unless ``overwrite=true``."""
-    if out.exists() and not out.is_dir():
-        raise R1V2Error(f"output_dir={out} is a file, not a folder")
-    if cfg.resume not in ("auto", "never"):
-        path = Path(cfg.resume)
-        if not (path / "meta.json").is_file():
-            raise R1V2Error(f"resume={cfg.resume}: not a checkpoint folder (no meta.json)")
-        return path, False
-    latest = latest_checkpoint(out) if cfg.resume == "auto" else None
-    if latest is not None:
-        return latest, False
-    occupied = out.is_dir() and any(out.iterdir())
-    if occupied and not cfg.overwrite:
-        what = "an earlier run" if cfg.resume == "never" else "files but no checkpoint to resume"
-        raise R1V2Error(
-            f"output_dir={out} holds {what}: use another output_dir, or overwrite=true to "
-            "replace it" + (" (resume=auto continues it)" if cfg.resume == "never" else "")
-        )
-    return None, occupied
-
-
-def _clear_folder(out: Path) -> None:
-    import shutil
-
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
 
 
 def _gather(values: list[Any], world: int) -> list[Any]:
@@ -775,31 +727,8 @@ def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, fl
     return dict(zip(keys, values.tolist()))
 
 
-def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
-    """One paragraph on a finished run from its metrics rows: steps, time, mean reward of the
-    first and last 20 steps, probe accuracy and hallucination rate first -> last, and the
-    lowest effective ratio (after replay)."""
-    steps = [r for r in rows if "reward_mean" in r]
-    parts = [f"{steps[-1]['step'] if steps else 0} steps in {seconds:.0f} s"]
-    if steps:
-        head, tail = steps[:20], steps[-20:]
-        first = sum(r["reward_mean"] for r in head) / len(head)
-        last = sum(r["reward_mean"] for r in tail) / len(tail)
-        parts.append(f"reward {first:.3g} -> {last:.3g} (mean of the first and last 20 steps)")
-        low = min(r["effective_ratio"] for r in steps)
-        parts.append(f"lowest effective ratio {low:.2f}")
-    probes = [r for r in rows if "probe_accuracy" in r]
-    if probes:
-        a, b = probes[0], probes[-1]
-        parts.append(
-            f"probe accuracy {a['probe_accuracy']:.1%} -> {b['probe_accuracy']:.1%} "
-            f"(steps {a['step']} -> {b['step']}), hallucination rate "
-            f"{a['hallucination_rate']:.1%} -> {b['hallucination_rate']:.1%}"
-        )
-    return "; ".join(parts)
-
-
 def run(cfg: GRPOConfig) -> int:
+    """``r1v2 grpo``: train, then print the run's summary."""
     start = time.perf_counter()
     out = train(cfg)
     from accelerate import PartialState
@@ -807,5 +736,6 @@ def run(cfg: GRPOConfig) -> int:
     if PartialState().is_main_process:
         rows = read_metrics(out)
         print(f"done: {run_summary(rows, time.perf_counter() - start)}")
-        print(f"curves: {out / 'metrics.png'}; checkpoints: {out}/checkpoint-*")
+        print(f"curves: {out / 'metrics.png'}; model: {out / 'final'}; "
+              f"checkpoints: {out}/checkpoint-*")  # fmt: skip
     return 0

@@ -10,7 +10,7 @@ FSDP2 gathers a unit's parameters in that unit's ``forward``, and the root must 
 policy uses its model in other ways too: it embeds the prompt and merges the image features
 itself, then calls ``generate`` or the language model on those embeddings. So the root here is
 a thin module whose ``forward(fn, *args)`` calls ``fn(*args)``: every use of the model runs
-inside one root forward (``run(fn, ...)``), where the root unit's parameters are gathered and
+inside one root forward (``root_call(fn, ...)``), where the root unit's parameters are gathered and
 each layer gathers its own as it is called. Generation must then step in lock-step on every
 process (``Policy.synced_gpus``): a process whose sequences have all ended keeps running
 forwards until every process is done. Every sharded layer gathers with a collective, so all
@@ -27,11 +27,11 @@ import torch
 
 LAYER_SUFFIXES = ("DecoderLayer", "EncoderLayer", "VisionLayer")
 
-Runner = Callable[..., Any]  # run(fn, *args, **kwargs) -> fn(*args, **kwargs)
+RootCall = Callable[..., Any]  # root_call(fn, *args, **kwargs) -> fn(*args, **kwargs)
 
 
 def direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """The runner of an unsharded model: calls ``fn`` as it is."""
+    """The root call of an unsharded model: calls ``fn`` as it is."""
     return fn(*args, **kwargs)
 
 
@@ -51,9 +51,9 @@ def layer_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__.endswith(LAYER_SUFFIXES)]
 
 
-def shard_model(model: torch.nn.Module, device_type: str) -> Runner:
+def shard_model(model: torch.nn.Module, device_type: str) -> RootCall:
     """Shard ``model`` in place over all processes of the default process group; returns
-    its runner: ``run(fn, *args)`` calls ``fn(*args)`` with the model usable inside."""
+    its root call: ``root_call(fn, *args)`` calls ``fn(*args)`` with the model usable inside."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from r1v2.config import option
-from r1v2.data.synthetic import SynthSample, hallucination_rate, iter_samples, render
+from r1v2.data.synthetic import SynthSample, iter_samples, render
 from r1v2.errors import R1V2Error
-from r1v2.model.policy import Policy, Prompt, SamplingConfig
+from r1v2.eval.greedy import grade, greedy_texts
+from r1v2.model.policy import Policy, Prompt
 from r1v2.model.toy.common import question_text, text_user_turn
-from r1v2.rewards import accuracy_reward
 
 MAX_NEW_TOKENS = 128  # the longest reference completion is about 100 tokens
 
@@ -48,22 +48,18 @@ def evaluate(
 
     Returns ``{"n", "accuracy", "hallucination_rate", "accuracy_by_level", "completions"}``.
     """
-    greedy = SamplingConfig(max_new_tokens=max_new_tokens, do_sample=False)
-    texts: list[str] = []
     items = prompts(samples, from_image=from_image)
-    for i in range(0, len(items), batch_size):
-        texts += policy.generate(items[i : i + batch_size], greedy).texts
-    correct = [
-        accuracy_reward(t, s.answer, choices=s.question.options) or 0.0
-        for t, s in zip(texts, samples)
-    ]
+    texts = greedy_texts(policy, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    graded = grade(texts, [s.answer for s in samples], [s.question.options for s in samples],
+                   [s.scene for s in samples])  # fmt: skip
+    correct = [c or 0.0 for c in graded["correct"]]  # toy references always grade
     by_level: dict[int, list[float]] = defaultdict(list)
     for c, s in zip(correct, samples):
         by_level[s.question.level].append(c)
     return {
         "n": len(samples),
         "accuracy": sum(correct) / len(samples),
-        "hallucination_rate": hallucination_rate(texts, [s.scene for s in samples]),
+        "hallucination_rate": graded["hallucination_rate"],
         "accuracy_by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())},
         "completions": texts,
     }

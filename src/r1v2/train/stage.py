@@ -1,0 +1,209 @@
+"""Pieces every training stage uses (GRPO, the prefilter, MPO), as plain functions.
+
+- :class:`PolicySetup`: the settings that decide how a stage's policy samples and is scored
+  (model, data, seed, device, dtype, generation, reward). Stage configs inherit its fields,
+  so ``r1v2 prefilter`` cannot load or score prompts differently from ``r1v2 grpo``.
+- :func:`load_policy`, :func:`make_reward`: the policy and its hybrid reward from those settings.
+- :func:`prepare_output`, :func:`check_resumable`: which checkpoint a run continues, and the
+  refusals that keep a new run from touching an earlier one.
+- :func:`save_final`: the run's last weights as an ordinary transformers checkpoint;
+  :func:`run_summary`: one paragraph on a finished run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from r1v2.config import option, to_dict
+from r1v2.errors import R1V2Error
+from r1v2.model.policy import SamplingConfig
+from r1v2.rewards.hybrid import HybridRewardConfig
+from r1v2.train.checkpoint import latest_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Dtype = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
+
+
+@dataclass
+class PolicySetup:
+    """How a stage's policy is loaded, samples and is scored."""
+
+    model: str = option("runs/toy/vlm", "policy checkpoint (an assembled VLM or a causal LM)")
+    data: str = option("runs/toy/data/train", "prompt pool: Sample JSONL/parquet file or folder")
+    seed: int = option(0, "seed of the prompt order, the rollouts and the buffer")
+    device: Device = option("auto", "auto (CUDA when available), cpu or cuda")
+    dtype: Dtype = option("float32", "model dtype (bfloat16 on GPUs; TRL: torch_dtype)")
+    generation: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(max_new_tokens=128),
+        metadata={"help": "sampling of rollouts (TRL: temperature, top_p, max_completion_length)"},
+    )
+    reward: HybridRewardConfig = field(
+        default_factory=HybridRewardConfig, metadata={"help": "hybrid reward"}
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise R1V2Error("device=cuda but no CUDA device is available (use device=auto or cpu)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def load_policy(setup: PolicySetup, device: torch.device | str | None = None):
+    """The policy of ``setup.model`` in ``setup.dtype`` on ``device`` (default: setup.device)."""
+    from r1v2.model.policy import Policy
+
+    device = resolve_device(setup.device) if device is None else device
+    return Policy.from_pretrained(setup.model, dtype=DTYPES[setup.dtype], device=device)
+
+
+def make_reward(setup: PolicySetup, policy):
+    """The hybrid reward of ``setup.reward``; only an answer after ``</think>`` counts when
+    the policy's chat template opens a think block."""
+    from r1v2.model.policy import format_question
+    from r1v2.rewards.hybrid import HybridReward
+
+    return HybridReward.from_config(
+        setup.reward,
+        question_fn=lambda s: format_question(s.question, s.choices),
+        after_think=policy.opens_think,
+    )
+
+
+def load_pool(path: str) -> list[Any]:
+    from r1v2.data.loaders import load_samples
+
+    pool = load_samples(path).samples
+    if not pool:
+        raise R1V2Error(f"{path}: no samples")
+    return pool
+
+
+# ---- output folder and resume ----------------------------------------------------------------
+
+
+def prepare_output(out: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
+    """``(checkpoint to resume or None, whether out holds an earlier run to remove)``, decided
+    before anything loads. ``resume`` is ``auto`` (the newest checkpoint in ``out``),
+    ``never`` or a checkpoint path. A folder with files but nothing to continue is refused
+    unless ``overwrite``; the caller removes it (:func:`clear_folder`) only once everything
+    else has been validated."""
+    if out.exists() and not out.is_dir():
+        raise R1V2Error(f"output_dir={out} is a file, not a folder")
+    if resume not in ("auto", "never"):
+        path = Path(resume)
+        if not (path / "meta.json").is_file():
+            raise R1V2Error(f"resume={resume}: not a checkpoint folder (no meta.json)")
+        return path, False
+    latest = latest_checkpoint(out) if resume == "auto" else None
+    if latest is not None:
+        return latest, False
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not overwrite:
+        what = "an earlier run" if resume == "never" else "files but no checkpoint to resume"
+        raise R1V2Error(
+            f"output_dir={out} holds {what}: use another output_dir, or overwrite=true to "
+            "replace it" + (" (resume=auto continues it)" if resume == "never" else "")
+        )
+    return None, occupied
+
+
+def clear_folder(out: Path) -> None:
+    """Remove everything inside ``out`` (an earlier run the user asked to overwrite)."""
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "weights":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_resumable(
+    saved: dict[str, Any], cfg: Any, ckpt: Path, step: int, resumable: set[str]
+) -> None:
+    """Refuse to continue a checkpoint whose run was configured differently (top-level fields
+    outside ``resumable``; keys an older checkpoint lacks are not compared), or one already
+    past ``cfg.max_steps``."""
+    before, now = _flat(saved), _flat(to_dict(cfg))
+    changed = [
+        f"{k} ({before[k]!r} -> {now[k]!r})"
+        for k in sorted(before.keys() & now.keys())
+        if k.split(".")[0] not in resumable and before[k] != now[k]
+    ]
+    if changed:
+        raise R1V2Error(
+            f"{ckpt} was trained with another config: {', '.join(changed)}. To start a new run "
+            "use another output_dir, or resume=never overwrite=true to replace this one"
+        )
+    if step > cfg.max_steps:
+        raise R1V2Error(
+            f"{ckpt} is at step {step}, past max_steps={cfg.max_steps}: raise max_steps to "
+            "continue it, or use another output_dir"
+        )
+
+
+# ---- the end of a run ------------------------------------------------------------------------
+
+
+def save_final(policy, out: Path, *, sharded: bool, rank: int) -> Path:
+    """Write the policy as it is now to ``out/final`` (model + processor), an ordinary
+    transformers checkpoint. With FSDP every process must call it (the full weights are
+    gathered); rank 0 writes."""
+    state = None
+    if sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(policy.model, options=options)
+    target = out / FINAL
+    if rank == 0:
+        tmp = out / f".tmp-{FINAL}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        policy.model.save_pretrained(tmp, state_dict=state)
+        policy.processor.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    return target
+
+
+def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
+    """One paragraph on a finished run from its metrics rows: steps, time, mean reward of the
+    first and last 20 steps, probe accuracy and hallucination rate first -> last, and the
+    lowest effective ratio (after replay)."""
+    steps = [r for r in rows if "reward_mean" in r]
+    parts = [f"{steps[-1]['step'] if steps else 0} steps in {seconds:.0f} s"]
+    if steps:
+        head, tail = steps[:20], steps[-20:]
+        first = sum(r["reward_mean"] for r in head) / len(head)
+        last = sum(r["reward_mean"] for r in tail) / len(tail)
+        parts.append(f"reward {first:.3g} -> {last:.3g} (mean of the first and last 20 steps)")
+        low = min(r["effective_ratio"] for r in steps)
+        parts.append(f"lowest effective ratio {low:.2f}")
+    probes = [r for r in rows if "probe_accuracy" in r]
+    if probes:
+        a, b = probes[0], probes[-1]
+        parts.append(
+            f"probe accuracy {a['probe_accuracy']:.1%} -> {b['probe_accuracy']:.1%} "
+            f"(steps {a['step']} -> {b['step']}), hallucination rate "
+            f"{a['hallucination_rate']:.1%} -> {b['hallucination_rate']:.1%}"
+        )
+    return "; ".join(parts)
