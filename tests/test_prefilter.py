@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import r1v2.model.policy as policy_mod
 from r1v2.config import resolve
@@ -19,8 +20,10 @@ class FakePolicy:
     """Answers by a script per prompt: the question text says which completions to return."""
 
     opens_think = True
+    model = torch.nn.Linear(1, 1)  # the rollout engine switches it to eval mode
 
-    def generate(self, items, sampling, *, group_size):
+
+    def generate(self, items, sampling, *, group_size, batch_size=None):
         texts = []
         for item in items:
             plan = {"always right": [GOOD], "always wrong": [BAD], "mixed": [GOOD, BAD]}[

@@ -10,7 +10,7 @@ rewards, or a reward std below the floor.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,31 +18,22 @@ import torch
 from r1v2.algos.grpo import group_advantages
 from r1v2.config import option
 from r1v2.errors import R1V2Error
-from r1v2.model.policy import SamplingConfig
-from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.grpo import STD_FLOOR
+from r1v2.train.stage import PolicySetup, load_policy, load_pool, make_reward
 
 
 @dataclass
-class PrefilterConfig:
-    """``r1v2 prefilter``: drop prompts whose k rollouts all get the same reward."""
+class PrefilterConfig(PolicySetup):
+    """``r1v2 prefilter``: drop prompts whose k rollouts all get the same reward.
 
-    model: str = option("runs/toy/vlm", "initial policy checkpoint")
-    data: str = option("runs/toy/data/train", "prompt pool: Sample JSONL/parquet file or folder")
+    The policy, sampling and reward settings are GRPO's own (:class:`PolicySetup`), so a
+    prompt is judged as training would score it."""
+
     out: str = option("runs/toy/data/filtered/samples.jsonl", "filtered pool to write (JSONL)")
     k: int = option(8, "rollouts per prompt")
     prompts_per_generate: int = option(16, "prompts per generate call")
-    seed: int = option(0, "seed of the rollouts")
-    device: str = option("auto", "auto (CUDA when available), cpu or cuda")
     std_floor: float = option(
         STD_FLOOR, "a prompt whose k rewards have a std below this counts as tied (as in grpo)"
-    )
-    generation: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=128),
-        metadata={"help": "sampling of rollouts"},
-    )
-    reward: HybridRewardConfig = field(
-        default_factory=HybridRewardConfig, metadata={"help": "reward the prompts are judged by"}
     )
     progress: bool = option(True, "show a progress bar")
 
@@ -72,27 +63,21 @@ def classify(
 
 def prefilter(cfg: PrefilterConfig) -> dict:
     """Filter the pool; writes ``cfg.out`` and ``<out>.stats.json``; returns the stats."""
-    from r1v2.data.loaders import load_samples, write_jsonl
-    from r1v2.model.policy import Policy, format_question
-    from r1v2.rewards.hybrid import HybridReward
+    from r1v2.data.loaders import write_jsonl
+    from r1v2.rollout import TransformersEngine
     from r1v2.train.progress import StepProgress
 
-    pool = load_samples(cfg.data).samples
-    if not pool:
-        raise R1V2Error(f"{cfg.data}: no samples")
-    policy = Policy.from_pretrained(cfg.model, device=cfg.device)
-    reward_fn = HybridReward.from_config(
-        cfg.reward,
-        question_fn=lambda s: format_question(s.question, s.choices),
-        after_think=policy.opens_think,
-    )
+    pool = load_pool(cfg.data)
+    policy = load_policy(cfg)
+    engine = TransformersEngine(policy)
+    reward_fn = make_reward(cfg, policy)
     counts = {"kept": 0, "all_correct": 0, "all_wrong": 0, "all_equal": 0, "unscored": 0}
     kept = []
     progress = StepProgress(len(pool), enabled=cfg.progress, label="prompts")
     for start in range(0, len(pool), cfg.prompts_per_generate):
         items = pool[start : start + cfg.prompts_per_generate]
         torch.manual_seed(cfg.seed * 1_000_003 + start)
-        texts = policy.generate(items, cfg.generation, group_size=cfg.k).texts
+        texts = engine.generate(items, cfg.generation, group_size=cfg.k).texts
         result = reward_fn(texts, [items[i // cfg.k] for i in range(len(texts))])
         for j, item in enumerate(items):
             rows = slice(j * cfg.k, (j + 1) * cfg.k)
