@@ -152,7 +152,7 @@ def make_tokenizer(vocab: int):
     from transformers import TokenizersBackend
 
     from r1v2.model.assemble import IMAGE_TOKENS
-    from r1v2.model.tokenizer import SPECIAL_TOKENS, word_tokenizer
+    from r1v2.toy.tokenizer import SPECIAL_TOKENS, word_tokenizer
 
     image = list(IMAGE_TOKENS.values())
     fixed = len(SPECIAL_TOKENS) + len(image) + 3 + 2  # specials, image, roles, think tags

@@ -3,7 +3,7 @@
 Both trainers run, one after the other in this process, on
 
 - the same tiny random ``Qwen2ForCausalLM`` (word-level tokenizer over the synthetic task's
-  vocabulary, built by :func:`r1v2.model.tiny.tiny_llm`),
+  vocabulary, built by :func:`r1v2.toy.tiny.tiny_llm`),
 - the same prompts: synthetic samples as text only (the scene in words, then the question),
   rendered by the same chat template,
 - the same group size G, prompts per step, max new tokens, sampling (temperature 1, no top-p/k),
@@ -74,7 +74,7 @@ def build_inputs(root: Path, s: dict) -> tuple[Path, Path, list]:
     """The tiny model and the text-only samples: (model dir, samples JSONL, samples)."""
     from r1v2.data import Sample, write_jsonl
     from r1v2.data.synthetic import iter_samples, scene_text, vocabulary
-    from r1v2.model.tiny import tiny_llm
+    from r1v2.toy.tiny import tiny_llm
 
     model_dir = tiny_llm(
         vocabulary(),

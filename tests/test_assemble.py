@@ -31,8 +31,9 @@ from r1v2.model.assemble import (
     assemble,
     build_assembled,
 )
-from r1v2.model.tiny import tiny_llm, tiny_vision
-from r1v2.model.tokenizer import load_tokenizer, word_tokenizer
+from r1v2.model.tokenizer import load_tokenizer
+from r1v2.toy.tiny import tiny_llm, tiny_vision
+from r1v2.toy.tokenizer import word_tokenizer
 
 WORDS = "how many red blue circles are there ? 0 1 2 3 <think> </think>".split()
 

@@ -9,7 +9,7 @@ import torch
 
 from r1v2.cli import main
 from r1v2.model.policy import Policy
-from r1v2.model.tiny import tiny_llm, tiny_vision
+from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.checkpoint import save_checkpoint
 
 WORDS = "how many red blue ? 0 1 2 <think> </think>".split()

@@ -377,7 +377,7 @@ def test_generation_with_a_tiny_vlm(tmp_path, monkeypatch, capsys):
     from r1v2.data.synthetic import generate, vocabulary
     from r1v2.model import policy as policy_module
     from r1v2.model.assemble import assemble
-    from r1v2.model.tiny import tiny_llm, tiny_vision
+    from r1v2.toy.tiny import tiny_llm, tiny_vision
 
     model = assemble(
         tiny_vision(tmp_path / "vit"),

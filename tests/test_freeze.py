@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 from r1v2.errors import R1V2Error
 from r1v2.model.assemble import assemble
 from r1v2.model.freeze import LoraSettings, merge_lora, set_trainable
-from r1v2.model.tiny import tiny_llm, tiny_vision
+from r1v2.toy.tiny import tiny_llm, tiny_vision
 
 WORDS = "how many red blue circles are there ? 0 1 2 3 <think> </think>".split()
 

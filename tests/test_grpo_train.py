@@ -16,7 +16,7 @@ from r1v2.config import resolve
 from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
 from r1v2.model.assemble import assemble
-from r1v2.model.tiny import tiny_llm, tiny_vision
+from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.grpo import GRPOConfig, train
 from r1v2.train.metrics import read_metrics
 

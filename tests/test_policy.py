@@ -21,8 +21,8 @@ from r1v2.model.policy import (
     format_question,
     to_prompt,
 )
-from r1v2.model.tiny import tiny_llm, tiny_vision
 from r1v2.rollout import RolloutEngine, TransformersEngine
+from r1v2.toy.tiny import tiny_llm, tiny_vision
 
 WORDS = "how many red blue circles are there ? 0 1 2 3 <think> </think> A B".split()
 

@@ -19,7 +19,7 @@ from r1v2.errors import R1V2Error
 from r1v2.model.assemble import assemble
 from r1v2.model.freeze import set_trainable
 from r1v2.model.policy import Policy
-from r1v2.model.tiny import tiny_llm, tiny_vision
+from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.reference import Reference
 
 MODES = ["adapter", "llm+adapter"]

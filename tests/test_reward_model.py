@@ -10,9 +10,7 @@ from PIL import Image
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
 from r1v2.errors import R1V2Error
-from r1v2.model.tokenizer import word_tokenizer
-from r1v2.rewards import RewardModel, RMInput
-from r1v2.rewards.reward_model import (
+from r1v2.model.reward_model import (
     TransformersRewardModel,
     ValueHeadModel,
     encode,
@@ -21,6 +19,8 @@ from r1v2.rewards.reward_model import (
     render,
     save_value_head,
 )
+from r1v2.rewards import RewardModel, RMInput
+from r1v2.toy.tokenizer import word_tokenizer
 
 WORDS = (
     "how many red circles blue squares ? i see 3 4 . + 1 = </think> \\boxed{3} \\boxed{4}".split()
@@ -175,7 +175,7 @@ def test_vlm_value_head_matches_naive_forward(tmp_path):
     from transformers import AutoProcessor, InternVLForConditionalGeneration
 
     from r1v2.model.assemble import assemble
-    from r1v2.model.tiny import tiny_llm, tiny_vision
+    from r1v2.toy.tiny import tiny_llm, tiny_vision
 
     vision = tiny_vision(tmp_path / "vision")
     llm = tiny_llm(WORDS, tmp_path / "llm")

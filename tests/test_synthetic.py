@@ -268,7 +268,7 @@ def test_vocabulary_covers_every_text(many):
 
 
 def test_word_tokenizer_reads_texts_without_unknowns(many):
-    from r1v2.model.tokenizer import word_tokenizer
+    from r1v2.toy.tokenizer import word_tokenizer
 
     tok = word_tokenizer(vocabulary())
     text = lm_text(many[1].scene, many[1].question)

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 from r1v2.cli import main
 from r1v2.data.synthetic import Scene, iter_samples, render, scene_text
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
-from r1v2.model.toy.align import align_loss
-from r1v2.model.toy.build import ToyBuildConfig, stage_hashes
-from r1v2.model.toy.common import completion_text, cosine_lr, text_user_turn
-from r1v2.model.toy.lm import IGNORE, collate, encode_example, train_lm
-from r1v2.model.toy.measure import evaluate
-from r1v2.model.toy.vision import cell_classes, pixels
+from r1v2.toy.align import align_loss
+from r1v2.toy.build import ToyBuildConfig, stage_hashes
+from r1v2.toy.common import completion_text, cosine_lr, text_user_turn
+from r1v2.toy.lm import IGNORE, collate, encode_example, train_lm
+from r1v2.toy.measure import evaluate
+from r1v2.toy.vision import cell_classes, pixels
 
 TINY = [
     "train_size=6", "test_size=4", "lm_steps=2", "lm_batch_size=2", "lm_hidden_size=32",

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from r1v2.data.synthetic import hallucinations, iter_samples, vocabulary
-from r1v2.model.toy.reward import (
+from r1v2.model.reward_model import TransformersRewardModel, ValueHeadModel, save_value_head
+from r1v2.toy.reward import (
     CALIBRATION_FILE,
     EVAL_SEED_OFFSET,
     HALLUCINATION_KINDS,
@@ -29,7 +30,6 @@ from r1v2.model.toy.reward import (
     score_pairs,
     train_reward_model,
 )
-from r1v2.rewards.reward_model import TransformersRewardModel, ValueHeadModel, save_value_head
 
 TINY = dict(steps=4, batch_size=2, n_pairs=8, n_eval=6, warmup=1, progress=False, log=None)
 
@@ -38,7 +38,7 @@ TINY = dict(steps=4, batch_size=2, n_pairs=8, n_eval=6, warmup=1, progress=False
 def vlm(tmp_path_factory):
     """A tiny assembled VLM over the synthetic vocabulary: 64 px images, 16 image tokens."""
     from r1v2.model.assemble import assemble
-    from r1v2.model.tiny import tiny_llm, tiny_vision
+    from r1v2.toy.tiny import tiny_llm, tiny_vision
 
     root = tmp_path_factory.mktemp("toyrm")
     vision = tiny_vision(root / "vision", image_size=64, patch_size=8, hidden_size=16)

@@ -120,7 +120,7 @@ def test_run_summary_by_hand():
 def trained(tmp_path):
     """A base LM and a run folder whose one checkpoint changed the LM head: (base, ckpt, head)."""
     from r1v2.model.policy import Policy
-    from r1v2.model.tiny import tiny_llm
+    from r1v2.toy.tiny import tiny_llm
 
     base = tiny_llm("how many red blue ? 0 1 2".split(), tmp_path / "base", seed=1)
     model = Policy.from_pretrained(base).model

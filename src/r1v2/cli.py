@@ -88,8 +88,8 @@ COMMANDS: list[Command] = [
     Command(
         name="toy build",
         help="Build the toy world on a CPU: tiny LM, vision encoder, assembled VLM, reward model, data",
-        config="r1v2.model.toy.build:ToyBuildConfig",
-        run="r1v2.model.toy.build:run",
+        config="r1v2.toy.build:ToyBuildConfig",
+        run="r1v2.toy.build:run",
         description=(
             "Pretrain a tiny reasoning LM on text traces and a tiny InternViT-style encoder on "
             "per-cell recognition, assemble them (r1v2 assemble's code path), warm up the "
@@ -101,8 +101,8 @@ COMMANDS: list[Command] = [
     Command(
         name="toy eval",
         help="Measure a toy build: greedy accuracy and hallucination rate of its LM and VLM",
-        config="r1v2.model.toy.measure:ToyEvalConfig",
-        run="r1v2.model.toy.measure:run_eval",
+        config="r1v2.toy.measure:ToyEvalConfig",
+        run="r1v2.toy.measure:run_eval",
     ),
     Command(
         name="export",

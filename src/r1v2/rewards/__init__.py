@@ -6,17 +6,15 @@ verify in time is wrong (0.0), so an unparseable answer never beats a wrong one 
 
 - :func:`accuracy_reward` (r_rule) and :func:`format_reward` (r_format): strings only.
 - :class:`HybridReward`: the weighted sum of GRPO (RECIPE §3), per-component values and counts.
-- :class:`RewardModel`, :class:`RMInput`: the reward-model interface. The transformers adapter
-  (:class:`TransformersRewardModel`, :func:`save_value_head`) imports torch, so it is loaded
-  on first use from :mod:`r1v2.rewards.reward_model`.
+- :class:`RewardModel`, :class:`RMInput`: the reward-model interface. The models behind it
+  (:class:`r1v2.model.reward_model.TransformersRewardModel`) live in ``r1v2.model``; nothing
+  here imports torch or ``r1v2.model``.
 """
 
 from r1v2.rewards.accuracy import accuracy_reward
 from r1v2.rewards.fmt import format_reward
 from r1v2.rewards.hybrid import HybridReward, HybridRewardConfig, RewardResult, rm_to_reward
 from r1v2.rewards.rm_interface import RewardModel, RMInput
-
-_TORCH_NAMES = ("TransformersRewardModel", "ValueHeadModel", "save_value_head", "load_value_head")
 
 __all__ = [
     "HybridReward",
@@ -27,13 +25,4 @@ __all__ = [
     "accuracy_reward",
     "format_reward",
     "rm_to_reward",
-    *_TORCH_NAMES,
 ]
-
-
-def __getattr__(name: str):
-    if name in _TORCH_NAMES:
-        from r1v2.rewards import reward_model
-
-        return getattr(reward_model, name)
-    raise AttributeError(f"module 'r1v2.rewards' has no attribute {name!r}")

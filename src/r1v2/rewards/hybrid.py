@@ -202,19 +202,19 @@ class HybridReward:
         question_fn: Callable[[Any], str] = _question,
         after_think: bool = True,
     ) -> HybridReward:
-        """Build from a config; loads ``cfg.rm_path`` unless ``reward_model`` is given.
+        """Build from a config and the reward model the caller loaded from ``cfg.rm_path``
+        (``r1v2.train.stage.make_reward`` does; rewards/ never loads models itself).
 
-        Without a reward model (no ``rm_path``) the rm term is left out, whatever its weight.
+        Without a reward model the rm term is left out, whatever its weight.
         ``after_think`` comes from the policy (``policy.opens_think``), not from the config:
         whether the prompt opened a think block is the chat template's property.
         """
         cfg.validate()
         weights = dict(cfg.weights)
         if reward_model is None and cfg.rm_path is not None and weights.get("rm", 0) != 0:
-            from r1v2.rewards.reward_model import TransformersRewardModel
-
-            reward_model = TransformersRewardModel.from_pretrained(
-                cfg.rm_path, device=cfg.rm_device, dtype=cfg.rm_dtype, batch_size=cfg.rm_batch_size
+            raise R1V2Error(
+                f"reward.rm_path={cfg.rm_path} is set but no reward model was passed: load it "
+                "with r1v2.model.reward_model.TransformersRewardModel.from_pretrained"
             )
         if reward_model is None:
             weights.pop("rm", None)

@@ -69,10 +69,18 @@ def make_reward(setup: PolicySetup, policy):
     """The hybrid reward of ``setup.reward``; only an answer after ``</think>`` counts when
     the policy's chat template opens a think block."""
     from r1v2.model.policy import format_question
+    from r1v2.model.reward_model import TransformersRewardModel
     from r1v2.rewards.hybrid import HybridReward
 
+    cfg = setup.reward
+    reward_model = None
+    if cfg.rm_path is not None and cfg.weights.get("rm", 0) != 0:
+        reward_model = TransformersRewardModel.from_pretrained(
+            cfg.rm_path, device=cfg.rm_device, dtype=cfg.rm_dtype, batch_size=cfg.rm_batch_size
+        )
     return HybridReward.from_config(
-        setup.reward,
+        cfg,
+        reward_model=reward_model,
         question_fn=lambda s: format_question(s.question, s.choices),
         after_think=policy.opens_think,
     )

@@ -18,7 +18,7 @@ completion form (the reference trace after the prompt's ``<think>``):
   of the reasoning) repeated 3 to 5 times in a row; its claims all hold.
 
 Training (:func:`train_reward_model`): the assembled VLM at ``vlm_dir`` is loaded, wrapped in
-:class:`r1v2.rewards.reward_model.ValueHeadModel` and trained with the Bradley-Terry loss
+:class:`r1v2.model.reward_model.ValueHeadModel` and trained with the Bradley-Terry loss
 ``-log sigmoid(s_chosen - s_rejected)`` for a fixed number of steps (AdamW, linear warm-up then
 linear decay, gradient norm clipped at 1). By default the adapter, the whole LLM and the head
 train and the vision encoder stays frozen (its per-cell features are pretrained).
@@ -85,14 +85,14 @@ from r1v2.data.synthetic.traces import kinds
 from r1v2.errors import R1V2Error
 from r1v2.model.freeze import MODES, set_trainable
 from r1v2.model.policy import format_question
-from r1v2.rewards.hybrid import CALIBRATION_FILE
-from r1v2.rewards.reward_model import (
+from r1v2.model.reward_model import (
     POOLINGS,
     RMInput,
     ValueHeadModel,
     encode,
     save_value_head,
 )
+from r1v2.rewards.hybrid import CALIBRATION_FILE
 
 HALLUCINATION_KINDS = ("count", "absent", "cell")
 PAIR_KINDS = (*HALLUCINATION_KINDS, "repetitive")

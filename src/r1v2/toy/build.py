@@ -5,7 +5,7 @@ Layout of ``--out DIR`` (what ``r1v2 grpo``'s defaults expect with ``--out runs/
     DIR/lm/          text-only reasoning LM (Qwen2-shaped) + word tokenizer + chat template
     DIR/vision/      InternViT-style encoder pretrained on per-cell recognition
     DIR/vlm/         vision + adapter + LM assembled by r1v2.model.assemble, adapter warmed up
-    DIR/rm/          the reward model trained from DIR/vlm (r1v2.model.toy.reward)
+    DIR/rm/          the reward model trained from DIR/vlm (r1v2.toy.reward)
     DIR/data/train/  RL prompt pool: generate(train_size, seed)
     DIR/data/test/   held-out samples: generate(test_size, seed + 1)
     DIR/build.json   per stage: the hash of what it was built from and its metrics
@@ -31,9 +31,9 @@ from r1v2.config import option
 from r1v2.data.synthetic import generate
 from r1v2.errors import R1V2Error
 from r1v2.model.assemble import assemble
-from r1v2.model.toy.align import warm_up_adapter
-from r1v2.model.toy.lm import train_lm
-from r1v2.model.toy.vision import train_vision
+from r1v2.toy.align import warm_up_adapter
+from r1v2.toy.lm import train_lm
+from r1v2.toy.vision import train_vision
 
 BUILD_FILE = "build.json"
 STAGES = ("data", "lm", "vision", "vlm", "rm")
@@ -204,7 +204,7 @@ def _build_vlm(cfg: ToyBuildConfig, out: Path) -> dict[str, Any]:
 
 
 def _build_rm(cfg: ToyBuildConfig, out: Path) -> dict[str, Any]:
-    from r1v2.model.toy.reward import train_reward_model
+    from r1v2.toy.reward import train_reward_model
 
     metrics = train_reward_model(
         out / "vlm", out / "rm", seed=cfg.seed, pooling=cfg.rm_pooling, steps=cfg.rm_steps,

@@ -22,7 +22,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from r1v2.data.synthetic import render, sample_scene
 from r1v2.model.freeze import set_trainable
-from r1v2.model.toy.common import ALIGN_STREAM, cosine_lr, seed_everything, stage_progress
+from r1v2.toy.common import ALIGN_STREAM, cosine_lr, seed_everything, stage_progress
 
 
 def align_batch(processor, tokenizer, seed: int, step: int, batch_size: int):

@@ -24,7 +24,7 @@ from r1v2.data.synthetic import SynthSample, iter_samples, render
 from r1v2.errors import R1V2Error
 from r1v2.eval.greedy import grade, greedy_texts
 from r1v2.model.policy import Policy, Prompt
-from r1v2.model.toy.common import question_text, text_user_turn
+from r1v2.toy.common import question_text, text_user_turn
 
 MAX_NEW_TOKENS = 128  # the longest reference completion is about 100 tokens
 
@@ -123,7 +123,7 @@ def run_eval(cfg: ToyEvalConfig) -> int:
             f"{what:<26} accuracy {m['accuracy']:.1%} ({levels}), "
             f"hallucination rate {m['hallucination_rate']:.1%}, n={m['n']}, {m['seconds']} s"
         )
-    from r1v2.model.toy.reward import METRICS_FILE
+    from r1v2.toy.reward import METRICS_FILE
 
     rm_metrics = Path(cfg.out) / "rm" / METRICS_FILE
     if rm_metrics.is_file():  # measured on held-out pairs when the reward model was trained

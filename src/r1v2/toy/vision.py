@@ -24,8 +24,8 @@ from transformers.models.internvl.modeling_internvl import InternVLModel
 
 from r1v2.data.synthetic import COLOURS, SHAPES, Scene, render, sample_scene
 from r1v2.model.assemble import IMAGENET_MEAN, IMAGENET_STD
-from r1v2.model.tiny import tiny_vision
-from r1v2.model.toy.common import VISION_STREAM, cosine_lr, seed_everything, stage_progress
+from r1v2.toy.common import VISION_STREAM, cosine_lr, seed_everything, stage_progress
+from r1v2.toy.tiny import tiny_vision
 
 IMAGE_SIZE, PATCH_SIZE, DOWNSAMPLE = 64, 8, 0.5
 # Class 0 is an empty cell; class 1 + 3 * colour + shape is a colour+shape kind.

@@ -21,9 +21,8 @@ import torch
 from transformers import Qwen2ForCausalLM
 
 from r1v2.data.synthetic import SynthSample, iter_samples, vocabulary
-from r1v2.model.tiny import tiny_llm
 from r1v2.model.tokenizer import load_tokenizer
-from r1v2.model.toy.common import (
+from r1v2.toy.common import (
     LM_STREAM,
     completion_text,
     cosine_lr,
@@ -31,6 +30,7 @@ from r1v2.model.toy.common import (
     stage_progress,
     text_user_turn,
 )
+from r1v2.toy.tiny import tiny_llm
 
 IGNORE = -100  # label of a position the loss skips
 

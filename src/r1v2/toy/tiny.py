@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from transformers import InternVLVisionConfig, InternVLVisionModel, Qwen2Config, Qwen2ForCausalLM
 
-from r1v2.model.tokenizer import CHATML_THINK_TEMPLATE, word_tokenizer
+from r1v2.model.tokenizer import CHATML_THINK_TEMPLATE
+from r1v2.toy.tokenizer import word_tokenizer
 
 
 def tiny_vision(
