@@ -72,6 +72,14 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
     adapter = {k for k in before if "multi_modal_projector" in k}
     assert {k.removeprefix("model.") for k in after} == adapter  # adapter-only training
     assert any(not torch.equal(v, before[k.removeprefix("model.")]) for k, v in after.items())
+    # the run ends with an ordinary transformers checkpoint of the trained weights
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    final = AutoModelForImageTextToText.from_pretrained(out / "final")
+    AutoProcessor.from_pretrained(out / "final")
+    loaded = dict(final.named_parameters())
+    for k, v in after.items():
+        assert torch.equal(loaded[k], v), k
 
 
 def test_ssb_on_and_off(world, tmp_path):
