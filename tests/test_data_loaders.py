@@ -451,6 +451,41 @@ def test_open_image_to_rgb_composites_transparency_on_white(tmp_path):
     assert out.mode == "RGB" and out.size == (3, 2) and out.getpixel((2, 1)) == (7, 7, 7)
 
 
+def test_open_image_takes_every_kind_of_source(tmp_path):
+    """A PIL image, a str path, a Path, bytes and a bytearray of one 2x1 palette image with a
+    transparent index all give the same RGB pixels: red, then white (transparency on white)."""
+    im = Image.new("P", (2, 1), 0)
+    im.putpalette([255, 0, 0, 0, 0, 0])
+    im.putpixel((1, 0), 1)
+    im.info["transparency"] = 1
+    im.save(tmp_path / "p.png")
+    raw = (tmp_path / "p.png").read_bytes()
+    for source in (im, str(tmp_path / "p.png"), tmp_path / "p.png", raw, bytearray(raw)):
+        out = open_image(source)
+        assert out.mode == "RGB", type(source)
+        assert [out.getpixel((0, 0)), out.getpixel((1, 0))] == [(255, 0, 0), (255, 255, 255)]
+    assert im.mode == "P"  # the caller's image is left as it was
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["a.png"], {"path": "a.png"}])
+def test_open_image_names_what_it_cannot_use(bad):
+    with pytest.raises(R1V2Error, match=rf"cannot use {type(bad).__name__} as an image \("):
+        open_image(bad)
+
+
+def test_prompt_images_go_through_open_image(tmp_path):
+    """The policy's prompts open images with open_image: a transparent pixel becomes white,
+    a missing file is an ImageError naming it, and a non-image names its type."""
+    from r1v2.model.policy import to_prompt
+
+    (image,) = to_prompt(("q", [Image.new("RGBA", (1, 1), (0, 0, 0, 0))])).images
+    assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)
+    with pytest.raises(ImageError, match=r"file not found: .*nope\.png"):
+        to_prompt(("q", [tmp_path / "nope.png"]))
+    with pytest.raises(R1V2Error, match=r"cannot use int as an image"):
+        to_prompt(("q", [7]))
+
+
 def test_probe_and_open_refuse_over_the_limit(tmp_path):
     """10 x 10 = 100 pixels: allowed at max_pixels=100, refused at 99, before decoding."""
     p = png(tmp_path / "a.png", 10, 10)

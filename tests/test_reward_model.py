@@ -269,3 +269,23 @@ def test_text_model_rejects_images(tmp_path):
     rm = TransformersRewardModel.from_pretrained(tmp_path)
     with pytest.raises(R1V2Error, match="text-only"):
         rm.score([RMInput("q", "c", (Image.new("RGB", (8, 8)),))])
+
+
+def test_dtype_names_and_bad_images(tmp_path):
+    """dtype by name (one map, r1v2.model.dtypes): bfloat16 loads in bfloat16, an unknown name
+    is refused with the valid ones; images open through r1v2.data.images.open_image."""
+    from r1v2.data.images import ImageError
+
+    tok = word_tokenizer(WORDS)
+    Qwen2ForSequenceClassification(_config(tok, num_labels=1)).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    rm = TransformersRewardModel.from_pretrained(tmp_path / "rm", dtype="bfloat16")
+    assert rm.model.dtype == torch.bfloat16
+    with pytest.raises(
+        R1V2Error, match=r"unknown dtype 'half'; use one of float32, bfloat16, float16"
+    ):
+        TransformersRewardModel.from_pretrained(tmp_path / "rm", dtype="half")
+    with pytest.raises(ImageError, match=r"file not found: .*nope\.png"):
+        encode(tok, [RMInput("q", "c", (tmp_path / "nope.png",))])
+    with pytest.raises(R1V2Error, match=r"cannot use int as an image"):
+        encode(tok, [RMInput("q", "c", (3,))])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,20 +13,23 @@ import torch
 from safetensors.torch import load_file
 
 from r1v2.cli import main
+from r1v2.config import resolve
 from r1v2.data.synthetic import Scene, iter_samples, render, scene_text
+from r1v2.errors import R1V2Error
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
-from r1v2.toy.align import align_loss
+from r1v2.toy.align import AlignConfig, align_loss, warm_up_adapter
 from r1v2.toy.build import ToyBuildConfig, stage_hashes
-from r1v2.toy.common import completion_text, cosine_lr, text_user_turn
-from r1v2.toy.lm import IGNORE, collate, encode_example, train_lm
+from r1v2.toy.common import completion_text, cosine_schedule, text_user_turn
+from r1v2.toy.lm import IGNORE, LMConfig, collate, encode_example, train_lm
 from r1v2.toy.measure import evaluate
-from r1v2.toy.vision import cell_classes, pixels
+from r1v2.toy.reward import RewardModelConfig, train_reward_model
+from r1v2.toy.vision import cell_classes, pixels, train_vision
 
 TINY = [
-    "train_size=6", "test_size=4", "lm_steps=2", "lm_batch_size=2", "lm_hidden_size=32",
-    "lm_layers=1", "lm_heads=2", "vision_steps=2", "vision_batch_size=2",
-    "vision_hidden_size=32", "vision_layers=1", "vision_heads=2", "align_steps=2",
-    "align_batch_size=2", "rm_steps=1", "rm_batch_size=2", "rm_pairs=4", "rm_eval_pairs=4",
+    "data.train_size=6", "data.test_size=4", "lm.steps=2", "lm.batch_size=2",
+    "lm.hidden_size=32", "lm.layers=1", "lm.heads=2", "vision.steps=2", "vision.batch_size=2",
+    "vision.hidden_size=32", "vision.layers=1", "vision.heads=2", "align.steps=2",
+    "align.batch_size=2", "rm.steps=1", "rm.batch_size=2", "rm.pairs=4", "rm.eval_pairs=4",
     "progress=false",
 ]  # fmt: skip
 
@@ -44,7 +49,7 @@ def test_layout(built: Path):
         assert len(lines) == n
     record = json.loads((built / "build.json").read_text())
     assert set(record["stages"]) == {"data", "lm", "vision", "vlm", "rm"}
-    assert record["config"]["lm_steps"] == 2
+    assert record["config"]["lm"]["steps"] == 2
 
 
 def test_vlm_loads_and_answers_from_an_image(built: Path):
@@ -82,19 +87,68 @@ def test_toy_eval_reports_lm_vlm_and_reward_model(built: Path, capsys):
 
 
 def test_changing_the_warm_up_rebuilds_only_what_depends_on_it():
-    """align_steps feeds the vlm hash, and the rm hash through it; lm, vision, data keep theirs."""
-    a = stage_hashes(ToyBuildConfig(align_steps=100))
-    b = stage_hashes(ToyBuildConfig(align_steps=101))
+    """align.steps feeds the vlm hash, and the rm hash through it; lm, vision, data keep theirs."""
+    a = stage_hashes(ToyBuildConfig(align=AlignConfig(steps=100)))
+    b = stage_hashes(ToyBuildConfig(align=AlignConfig(steps=101)))
     assert [k for k in a if a[k] != b[k]] == ["vlm", "rm"]
-    c = stage_hashes(ToyBuildConfig(align_steps=100, rm_pooling="last"))
+    c = stage_hashes(
+        ToyBuildConfig(align=AlignConfig(steps=100), rm=RewardModelConfig(pooling="last"))
+    )
     assert [k for k in a if a[k] != c[k]] == ["rm"]
 
 
+def test_every_stage_setting_feeds_its_stage_hash():
+    """Changing any one field of a stage's config (here: adding 1 to it, or the other choice)
+    changes that stage's hash and the hashes of the stages that read it, and no other."""
+    readers = {"data": ["data"], "lm": ["lm", "vlm", "rm"], "vision": ["vision", "vlm", "rm"],
+               "align": ["vlm", "rm"], "rm": ["rm"]}  # fmt: skip
+    other = {"pooling": "last", "trainable": "all"}
+    base = stage_hashes(ToyBuildConfig())
+    for section, changed in readers.items():
+        sub = getattr(ToyBuildConfig(), section)
+        for f in dataclasses.fields(sub):
+            value = other[f.name] if f.name in other else getattr(sub, f.name) + 1
+            cfg = ToyBuildConfig(**{section: dataclasses.replace(sub, **{f.name: value})})
+            new = stage_hashes(cfg)
+            assert [k for k in base if base[k] != new[k]] == changed, f"{section}.{f.name}"
+
+
+def test_defaults_are_the_documented_build():
+    """The command's defaults (README: ~4 min on 2 cores) live in one place: the stage configs."""
+    cfg = resolve(ToyBuildConfig)
+    assert (cfg.lm.steps, cfg.lm.hidden_size, cfg.lm.layers, cfg.lm.lr) == (2000, 96, 2, 3e-3)
+    assert (cfg.vision.steps, cfg.vision.hidden_size, cfg.vision.layers) == (80, 96, 3)
+    assert (cfg.align.steps, cfg.align.lr, cfg.rm.steps, cfg.rm.pooling) == (
+        35,
+        1e-3,
+        300,
+        "logprob",
+    )
+    assert (cfg.data.train_size, cfg.data.test_size) == (2000, 500)
+    for fn in (train_lm, train_vision, warm_up_adapter, train_reward_model):
+        params = inspect.signature(fn).parameters.values()
+        assert all(p.default is inspect.Parameter.empty for p in params), fn.__name__
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lm_steps=3", "unknown config key 'lm_steps'. Valid keys: "),
+        ("lm.steps=0", "config field(s) lm.steps must be >= 1"),
+        ("rm.pooling=max", "config field 'rm.pooling' expects 'last' | 'logprob'"),
+        ("rm.prefix_fraction=2", "config field rm.prefix_fraction must be in [0, 1]"),
+    ],
+)
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(R1V2Error) as e:
+        resolve(ToyBuildConfig, overrides=[override])
+    assert message in str(e.value)
+
+
 def test_lm_is_deterministic_by_seed(tmp_path: Path):
-    kw = dict(steps=2, batch_size=2, hidden_size=32, num_layers=1, num_heads=2, progress=False)
-    train_lm(tmp_path / "a", seed=3, **kw)
-    train_lm(tmp_path / "b", seed=3, **kw)
-    train_lm(tmp_path / "c", seed=4, **kw)
+    cfg = LMConfig(steps=2, batch_size=2, hidden_size=32, layers=1, heads=2)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train_lm(tmp_path / name, cfg, seed=seed, levels=[1, 2, 3], progress=False)
     a, b, c = (load_file(tmp_path / d / "model.safetensors") for d in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -143,12 +197,20 @@ def test_align_loss_by_hand():
     assert align_loss(features, torch.zeros(1, 2, 2)).item() == pytest.approx(2.5)
 
 
-def test_cosine_lr_by_hand():
-    """warm-up 2: step 0 -> 1 * 1/2; step 1 -> 1; last of 12 steps: t = 10/10 -> 0.1."""
-    assert cosine_lr(0, 12, 1.0, 2) == pytest.approx(0.5)
-    assert cosine_lr(1, 12, 1.0, 2) == pytest.approx(1.0)
-    assert cosine_lr(12, 12, 1.0, 2) == pytest.approx(0.1)
-    assert cosine_lr(7, 12, 1.0, 2) == pytest.approx(0.55)  # t = 1/2: 0.1 + 0.9 * 0.5
+def test_cosine_schedule_by_hand():
+    """40 steps: warm-up over max(1, 40 // 20) = 2 steps: step 0 -> 1/2, step 1 -> 1; then cosine
+    over the 38 other steps down to a tenth: step 20 is halfway ((20 - 2 + 1) / 38 = 1/2), so
+    0.1 + 0.9 * 0.5 * (1 + cos(pi / 2)) = 0.55; the last step (39) is at 0.1 + 0 = 0.1."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = cosine_schedule(optimizer, 40)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[20] == pytest.approx(0.55) and lrs[39] == pytest.approx(0.1)
+    assert all(x > y for x, y in zip(lrs[1:], lrs[2:]))  # decays at every step after warm-up
 
 
 class _Replay:
@@ -172,3 +234,18 @@ def test_evaluate_scores_reference_and_wrong_answers():
     assert result["accuracy"] == 0.5
     assert result["hallucination_rate"] == 0.5
     assert result["n"] == 4
+
+
+def test_stage_progress_shows_every_number_given():
+    """The toy stages use the project's one progress display with keys=None: every finite
+    number under its own name (3 significant digits); training keeps its chosen few."""
+    from r1v2.train.progress import StepProgress, summary
+
+    assert summary({"loss": 0.123456, "mse": float("nan"), "n": None}, keys=None) == "loss 0.123"
+    assert summary({"loss": 2, "reward_mean": 0.5, "other": 1.0}) == "reward 0.5 | loss 2"
+    with StepProgress(3, label="LM", enabled=False, keys=None) as bar:
+        second = bar.add("judging", 2)
+        bar.update(1, {"loss": 1.0})
+        bar.update(2, {"mse": 0.5})
+        bar.advance(1, task=second)
+        assert summary(bar._last[bar._first], keys=None) == "loss 1 | mse 0.5"

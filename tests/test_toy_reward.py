@@ -12,12 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from r1v2.data.synthetic import hallucinations, iter_samples, vocabulary
+from r1v2.errors import R1V2Error
 from r1v2.model.reward_model import TransformersRewardModel, ValueHeadModel, save_value_head
 from r1v2.toy.reward import (
     CALIBRATION_FILE,
     EVAL_SEED_OFFSET,
     HALLUCINATION_KINDS,
     PAIR_KINDS,
+    RewardModelConfig,
     bt_loss,
     bt_loss_all_pairs,
     calibration,
@@ -31,7 +33,7 @@ from r1v2.toy.reward import (
     train_reward_model,
 )
 
-TINY = dict(steps=4, batch_size=2, n_pairs=8, n_eval=6, warmup=1, progress=False, log=None)
+TINY = RewardModelConfig(steps=4, batch_size=2, pairs=8, eval_pairs=6, warmup=1)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +194,8 @@ def test_training_lowers_bt_loss_on_training_pairs(vlm):
     torch.manual_seed(0)
     model = ValueHeadModel(base)
     before = bt_loss(*score_pairs(model, processor, pairs)).item()
-    losses = fit(model, processor, pairs, steps=20, batch_size=4, lr=1e-3, warmup=2)
+    cfg = RewardModelConfig(steps=20, batch_size=4, lr=1e-3, warmup=2)
+    losses = fit(model, processor, pairs, cfg, seed=0, progress=False)
     after = bt_loss(*score_pairs(model, processor, pairs)).item()
     assert len(losses) == 20
     assert after < 0.5 * before, (before, after)
@@ -203,7 +206,8 @@ def test_saved_checkpoint_scores_equal_trained_module(vlm, tmp_path):
     pairs = make_pairs(4, seed=12)
     base, processor = load_base(vlm)
     model = ValueHeadModel(base)
-    fit(model, processor, pairs, steps=3, batch_size=2, warmup=1)
+    cfg = RewardModelConfig(steps=3, batch_size=2, warmup=1)
+    fit(model, processor, pairs, cfg, seed=0, progress=False)
     chosen, rejected = score_pairs(model, processor, pairs)
     save_value_head(tmp_path / "rm", model, processor)
     rm = TransformersRewardModel.from_pretrained(tmp_path / "rm")
@@ -216,7 +220,7 @@ def test_saved_checkpoint_scores_equal_trained_module(vlm, tmp_path):
 def test_train_reward_model_end_to_end(vlm, tmp_path):
     """Saved checkpoint + calibration; the loaded RM reproduces the reported held-out scores."""
     out = tmp_path / "rm"
-    metrics = train_reward_model(vlm, out, seed=1, **TINY)
+    metrics = train_reward_model(vlm, out, TINY, seed=1, progress=False, log=None)
     calib = json.loads((out / CALIBRATION_FILE).read_text())
     assert calib["rm_center"] == pytest.approx(metrics["rm_center"])
     assert calib["rm_scale"] > 0
@@ -236,7 +240,9 @@ def test_train_reward_model_end_to_end(vlm, tmp_path):
 def test_train_reward_model_deterministic_by_seed(vlm, tmp_path):
     runs, heads = {}, {}
     for name, seed in (("a", 2), ("b", 2), ("c", 3)):
-        metrics = train_reward_model(vlm, tmp_path / name, seed=seed, **TINY)
+        metrics = train_reward_model(
+            vlm, tmp_path / name, TINY, seed=seed, progress=False, log=None
+        )
         metrics.pop("train_seconds")
         runs[name] = metrics
         heads[name] = load_file(str(tmp_path / name / "value_head.safetensors"))["weight"]
@@ -244,3 +250,23 @@ def test_train_reward_model_deterministic_by_seed(vlm, tmp_path):
     torch.testing.assert_close(heads["a"], heads["b"], rtol=0, atol=0)
     assert runs["a"]["scores"] != runs["c"]["scores"]
     assert not torch.equal(heads["a"], heads["c"])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(trainable="head"), "config field trainable: 'head' is not one of adapter, "),
+        (dict(pooling="max"), "config field pooling: 'max' is not one of last, logprob"),
+        (dict(pairs=0, steps=0), "config field(s) steps, pairs must be >= 1"),
+        (dict(repetitive_fraction=1.5), "config field repetitive_fraction must be in [0, 1]"),
+        (dict(cross_weight=-1.0), "warmup and cross_weight must be >= 0"),
+    ],
+)
+def test_train_reward_model_refuses_bad_settings_before_loading(tmp_path, bad, message):
+    with pytest.raises(R1V2Error) as e:
+        train_reward_model(
+            tmp_path / "no_vlm", tmp_path / "rm", RewardModelConfig(**bad), seed=0,
+            progress=False, log=None,
+        )  # fmt: skip
+    assert message in str(e.value)
+    assert not (tmp_path / "rm").exists()

@@ -1,8 +1,9 @@
 """Images for samples: a header-only probe for validation, a full decode to RGB for use.
 
 An image source is a file path or the encoded bytes of an image file (PNG, JPEG, ...), as
-embedded in benchmark files. Both :func:`probe_image` and :func:`open_image` read the header
-first and refuse an image over ``max_pixels`` before decoding a single pixel. PIL's own
+embedded in benchmark files; :func:`open_image`, the one opener every part of the project uses,
+also takes a PIL image. For a path or bytes, both :func:`probe_image` and :func:`open_image`
+read the header first and refuse an image over ``max_pixels`` before decoding a single pixel. PIL's own
 decompression-bomb guard (a warning above ``PIL.Image.MAX_IMAGE_PIXELS``, an error above twice
 that) stays on as a second line and is always turned into an error here, whatever the global
 warning filters say.
@@ -11,6 +12,7 @@ warning filters say.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,12 +97,30 @@ def probe_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Im
         return ImageInfo(width=im.size[0], height=im.size[1], format=im.format or "unknown")
 
 
-def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode ``source`` into an RGB image held in memory. Raises :class:`ImageError`.
+def open_image(
+    source: ImageSource | str | os.PathLike | bytearray | Image.Image,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """An RGB image in memory from a PIL image, a file path or an image file's encoded bytes.
 
-    Transparent images are composited onto white (our choice; dropping alpha instead would
-    show whatever colour hides under transparent pixels, often black).
+    The one image opener of the project (samples, prompts, reward-model inputs). A file or
+    bytes is decoded after its header passed :func:`probe_image`'s checks; a PIL image is
+    converted as it is. Transparent images are composited onto white (our choice; dropping
+    alpha instead would show whatever colour hides under transparent pixels, often black).
+    Raises :class:`ImageError` for a source that cannot be used, and R1V2Error naming the type
+    of anything that is not an image source.
     """
+    if isinstance(source, Image.Image):
+        return _to_rgb(source)
+    if isinstance(source, bytearray):
+        source = bytes(source)
+    elif isinstance(source, (str, os.PathLike)) and not isinstance(source, Path):
+        source = Path(source)
+    if not isinstance(source, (Path, bytes)):
+        raise R1V2Error(
+            f"cannot use {type(source).__name__} as an image "
+            "(expected a PIL image, a file path or encoded image bytes)"
+        )
     with _open_header(source, max_pixels) as im:
         try:
             im.load()

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,12 +365,10 @@ _EXTENSIONS = {
 
 def _relative_image(src: ImageSource, out_dir: Path, img_dir: Path) -> str:
     if isinstance(src, bytes):
-        from PIL import Image
-
-        try:
-            with Image.open(io.BytesIO(src)) as im:
-                ext = _EXTENSIONS.get(im.format or "", f".{(im.format or 'bin').lower()}")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        try:  # the header only, for the file name's extension; no size limit of ours here
+            fmt = probe_image(src, max_pixels=sys.maxsize).format
+            ext = _EXTENSIONS.get(fmt, ".bin" if fmt == "unknown" else f".{fmt.lower()}")
+        except ImageError:
             ext = ".bin"  # bytes PIL cannot identify are stored all the same
         target = Path(img_dir).absolute() / (hashlib.sha256(src).hexdigest()[:16] + ext)
         if not target.exists():

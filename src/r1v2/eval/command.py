@@ -33,6 +33,8 @@ from r1v2.eval.harness import (
 from r1v2.eval.judge import JudgeClient, load_prompt
 from r1v2.eval.prompts import INSTRUCTIONS
 from r1v2.eval.report import pct, print_comparison, results_document, write_reports
+from r1v2.model.dtypes import Device, DtypeOrAuto
+from r1v2.train.progress import StepProgress
 
 
 @dataclass
@@ -65,8 +67,16 @@ class EvalConfig:
     batch_size: int = option(8, "questions per generation batch (each asks for all missing runs)")
     limit: int | None = option(None, "evaluate only the first N questions of each benchmark")
     seed: int = option(0, "random seed for sampling")
-    device: str = option("auto", "device for generation: auto, cpu, cuda, cuda:1, ...")
-    dtype: str = option("auto", "model dtype for generation: auto, float32, bfloat16, float16")
+    device: Device = option(
+        "auto",
+        "device for generation: auto (CUDA when available), cpu or cuda (the GPU that "
+        "CUDA_VISIBLE_DEVICES puts first)",
+    )
+    dtype: DtypeOrAuto = option(
+        "auto",
+        "model dtype for generation: auto (as the checkpoint stores it), float32, "
+        "bfloat16 or float16",
+    )
     cache_dir: str | None = option(None, "where generated responses are cached (None: OUT/cache)")
     judge_url: str | None = option(
         None, "OpenAI-compatible endpoint of an LLM judge (None: rules only)"
@@ -173,17 +183,17 @@ def collect_generated(
     cache_dir = Path(cfg.cache_dir or Path(cfg.out) / "cache")
     caches = {b.name: ResponseCache(cache_path(cache_dir, key, b)) for b in benches}
     tables = {}
-    with _progress() as progress:
+    with StepProgress(stderr=True) as progress:
         for b in benches:
             todo = pending_count(b, caches[b.name].responses, cfg.runs)
-            task = progress.add_task(f"generating {b.name}", total=todo)
+            task = progress.add(f"generating {b.name}", todo)
             tables[b.name] = generate_responses(
                 b,
                 generate,
                 caches[b.name],
                 runs=cfg.runs,
                 batch_size=cfg.batch_size,
-                on_progress=lambda k, t=task: progress.advance(t, k),
+                on_progress=lambda k, t=task: progress.advance(k, task=t),
             )
     return (
         tables,
@@ -192,44 +202,22 @@ def collect_generated(
     )
 
 
-def _progress():
-    """A rich progress display on stderr: description, bar, done/total, time left."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    ]
-    return Progress(*columns, console=Console(stderr=True))
-
-
 def _score(
     bench: Benchmark, responses: dict, runs: list[int], judge: JudgeClient | None, cfg: EvalConfig
 ):
     """score_benchmark with a progress display for rules and judge."""
-    with _progress() as progress:
-        task = progress.add_task(f"scoring {bench.name}", total=len(bench.samples) * len(runs))
-        judging: list = []
+    scoring = f"scoring {bench.name}"
+    with StepProgress(len(bench.samples) * len(runs), label=scoring, stderr=True) as progress:
+        judging: list[int] = []
         return score_benchmark(
             bench,
             responses,
             runs,
             judge=judge,
             judge_when=cfg.judge_when,
-            on_scored=lambda k: progress.advance(task, k),
-            on_judge_start=lambda n: judging.append(
-                progress.add_task(f"judging {bench.name}", total=n)
-            ),
-            on_judged=lambda: progress.advance(judging[0], 1),
+            on_scored=lambda k: progress.advance(k),
+            on_judge_start=lambda n: judging.append(progress.add(f"judging {bench.name}", n)),
+            on_judged=lambda: progress.advance(1, task=judging[0]),
         )
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import (
@@ -33,6 +32,7 @@ from transformers.models.internvl.modeling_internvl import InternVLMultiModalPro
 from r1v2.config import ConfigError, option
 from r1v2.errors import R1V2Error
 from r1v2.fsutil import check_output_dir, replace_dir
+from r1v2.model.dtypes import DTYPE_NAMES, DTYPES, DtypeOrAuto
 from r1v2.model.tokenizer import CHATML_THINK_TEMPLATE, load_tokenizer
 
 # The tokenizer attributes InternVLProcessor reads, and the tokens they name.
@@ -61,8 +61,6 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 class CheckpointError(R1V2Error):
     """A checkpoint directory with a missing, unreadable or mismatched file (named)."""
@@ -90,7 +88,7 @@ class AssembleConfig:
         None, "input image side in pixels; null uses the encoder's configured size"
     )
     seed: int = option(0, "seed of the adapter's random initialisation")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option(
+    dtype: DtypeOrAuto = option(
         "auto",
         "dtype of the saved weights; auto keeps the LLM's stored dtype (parts stored in "
         "another dtype are cast, so only they are not bit-identical)",
@@ -146,7 +144,7 @@ def assemble(
     downsample_ratio: float = 0.5,
     image_size: int | None = None,
     seed: int = 0,
-    dtype: str = "auto",
+    dtype: DtypeOrAuto = "auto",
     overwrite: bool = False,
     verbose: bool = True,
 ) -> Path:
@@ -186,7 +184,7 @@ def build_assembled(
     downsample_ratio: float = 0.5,
     image_size: int | None = None,
     seed: int = 0,
-    dtype: str = "auto",
+    dtype: DtypeOrAuto = "auto",
 ) -> Assembled:
     """The assembled model and processor, in memory (what :func:`assemble` saves)."""
     _check_ratio(downsample_ratio)
@@ -416,9 +414,9 @@ def _load(auto_cls, path: Path, dtype: torch.dtype, what: str):
 
 def _resolve_dtype(name: str, llm_config) -> torch.dtype:
     if name != "auto":
-        if name not in DTYPES:
+        if name not in DTYPE_NAMES:
             raise ConfigError(
-                f"config field 'dtype': {name!r} is not one of auto, {', '.join(DTYPES)}"
+                f"config field 'dtype': {name!r} is not one of auto, {', '.join(DTYPE_NAMES)}"
             )
         return DTYPES[name]
     stored = getattr(llm_config, "dtype", None)

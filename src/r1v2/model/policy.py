@@ -19,7 +19,6 @@ Sample order is group-major: sample ``i`` belongs to prompt ``i // G``.
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,34 @@ from transformers import GenerationConfig
 
 from r1v2.algos.logprobs import token_logprobs
 from r1v2.config import option
+from r1v2.data.images import open_image
 from r1v2.errors import R1V2Error
 
 
 @dataclasses.dataclass
 class SamplingConfig:
-    """How completions are sampled (the model's own generation defaults are not used)."""
+    """How completions are sampled (the model's own generation defaults are not used).
 
-    max_new_tokens: int = option(256, "most tokens generated per completion")
+    Training scores its rollouts at the sampling temperature (log-softmax of logits / T; T = 1
+    for greedy decoding), as TRL and verl do. top_p / top_k truncation is not reflected in the
+    scores, as in TRL and verl: the ratio and the KL use the full tempered softmax.
+    """
+
+    max_new_tokens: int = option(
+        256, "most tokens generated per completion (TRL: max_completion_length)"
+    )
     do_sample: bool = option(True, "sample; false = greedy decoding")
-    temperature: float = option(1.0, "softmax temperature when sampling")
-    top_p: float = option(1.0, "nucleus sampling mass; 1.0 = off")
-    top_k: int = option(0, "sample among the k likeliest tokens; 0 = off")
+    temperature: float = option(
+        1.0,
+        "softmax temperature when sampling; training scores rollouts at it too (logits / T), "
+        "as TRL and verl do (TRL: temperature)",
+    )
+    top_p: float = option(
+        1.0, "nucleus sampling mass; 1.0 = off; not reflected in the scores (TRL: top_p)"
+    )
+    top_k: int = option(
+        0, "sample among the k likeliest tokens; 0 = off; not reflected in the scores (TRL: top_k)"
+    )
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:
@@ -147,7 +162,7 @@ def to_prompt(item: Any) -> Prompt:
         return Prompt(item)
     if isinstance(item, tuple) and len(item) == 2:
         question, images = item
-        return Prompt(question, tuple(_open(im) for im in images or ()))
+        return Prompt(question, tuple(open_image(im) for im in images or ()))
     if not hasattr(item, "question"):
         raise R1V2Error(
             f"cannot make a prompt from {type(item).__name__}: expected an object with "
@@ -158,19 +173,7 @@ def to_prompt(item: Any) -> Prompt:
         images = item.open_images()
     else:
         images = getattr(item, "images", None) or ()
-    return Prompt(text, tuple(_open(im) for im in images))
-
-
-def _open(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (str, Path, bytes)):
-        source = io.BytesIO(image) if isinstance(image, bytes) else image
-        with Image.open(source) as im:
-            return im.convert("RGB")
-    raise R1V2Error(
-        f"cannot use {type(image).__name__} as an image (PIL image, path or encoded bytes)"
-    )
+    return Prompt(text, tuple(open_image(im) for im in images))
 
 
 class Policy:

@@ -34,18 +34,19 @@ Sequences are right-padded. Scores are unbounded.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from r1v2.algos.logprobs import token_logprobs
+from r1v2.data.images import open_image
 from r1v2.errors import R1V2Error
+from r1v2.model.dtypes import torch_dtype
 from r1v2.rewards.rm_interface import RewardModel, RMInput
 
 __all__ = [
@@ -63,7 +64,7 @@ HEAD_CONFIG = "value_head.json"
 HEAD_FORMAT = "r1v2-value-head"
 Template = Literal["generation", "conversation"]
 Pooling = Literal["last", "logprob"]
-POOLINGS: tuple[str, ...] = ("last", "logprob")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -204,21 +205,6 @@ def load_value_head(path: str | Path, *, dtype: torch.dtype = torch.float32) -> 
     return ValueHeadModel(base, head, pooling)
 
 
-def _open_image(image: Any) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        with Image.open(io.BytesIO(image)) as im:
-            return im.convert("RGB")
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                return im.convert("RGB")
-        except OSError as e:
-            raise R1V2Error(f"{image}: cannot open image: {e}") from e
-    raise R1V2Error(f"cannot use {type(image).__name__} as an image (PIL image, path or bytes)")
-
-
 def render(
     processor: Any, sample: RMInput, template: Template = "generation", *, completion: bool = True
 ) -> str:
@@ -277,7 +263,7 @@ def encode(
     the prompts alone (the rendered text is prompt + completion + EOS).
     """
     texts = [render(processor, s, template) for s in samples]
-    images = [_open_image(im) for s in samples for im in s.images]
+    images = [open_image(im) for s in samples for im in s.images]
     batch = _tokenize(processor, texts, images)
     if completion_mask:
         if template != "generation":
@@ -290,17 +276,6 @@ def encode(
             (positions >= prompt_len[:, None]) & (positions < total[:, None])
         ).long()  # [B, T]
     return batch
-
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise R1V2Error(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
 
 
 class TransformersRewardModel:
@@ -343,17 +318,17 @@ class TransformersRewardModel:
             raise R1V2Error(
                 f"{path / 'config.json'}: file not found (not a reward model checkpoint)"
             )
-        torch_dtype = _dtype(dtype)
+        dtype = torch_dtype(dtype)
         config = AutoConfig.from_pretrained(path)
         if (path / HEAD_CONFIG).is_file():
-            model: torch.nn.Module = load_value_head(path, dtype=torch_dtype)
+            model: torch.nn.Module = load_value_head(path, dtype=dtype)
         elif any(a.endswith("ForSequenceClassification") for a in config.architectures or ()):
             if config.num_labels != 1:
                 raise R1V2Error(
                     f"{path / 'config.json'}: field 'num_labels' is {config.num_labels}; a reward "
                     "model classifier has one label (its logit is the score)"
                 )
-            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch_dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
         else:
             raise R1V2Error(
                 f"{path}: not a reward model: expected a sequence classifier (architectures "

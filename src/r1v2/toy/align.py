@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
+from r1v2.config import option
 from r1v2.data.synthetic import render, sample_scene
 from r1v2.model.freeze import set_trainable
-from r1v2.toy.common import ALIGN_STREAM, cosine_lr, seed_everything, stage_progress
+from r1v2.toy.common import ALIGN_STREAM, check_at_least_one, cosine_schedule
+from r1v2.train.progress import StepProgress
 
 
 def align_batch(processor, tokenizer, seed: int, step: int, batch_size: int):
@@ -42,34 +45,40 @@ def align_loss(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.mse_loss(features, targets)
 
 
+@dataclass
+class AlignConfig:
+    """Stage 3 (``align.*`` of ``r1v2 toy build``): the assembled model's adapter warm-up."""
+
+    steps: int = option(35, "adapter warm-up steps: the knob that sets how well the VLM perceives")
+    batch_size: int = option(32, "images per adapter warm-up step")
+    lr: float = option(1e-3, "adapter peak learning rate (warm-up, then cosine decay to a tenth)")
+
+    def validate(self, prefix: str = "") -> None:
+        check_at_least_one(self, ("steps", "batch_size"), prefix)
+
+
 def warm_up_adapter(
-    vlm_dir: str | Path,
-    *,
-    seed: int = 0,
-    steps: int = 100,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    progress: bool = True,
+    vlm_dir: str | Path, cfg: AlignConfig, *, seed: int, progress: bool
 ) -> dict[str, Any]:
-    """Train the adapter of the assembled checkpoint in ``vlm_dir`` for ``steps`` steps and save
-    the model back there. Returns ``{"steps", "seconds", "final_loss", "embedding_scale"}``
+    """Train the adapter of the assembled checkpoint in ``vlm_dir`` for ``cfg.steps`` steps and
+    save the model back there. Returns ``{"steps", "seconds", "final_loss", "embedding_scale"}``
     (the last is the mean squared norm per element of the word embeddings, the loss's scale).
     """
-    seed_everything(seed)
+    cfg.validate()
+    set_seed(seed)
     vlm_dir = Path(vlm_dir)
     model = AutoModelForImageTextToText.from_pretrained(vlm_dir, dtype=torch.float32)
     processor = AutoProcessor.from_pretrained(vlm_dir)
     set_trainable(model, "adapter")
     embeddings = model.get_input_embeddings()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    scheduler = cosine_schedule(optimizer, cfg.steps)
     start, last = time.perf_counter(), float("nan")
-    with stage_progress("adapter", steps, progress) as bar:
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+    with StepProgress(cfg.steps, label="adapter", enabled=progress, keys=None) as bar:
+        for step in range(cfg.steps):
             pixel_values, word_ids = align_batch(
-                processor, processor.tokenizer, seed, step, batch_size
+                processor, processor.tokenizer, seed, step, cfg.batch_size
             )
             features = model.get_image_features(pixel_values=pixel_values).pooler_output
             with torch.no_grad():
@@ -78,15 +87,16 @@ def warm_up_adapter(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             last = loss.item()
-            bar.update(step + 1, mse=last)
+            bar.update(step + 1, {"mse": last})
     with torch.no_grad():
         scale = embeddings.weight.pow(2).mean().item()
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval().save_pretrained(vlm_dir)
     return {
-        "steps": steps,
+        "steps": cfg.steps,
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": round(last, 6),
         "embedding_scale": round(scale, 6),

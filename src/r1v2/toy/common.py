@@ -1,4 +1,4 @@
-"""What the toy stages share: the chat format of the task, seeding, and a progress bar.
+"""What the toy stages share: the chat format of the task, the learning-rate schedule, checks.
 
 The LM is pretrained on exactly the text the policy sees at RL time, so what it learns
 transfers: the user turn is the scene (its words here, image tokens after assembly) followed by
@@ -8,15 +8,15 @@ the reference trace after the chat template's ``<think>``, closed by ``<|im_end|
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
+from typing import Any
 
-import numpy as np
 import torch
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import get_scheduler
 
 from r1v2.data.synthetic import SynthSample, scene_text
+from r1v2.errors import R1V2Error
 from r1v2.model.policy import format_question
 
 # Offsets of each stage's stream of synthetic samples from the build seed, so that the LM
@@ -41,52 +41,21 @@ def completion_text(sample: SynthSample) -> str:
     return sample.trace.removeprefix("<think> ")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def cosine_schedule(optimizer: torch.optim.Optimizer, steps: int) -> LRScheduler:
+    """Linear warm-up over ``max(1, steps // 20)`` steps to the optimizer's learning rate, then
+    cosine decay to a tenth of it at the last step (transformers' ``cosine_warmup_with_min_lr``;
+    call ``step()`` after each optimizer step)."""
+    return get_scheduler(
+        "cosine_warmup_with_min_lr",
+        optimizer,
+        num_warmup_steps=max(1, steps // 20),
+        num_training_steps=steps,
+        scheduler_specific_kwargs={"min_lr_rate": 0.1},
+    )
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``peak / 10``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + float(np.cos(np.pi * min(t, 1.0)))))
-
-
-class StageProgress:
-    """A rich progress bar for one stage (``label``, ``total`` steps, the latest numbers)."""
-
-    def __init__(self, label: str, total: int, enabled: bool = True):
-        self.enabled = enabled
-        if enabled:
-            self._bar = Progress(
-                TextColumn(f"[bold]{label:<12}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._task = self._bar.add_task(label, total=total, info="")
-            self._bar.start()
-
-    def update(self, step: int, **numbers: float) -> None:
-        if self.enabled:
-            info = " ".join(f"{k} {v:.4g}" for k, v in numbers.items())
-            self._bar.update(self._task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._bar.stop()
-
-
-@contextmanager
-def stage_progress(label: str, total: int, enabled: bool = True) -> Iterator[StageProgress]:
-    bar = StageProgress(label, total, enabled)
-    try:
-        yield bar
-    finally:
-        bar.close()
+def check_at_least_one(cfg: Any, names: Sequence[str], prefix: str = "") -> None:
+    """R1V2Error naming every field of ``cfg`` in ``names`` below 1 (``prefix`` before each)."""
+    bad = [prefix + name for name in names if getattr(cfg, name) < 1]
+    if bad:
+        raise R1V2Error(f"config field(s) {', '.join(bad)} must be >= 1")

@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM, set_seed
 
+from r1v2.config import option
 from r1v2.data.synthetic import SynthSample, iter_samples, vocabulary
 from r1v2.model.tokenizer import load_tokenizer
 from r1v2.toy.common import (
     LM_STREAM,
+    check_at_least_one,
     completion_text,
-    cosine_lr,
-    seed_everything,
-    stage_progress,
+    cosine_schedule,
     text_user_turn,
 )
 from r1v2.toy.tiny import tiny_llm
+from r1v2.train.progress import StepProgress
 
 IGNORE = -100  # label of a position the loss skips
 
@@ -71,44 +73,57 @@ def lm_samples(seed: int, step: int, batch_size: int, levels: Sequence[int]) -> 
     return list(iter_samples(batch_size, seed + LM_STREAM, levels=levels, start=step * batch_size))
 
 
+@dataclass
+class LMConfig:
+    """Stage 1 (``lm.*`` of ``r1v2 toy build``): the text-only reasoning LM."""
+
+    steps: int = option(2000, "LM pretraining steps (fresh samples every step)")
+    batch_size: int = option(32, "LM pretraining sequences per step")
+    lr: float = option(3e-3, "LM peak learning rate (warm-up, then cosine decay to a tenth)")
+    hidden_size: int = option(96, "LM hidden size")
+    layers: int = option(2, "LM decoder layers")
+    heads: int = option(4, "LM attention heads")
+
+    def validate(self, prefix: str = "") -> None:
+        check_at_least_one(self, ("steps", "batch_size", "hidden_size", "layers", "heads"), prefix)
+
+
 def train_lm(
     out_dir: str | Path,
+    cfg: LMConfig,
     *,
-    seed: int = 0,
-    steps: int = 1500,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    hidden_size: int = 192,
-    num_layers: int = 4,
-    num_heads: int = 4,
-    levels: Sequence[int] = (1, 2, 3),
-    progress: bool = True,
+    seed: int,
+    levels: Sequence[int],
+    progress: bool,
 ) -> dict[str, Any]:
-    """Pretrain the LM for ``steps`` AdamW steps and save it (with tokenizer) to ``out_dir``.
+    """Pretrain the LM for ``cfg.steps`` AdamW steps on questions of ``levels`` and save it
+    (with its tokenizer) to ``out_dir``. Deterministic in ``seed`` (same machine, same threads).
 
     Returns ``{"steps", "seconds", "final_loss", "parameters"}``.
     """
-    seed_everything(seed)
+    cfg.validate()
+    set_seed(seed)
     out = Path(out_dir)
     tiny_llm(
         vocabulary(),
         out,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
         seed=seed,
     )
     tokenizer = load_tokenizer(out)
     model = Qwen2ForCausalLM.from_pretrained(out, dtype=torch.float32).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98)
+    )
+    scheduler = cosine_schedule(optimizer, cfg.steps)
     start, ema = time.perf_counter(), None
-    with stage_progress("LM", steps, progress) as bar:
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
+    with StepProgress(cfg.steps, label="LM", enabled=progress, keys=None) as bar:
+        for step in range(cfg.steps):
             examples = [
                 encode_example(tokenizer, text_user_turn(s), completion_text(s))
-                for s in lm_samples(seed, step, batch_size, levels)
+                for s in lm_samples(seed, step, cfg.batch_size, levels)
             ]
             batch = collate(examples, tokenizer.pad_token_id)
             loss = model(**batch).loss
@@ -116,11 +131,12 @@ def train_lm(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
+            scheduler.step()
             ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
-            bar.update(step + 1, loss=ema)
+            bar.update(step + 1, {"loss": ema})
     model.eval().save_pretrained(out)
     return {
-        "steps": steps,
+        "steps": cfg.steps,
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": round(float(ema if ema is not None else float("nan")), 4),
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -20,11 +20,12 @@ completion form (the reference trace after the prompt's ``<think>``):
 Training (:func:`train_reward_model`): the assembled VLM at ``vlm_dir`` is loaded, wrapped in
 :class:`r1v2.model.reward_model.ValueHeadModel` and trained with the Bradley-Terry loss
 ``-log sigmoid(s_chosen - s_rejected)`` for a fixed number of steps (AdamW, linear warm-up then
-linear decay, gradient norm clipped at 1). By default the adapter, the whole LLM and the head
-train and the vision encoder stays frozen (its per-cell features are pretrained).
-Pairs come from ``iter_samples(n_pairs, seed=TRAIN_SEED_OFFSET + seed)``; held-out pairs from
-``iter_samples(n_eval, seed=EVAL_SEED_OFFSET + seed)``, so they are other scenes. Two training
-aids are off by default: ``cross_weight`` (:func:`bt_loss_all_pairs` across the prompts of a
+linear decay, gradient norm clipped at 1); :class:`RewardModelConfig` holds every setting. By
+default the adapter, the whole LLM and the head train and the vision encoder stays frozen (its
+per-cell features are pretrained). Pairs come from
+``iter_samples(pairs, seed=TRAIN_SEED_OFFSET + seed)``; held-out pairs from
+``iter_samples(eval_pairs, seed=EVAL_SEED_OFFSET + seed)``, so they are other scenes. Two
+training aids are off by default: ``cross_weight`` (:func:`bt_loss_all_pairs` across the prompts of a
 batch) and ``prefix_fraction`` (pairs cut right after the first false claim).
 
 The head (``pooling``) is the choice that matters. Default ``"logprob"``: the score is a scale
@@ -70,7 +71,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import get_scheduler, set_seed
 
+from r1v2.config import option
 from r1v2.data.synthetic import (
     COLOURS,
     SHAPES,
@@ -83,16 +86,19 @@ from r1v2.data.synthetic import (
 )
 from r1v2.data.synthetic.traces import kinds
 from r1v2.errors import R1V2Error
-from r1v2.model.freeze import MODES, set_trainable
+from r1v2.model.freeze import MODES, Trainable, set_trainable
 from r1v2.model.policy import format_question
 from r1v2.model.reward_model import (
     POOLINGS,
+    Pooling,
     RMInput,
     ValueHeadModel,
     encode,
     save_value_head,
 )
 from r1v2.rewards.hybrid import CALIBRATION_FILE
+from r1v2.toy.common import check_at_least_one
+from r1v2.train.progress import StepProgress
 
 HALLUCINATION_KINDS = ("count", "absent", "cell")
 PAIR_KINDS = (*HALLUCINATION_KINDS, "repetitive")
@@ -368,40 +374,6 @@ def calibration(scores: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {"rm_center": (f["mean"] + h["mean"]) / 2, "rm_scale": scale, **scores}
 
 
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``steps``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (steps - step) / max(1, steps - warmup))
-
-
-class _Progress:
-    """A rich progress bar over training steps (no output when disabled)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.enabled = enabled
-        if not enabled:
-            return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(
-            TextColumn("[bold]reward model[/] {task.completed}/{task.total}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self._task = self._bar.add_task("rm", total=total, info="")
-        self._bar.start()
-
-    def update(self, step: int, info: str) -> None:
-        if self.enabled:
-            self._bar.update(self._task, completed=step, info=info)
-
-    def close(self) -> None:
-        if self.enabled:
-            self._bar.stop()
-
-
 def load_base(vlm_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     """The assembled VLM (float32) and its processor, read from ``vlm_dir``."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -414,45 +386,89 @@ def load_base(vlm_dir: str | Path) -> tuple[torch.nn.Module, Any]:
     return base, processor
 
 
+@dataclass
+class RewardModelConfig:
+    """Stage 4 (``rm.*`` of ``r1v2 toy build``): the reward model's pairs and training."""
+
+    pooling: Pooling = option(
+        "logprob",
+        "reward model head: on the mean completion log-probability (logprob) or on the last "
+        "token's hidden state (last)",
+    )
+    steps: int = option(300, "reward model training steps")
+    batch_size: int = option(8, "preference pairs per reward model step")
+    pairs: int = option(2400, "reward model training pairs")
+    eval_pairs: int = option(400, "held-out reward model pairs for its accuracy")
+    lr: float = option(3e-4, "peak learning rate of the base model's trainable parts")
+    head_lr: float = option(3e-3, "peak learning rate of the value head")
+    warmup: int = option(20, "linear warm-up steps, then linear decay to 0 at the last step")
+    trainable: Trainable = option(
+        "llm+adapter", "parts of the base model that train (the head always trains)"
+    )
+    repetitive_fraction: float = option(
+        0.25, "share of pairs whose rejected response is repetitive (hallucinated otherwise)"
+    )
+    cross_weight: float = option(
+        0.0, "weight of the Bradley-Terry loss across the prompts of a batch (0: off)"
+    )
+    prefix_fraction: float = option(
+        0.0, "share of hallucinated training pairs cut right after the first false claim"
+    )
+
+    def validate(self, prefix: str = "") -> None:
+        check_at_least_one(self, ("steps", "batch_size", "pairs", "eval_pairs"), prefix)
+        for name, value, valid in (
+            ("pooling", self.pooling, POOLINGS),
+            ("trainable", self.trainable, tuple(MODES)),
+        ):
+            if value not in valid:
+                raise R1V2Error(
+                    f"config field {prefix}{name}: {value!r} is not one of {', '.join(valid)}"
+                )
+        for name in ("repetitive_fraction", "prefix_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise R1V2Error(
+                    f"config field {prefix}{name} must be in [0, 1], got {getattr(self, name)}"
+                )
+        if self.warmup < 0 or self.cross_weight < 0:
+            raise R1V2Error(f"config fields {prefix}warmup and {prefix}cross_weight must be >= 0")
+
+
 def fit(
     model: ValueHeadModel,
     processor: Any,
     pairs: Sequence[PreferencePair],
+    cfg: RewardModelConfig,
     *,
-    steps: int,
-    batch_size: int = 8,
-    lr: float = 3e-4,
-    head_lr: float = 3e-3,
-    warmup: int = 20,
-    cross_weight: float = 0.0,
-    seed: int = 0,
-    progress: bool = False,
+    seed: int,
+    progress: bool,
 ) -> list[float]:
     """Train ``model``'s parameters that require grad with the BT loss; returns the loss per step.
 
-    The loss of a batch is ``bt_loss(matched pairs) + cross_weight * bt_loss_all_pairs``.
+    The loss of a batch is ``bt_loss(matched pairs) + cfg.cross_weight * bt_loss_all_pairs``.
 
-    ``steps`` AdamW steps (no weight decay) of ``batch_size`` pairs, cycling through ``pairs``
-    in a seeded shuffled order; the head learns at ``head_lr``, the base at ``lr``, both
-    with linear warm-up over ``warmup`` steps then linear decay to 0; gradient norm clipped at 1.
+    ``cfg.steps`` AdamW steps (no weight decay) of ``cfg.batch_size`` pairs, cycling through
+    ``pairs`` in a shuffled order drawn from ``seed``; the head learns at ``cfg.head_lr``, the
+    base at ``cfg.lr``, both with transformers' ``linear`` schedule (warm-up from 0 over
+    ``cfg.warmup`` steps, then linear decay to 0); gradient norm clipped at 1.
     """
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}
     base_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": base_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
+        [{"params": base_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
         weight_decay=0.0,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: _lr_factor(step, steps, warmup)
+    scheduler = get_scheduler(
+        "linear", optimizer, num_warmup_steps=cfg.warmup, num_training_steps=cfg.steps
     )
     order_rng = random.Random(f"rm-order:{seed}")
     order: list[int] = []
     losses: list[float] = []
-    bar = _Progress(steps, progress)
+    batch_size = cfg.batch_size
     model.train()
-    try:
-        for step in range(steps):
+    with StepProgress(cfg.steps, label="reward model", enabled=progress, keys=None) as bar:
+        for step in range(cfg.steps):
             while len(order) < batch_size:
                 epoch = list(range(len(pairs)))
                 order_rng.shuffle(epoch)
@@ -462,8 +478,8 @@ def fit(
             scores = model(**_batch(model, processor, batch), use_cache=False)  # [2B]
             chosen, rejected = scores[:batch_size], scores[batch_size:]  # [B], [B]
             loss = bt_loss(chosen, rejected)
-            if cross_weight:
-                loss = loss + cross_weight * bt_loss_all_pairs(chosen, rejected)
+            if cfg.cross_weight:
+                loss = loss + cfg.cross_weight * bt_loss_all_pairs(chosen, rejected)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*base_params, *head_params], 1.0)
@@ -471,9 +487,7 @@ def fit(
             scheduler.step()
             losses.append(loss.item())
             recent = losses[-20:]
-            bar.update(step + 1, f"loss {sum(recent) / len(recent):.3f}")
-    finally:
-        bar.close()
+            bar.update(step + 1, {"loss": sum(recent) / len(recent)})
     model.eval()
     return losses
 
@@ -481,90 +495,56 @@ def fit(
 def train_reward_model(
     vlm_dir: str | Path,
     out_dir: str | Path,
+    cfg: RewardModelConfig,
     *,
-    seed: int = 0,
-    steps: int = 300,
-    batch_size: int = 8,
-    n_pairs: int = 2400,
-    n_eval: int = 400,
-    lr: float = 3e-4,
-    head_lr: float = 3e-3,
-    warmup: int = 20,
-    trainable: str = "llm+adapter",
-    pooling: str = "logprob",
-    repetitive_fraction: float = 0.25,
-    cross_weight: float = 0.0,
-    prefix_fraction: float = 0.0,
-    progress: bool = True,
-    log: Callable[[str], None] | None = print,
+    seed: int,
+    progress: bool,
+    log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """Train the toy reward model from the VLM at ``vlm_dir``; save it to ``out_dir``; return metrics.
 
-    ``trainable`` names the base model's parts that train (see :mod:`r1v2.model.freeze`; the
-    head always trains); ``pooling`` is the head's input (``"logprob"`` or ``"last"``, see the
-    module docstring); the optimisation is :func:`fit` on ``n_pairs`` training pairs.
+    ``cfg.trainable`` names the base model's parts that train (see :mod:`r1v2.model.freeze`;
+    the head always trains); ``cfg.pooling`` is the head's input (``"logprob"`` or ``"last"``,
+    see the module docstring); the optimisation is :func:`fit` on ``cfg.pairs`` training pairs.
     Deterministic in ``seed`` (same machine, same thread count). The metrics (also written
-    to ``rm_metrics.json``) hold the held-out evaluation (:func:`evaluate`) on ``n_eval``
-    pairs, the calibration, the mean training loss over the first and the last tenth of the
-    steps, and the wall time.
+    to ``rm_metrics.json``) hold the held-out evaluation (:func:`evaluate`) on
+    ``cfg.eval_pairs`` pairs, the calibration, the mean training loss over the first and the
+    last tenth of the steps, and the wall time. ``log`` (when not None) gets a one-line summary.
     """
-    if trainable not in MODES:
-        raise R1V2Error(f"trainable {trainable!r} is not one of {', '.join(MODES)}")
-    if pooling not in POOLINGS:
-        raise R1V2Error(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
-    if steps < 1 or batch_size < 1 or n_pairs < 1 or n_eval < 1:
-        raise R1V2Error("steps, batch_size, n_pairs and n_eval must be >= 1")
-    fractions = {"repetitive_fraction": repetitive_fraction, "prefix_fraction": prefix_fraction}
-    for name, value in fractions.items():
-        if not 0.0 <= value <= 1.0:
-            raise R1V2Error(f"{name} must be in [0, 1], got {value}")
-    if cross_weight < 0:
-        raise R1V2Error(f"cross_weight must be >= 0, got {cross_weight}")
+    cfg.validate()
     start_time = time.perf_counter()
-    torch.manual_seed(seed)
+    set_seed(seed)
     base, processor = load_base(vlm_dir)
-    set_trainable(base, trainable)
+    set_trainable(base, cfg.trainable)
     # a "last" head is drawn from the seeded global generator; a "logprob" head starts at (1, 0)
-    model = ValueHeadModel(base, pooling=pooling)
+    model = ValueHeadModel(base, pooling=cfg.pooling)
     train_pairs = make_pairs(
-        n_pairs,
+        cfg.pairs,
         TRAIN_SEED_OFFSET + seed,
-        repetitive_fraction=repetitive_fraction,
-        prefix_fraction=prefix_fraction,
+        repetitive_fraction=cfg.repetitive_fraction,
+        prefix_fraction=cfg.prefix_fraction,
     )
     eval_pairs = make_pairs(
-        n_eval, EVAL_SEED_OFFSET + seed, repetitive_fraction=repetitive_fraction
+        cfg.eval_pairs, EVAL_SEED_OFFSET + seed, repetitive_fraction=cfg.repetitive_fraction
     )
-    losses = fit(
-        model,
-        processor,
-        train_pairs,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        head_lr=head_lr,
-        warmup=warmup,
-        cross_weight=cross_weight,
-        seed=seed,
-        progress=progress,
-    )
+    losses = fit(model, processor, train_pairs, cfg, seed=seed, progress=progress)
     train_seconds = time.perf_counter() - start_time
 
     metrics = evaluate(model, processor, eval_pairs)
     calib = calibration(metrics["scores"])
-    window = max(1, steps // 10)
+    window = max(1, cfg.steps // 10)
     metrics.update(
         {
             "train_loss_first": sum(losses[:window]) / window,
             "train_loss_last": sum(losses[-window:]) / window,
-            "steps": steps,
-            "batch_size": batch_size,
-            "n_pairs": n_pairs,
-            "n_eval": n_eval,
-            "trainable": trainable,
-            "pooling": pooling,
-            "cross_weight": cross_weight,
-            "prefix_fraction": prefix_fraction,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "n_pairs": cfg.pairs,
+            "n_eval": cfg.eval_pairs,
+            "trainable": cfg.trainable,
+            "pooling": cfg.pooling,
+            "cross_weight": cfg.cross_weight,
+            "prefix_fraction": cfg.prefix_fraction,
             "seed": seed,
             "train_seconds": train_seconds,
             "rm_center": calib["rm_center"],

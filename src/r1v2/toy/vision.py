@@ -13,19 +13,22 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import InternVLVisionModel
+from transformers import InternVLVisionModel, set_seed
 from transformers.models.internvl.modeling_internvl import InternVLModel
 
+from r1v2.config import option
 from r1v2.data.synthetic import COLOURS, SHAPES, Scene, render, sample_scene
 from r1v2.model.assemble import IMAGENET_MEAN, IMAGENET_STD
-from r1v2.toy.common import VISION_STREAM, cosine_lr, seed_everything, stage_progress
+from r1v2.toy.common import VISION_STREAM, check_at_least_one, cosine_schedule
 from r1v2.toy.tiny import tiny_vision
+from r1v2.train.progress import StepProgress
 
 IMAGE_SIZE, PATCH_SIZE, DOWNSAMPLE = 64, 8, 0.5
 # Class 0 is an empty cell; class 1 + 3 * colour + shape is a colour+shape kind.
@@ -69,58 +72,66 @@ def vision_batch(seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, t
     return pixels([render(s) for s in scenes]), labels
 
 
+@dataclass
+class VisionConfig:
+    """Stage 2 (``vision.*`` of ``r1v2 toy build``): the vision encoder."""
+
+    steps: int = option(80, "vision pretraining steps (per-cell classification)")
+    batch_size: int = option(32, "images per vision pretraining step")
+    lr: float = option(2e-3, "vision peak learning rate (warm-up, then cosine decay to a tenth)")
+    hidden_size: int = option(96, "vision encoder hidden size")
+    layers: int = option(3, "vision encoder layers")
+    heads: int = option(4, "vision encoder attention heads")
+
+    def validate(self, prefix: str = "") -> None:
+        check_at_least_one(self, ("steps", "batch_size", "hidden_size", "layers", "heads"), prefix)
+
+
 def train_vision(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    steps: int = 200,
-    batch_size: int = 32,
-    lr: float = 2e-3,
-    hidden_size: int = 96,
-    num_layers: int = 3,
-    num_heads: int = 4,
-    progress: bool = True,
+    out_dir: str | Path, cfg: VisionConfig, *, seed: int, progress: bool
 ) -> dict[str, Any]:
-    """Pretrain the encoder for ``steps`` AdamW steps and save it to ``out_dir``.
+    """Pretrain the encoder for ``cfg.steps`` AdamW steps and save it to ``out_dir``.
+    Deterministic in ``seed`` (same machine, same threads).
 
     Returns ``{"steps", "seconds", "final_loss", "cell_accuracy", "parameters"}``, the cell
     accuracy measured on 256 fresh scenes.
     """
-    seed_everything(seed)
+    cfg.validate()
+    set_seed(seed)
     out = Path(out_dir)
     tiny_vision(
         out,
         image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-        num_heads=num_heads,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
         seed=seed,
     )
     encoder = InternVLVisionModel.from_pretrained(out, dtype=torch.float32).train()
-    head = torch.nn.Linear(4 * hidden_size, N_CLASSES)
+    head = torch.nn.Linear(4 * cfg.hidden_size, N_CLASSES)
     params = [*encoder.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    scheduler = cosine_schedule(optimizer, cfg.steps)
     start, ema = time.perf_counter(), None
-    with stage_progress("vision", steps, progress) as bar:
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr, warmup=max(1, steps // 20))
-            x, y = vision_batch(seed, step, batch_size)
+    with StepProgress(cfg.steps, label="vision", enabled=progress, keys=None) as bar:
+        for step in range(cfg.steps):
+            x, y = vision_batch(seed, step, cfg.batch_size)
             logits = head(cell_features(encoder, x))  # [B, 16, C]
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
-            bar.update(step + 1, loss=ema)
+            bar.update(step + 1, {"loss": ema})
     encoder.eval()
     with torch.no_grad():
-        x, y = vision_batch(seed, steps + 1_000_000, 256)  # a step index training never reaches
+        x, y = vision_batch(seed, cfg.steps + 1_000_000, 256)  # a step training never reaches
         accuracy = (head(cell_features(encoder, x)).argmax(-1) == y).float().mean().item()
     encoder.save_pretrained(out)
     return {
-        "steps": steps,
+        "steps": cfg.steps,
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": round(float(ema if ema is not None else float("nan")), 4),
         "cell_accuracy": round(accuracy, 4),

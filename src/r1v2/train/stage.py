@@ -21,12 +21,11 @@ import torch
 
 from r1v2.config import option, to_dict
 from r1v2.errors import R1V2Error
+from r1v2.model.dtypes import DTYPES, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import latest_checkpoint
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Dtype = Literal["float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
 
