@@ -7,9 +7,16 @@ from fixtures.eval_benchmarks import write_aime, write_jsonl, write_pope
 
 from r1v2.cli import main
 from r1v2.config import resolve
+from r1v2.errors import R1V2Error
 from r1v2.eval.benchmarks import load_benchmark
 from r1v2.eval.command import EvalConfig, run_eval
-from r1v2.eval.harness import ResponseCache, generate_responses, pending, read_responses
+from r1v2.eval.harness import (
+    ResponseCache,
+    engine_generate,
+    generate_responses,
+    pending,
+    read_responses,
+)
 from r1v2.eval.report import compare_rows, load_results
 
 
@@ -109,6 +116,48 @@ def test_truncated_cache_line_is_regenerated(tmp_path):
     out = generate_responses(bench, gen, cache, runs=1, batch_size=4)
     assert gen.completions == 1 and set(out) == {("q0", 0), ("q1", 0)}
     assert ResponseCache(path).responses == out  # the file now holds both
+
+
+class FakeEngine:
+    """A RolloutEngine answering "<prompt id>/<completion j>", group-major; records its calls."""
+
+    def __init__(self, short_by=0):
+        self.calls = []
+        self.short_by = short_by
+
+    def generate(self, items, sampling=None, *, group_size=1):
+        from types import SimpleNamespace
+
+        self.calls.append(([s.id for s in items], sampling, group_size))
+        texts = [f"{s.id}/{j}" for s in items for j in range(group_size)]
+        return SimpleNamespace(texts=texts[: len(texts) - self.short_by])
+
+    def sync_weights(self):
+        pass
+
+
+def test_engine_generate_splits_group_major(tmp_path):
+    """3 questions x 2 runs in batches of 2 questions: two engine calls, each asking for both
+    runs of its questions (group_size 2) with the given sampling; text i * n + j is run j of
+    question i. An engine returning too few completions is an error."""
+    from r1v2.rollout import RolloutEngine
+
+    bench = load_benchmark(f"aime={aime_file(tmp_path, n=3)}")
+    engine = FakeEngine()
+    assert isinstance(engine, RolloutEngine)
+    sampling = object()
+    out = generate_responses(
+        bench,
+        engine_generate(engine, sampling),
+        ResponseCache(tmp_path / "c.jsonl"),
+        runs=2,
+        batch_size=2,
+    )
+    assert out == {(f"q{i}", r): f"q{i}/{r}" for i in range(3) for r in range(2)}
+    assert engine.calls == [(["q0", "q1"], sampling, 2), (["q2"], sampling, 2)]
+    short = engine_generate(FakeEngine(short_by=1))
+    with pytest.raises(R1V2Error, match="returned 3 completions for 2 prompts x 2"):
+        short(bench.samples[:2], 2)
 
 
 def test_pending_groups_by_missing_runs(tmp_path):
@@ -403,12 +452,43 @@ def test_generation_with_a_tiny_vlm(tmp_path, monkeypatch, capsys):
         "--device",
         "cpu",
     ]
+    from r1v2.rollout import TransformersEngine
+
+    calls = []
+    engine_generate_orig = TransformersEngine.generate
+
+    def counted(self, items, sampling=None, *, group_size=1):
+        calls.append((len(items), group_size))
+        return engine_generate_orig(self, items, sampling, group_size=group_size)
+
+    monkeypatch.setattr(TransformersEngine, "generate", counted)
     assert main(argv) == 0
+    assert calls == [(2, 2), (1, 2)]  # 3 questions in batches of 2, both runs per call
     res = load_results(tmp_path / "out" / "results.json")["benchmarks"]["toy"]
     assert (res["n_samples"], res["n_runs"], res["n_missing"]) == (3, 2, 0)
     assert 0.0 <= res["pass@1"] <= 1.0 and "hallucination_rate" in res
     cache = [json.loads(x) for x in open(res["responses_cache"])]
     assert len(cache) == 6 and all(isinstance(x["response"], str) for x in cache)
+
+    # The same responses through the rollout engine interface: seed 0 before loading, the
+    # CLI's sampling settings, batches of 2 questions x 2 runs.
+    import torch
+
+    from r1v2.model.policy import Policy, SamplingConfig
+    from r1v2.rollout import TransformersEngine
+
+    torch.manual_seed(0)
+    policy = Policy.from_pretrained(str(model), dtype="auto", device="cpu")
+    sampling = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=0.6, top_p=0.95)
+    again = generate_responses(
+        load_benchmark(f"toy:synthetic={data}"),
+        engine_generate(TransformersEngine(policy), sampling),
+        ResponseCache(tmp_path / "again.jsonl"),
+        runs=2,
+        batch_size=2,
+    )
+    assert again == {(x["id"], x["run"]): x["response"] for x in cache}
+    assert len(set(again.values())) > 1  # sampled, not one fixed string
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although every response is cached")

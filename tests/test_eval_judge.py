@@ -22,11 +22,16 @@ from r1v2.eval.judge import (
 )
 
 
+def reply_json(text):
+    return json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+
+
 class FakeEndpoint:
     """An OpenAI-compatible /v1/chat/completions endpoint replying from a script.
 
     Actions, consumed one per request (the last one repeats): ("ok", text), ("slow", seconds,
-    text), ("status", code), ("raw", bytes).
+    text), ("status", code), ("raw", bytes), ("trickle", seconds between bytes, text): a
+    verdict reply sent one byte at a time. Header names are recorded in lower case.
     """
 
     def __init__(self, script):
@@ -44,7 +49,8 @@ class FakeEndpoint:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with endpoint.lock:
-                    endpoint.requests.append((self.path, dict(self.headers), body))
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    endpoint.requests.append((self.path, headers, body))
                     action = (
                         endpoint.script.pop(0) if len(endpoint.script) > 1 else endpoint.script[0]
                     )
@@ -63,18 +69,23 @@ class FakeEndpoint:
                 if kind == "slow":
                     time.sleep(action[1])
                     action = ("ok", action[2])
+                if kind == "trickle":
+                    data = reply_json(action[2])
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(action[1])
+                    return
                 if action[0] == "status":
                     self.send_response(action[1])
                     self.end_headers()
                     self.wfile.write(b'{"error": "boom"}')
                     return
-                data = (
-                    action[1]
-                    if action[0] == "raw"
-                    else json.dumps(
-                        {"choices": [{"message": {"role": "assistant", "content": action[1]}}]}
-                    ).encode()
-                )
+                data = action[1] if action[0] == "raw" else reply_json(action[1])
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -121,7 +132,7 @@ def test_good_reply_and_request_shape(endpoint):
     assert j.judge(ITEM) is True
     path, headers, body = e.requests[0]
     assert path == "/v1/chat/completions"
-    assert headers["Authorization"] == "Bearer sk-test"
+    assert headers["authorization"] == "Bearer sk-test"
     assert body["model"] == "judge-model" and body["temperature"] == 0.0
     prompt = body["messages"][0]["content"]
     assert "How long is the rod?" in prompt and "0.5 m" in prompt and "\\boxed{50 cm}" in prompt
@@ -140,6 +151,32 @@ def test_slow_reply_times_out_then_retry_succeeds(endpoint):
     assert j.judge(ITEM) is True
     assert len(e.requests) == 2 and j.stats["retries"] == 1
     assert "Timeout" in j.last_errors[0] or "timed out" in j.last_errors[0]
+    # The retry is the openai client's own (it numbers its tries in a header).
+    assert [r[1]["x-stainless-retry-count"] for r in e.requests] == ["0", "1"]
+
+
+def test_trickling_reply_is_cut_at_the_total_deadline(endpoint):
+    """A server sending one byte every 0.1 s never trips the per-read timeout (0.5 s); the
+    whole reply (~70 bytes, ~7 s) is cut at the total deadline of 0.5 s and retried."""
+    e = endpoint([("trickle", 0.1, "CORRECT"), ("ok", "CORRECT")])
+    j = client(e, timeout=0.5)
+    start = time.monotonic()
+    assert j.judge(ITEM) is True
+    assert time.monotonic() - start < 2.5  # 0.5 s deadline + the client's backoff (<= 0.5 s)
+    assert len(e.requests) == 2 and j.stats["retries"] == 1
+    assert j.last_errors == ["ReadTimeout: reply not complete within 0.5 s"]
+
+
+def test_oversized_reply_is_refused(endpoint):
+    """A reply over max_reply_bytes is dropped unread past the cap and retried."""
+    big = ("raw", json.dumps({"choices": [{"message": {"content": "x" * 5000}}]}).encode())
+    e = endpoint([big, ("ok", "CORRECT")])
+    j = client(e, max_reply_bytes=1000)
+    assert j.judge(ITEM) is True and len(e.requests) == 2
+    assert j.last_errors == ["ReplyTooLarge: reply larger than 1000 bytes"]
+    e = endpoint([big])
+    j = client(e, max_reply_bytes=1000, retries=0)
+    assert j.judge(ITEM) is None and len(e.requests) == 1 and j.stats["undecided"] == 1
 
 
 def test_server_error_then_success(endpoint):
@@ -147,6 +184,23 @@ def test_server_error_then_success(endpoint):
     j = client(e)
     assert j.judge(ITEM) is True
     assert len(e.requests) == 3 and j.stats["retries"] == 2
+    assert j.last_errors == ["HTTP 500", "HTTP 503"]
+
+
+def test_one_retry_budget_for_http_and_reply_failures(endpoint):
+    """retries=1 allows 2 requests per item in all: an HTTP 500 (retried by the client), then
+    a reply without a verdict, and the budget is spent, so the CORRECT third reply is never
+    asked for."""
+    e = endpoint([("status", 500), ("ok", "I am not sure."), ("ok", "CORRECT")])
+    j = client(e, retries=1)
+    assert j.judge(ITEM) is None
+    assert len(e.requests) == 2 and j.stats == {
+        "requests": 2,
+        "cache_hits": 0,
+        "retries": 1,
+        "undecided": 1,
+    }
+    assert j.last_errors == ["HTTP 500", "no verdict in reply: 'I am not sure.'"]
 
 
 def test_malformed_json_until_retries_run_out(endpoint):
@@ -154,7 +208,8 @@ def test_malformed_json_until_retries_run_out(endpoint):
     j = client(e, retries=2)
     assert j.judge(ITEM) is None  # undecided, counted; never a silent 0
     assert len(e.requests) == 3  # one try + 2 retries
-    assert j.stats["undecided"] == 1 and "malformed reply" in j.last_errors[-1]
+    assert j.stats["undecided"] == 1 and j.stats["retries"] == 2
+    assert j.last_errors == ["malformed reply: b'{this is not json'"] * 3
 
 
 def test_reply_without_verdict_is_retried(endpoint):
@@ -164,10 +219,30 @@ def test_reply_without_verdict_is_retried(endpoint):
 
 def test_client_error_stops(endpoint):
     e = endpoint([("status", 401)])
-    with pytest.raises(JudgeError, match="answered HTTP 401"):
+    with pytest.raises(JudgeError) as info:
         client(e).judge(ITEM)
+    assert str(info.value) == (
+        f'judge endpoint {e.url}/chat/completions answered HTTP 401: {{"error": "boom"}}'
+    )
     assert len(e.requests) == 1  # not retried
     assert issubclass(JudgeError, R1V2Error)
+
+
+def test_credentials_only_from_the_caller(endpoint, monkeypatch):
+    """The openai client would read OPENAI_API_KEY / OPENAI_ORG_ID / OPENAI_PROJECT_ID and send
+    them to any endpoint; the judge sends only the key it is given, and none without one.
+    A full .../chat/completions URL is accepted as well as the base URL."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-x")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-x")
+    e = endpoint([("ok", "CORRECT")])
+    assert JudgeClient(e.url + "/chat/completions/", "m", retries=0).judge(ITEM) is True
+    path, headers, _ = e.requests[0]
+    assert path == "/v1/chat/completions"
+    assert not {"authorization", "openai-organization", "openai-project"} & set(headers)
+    assert client(e, api_key="sk-mine").judge(ITEM) is True
+    assert e.requests[1][1]["authorization"] == "Bearer sk-mine"
+    assert not {"openai-organization", "openai-project"} & set(e.requests[1][1])
 
 
 def test_disk_cache(endpoint, tmp_path):
@@ -285,5 +360,5 @@ def test_judge_through_the_cli(endpoint, tmp_path, monkeypatch):
     assert main(argv) == 0
     res = json.loads((tmp_path / "o" / "results.json").read_text())["benchmarks"]["phys"]
     assert (res["pass@1"], res["n_judged"], res["n_judge_undecided"]) == (0.5, 1, 0)
-    assert len(e.requests) == 1 and e.requests[0][1]["Authorization"] == "Bearer sk-env"
+    assert len(e.requests) == 1 and e.requests[0][1]["authorization"] == "Bearer sk-env"
     assert main(argv) == 0 and len(e.requests) == 1  # the verdict came from OUT/judge_cache.jsonl

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -281,6 +285,35 @@ def test_pool_recovers_after_timeout_and_reports_errors(fresh_pool):
         fresh_pool.call("math:sqrt", (-1.0,), timeout=30)
     assert fresh_pool.call("math:hypot", (3.0, 4.0), timeout=30) == 5.0  # same worker, still up
     assert fresh_pool.timeouts == 1
+
+
+def test_pool_from_worker_threads_with_a_hung_call(fresh_pool):
+    """Callers on executor threads, one worker: a call that sleeps forever is cut at its 0.5 s
+    limit (well before its 60 s), the calls queued behind it still get answers, and the pool
+    serves the next call."""
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        start = time.monotonic()
+        hung = ex.submit(fresh_pool.call, "time:sleep", (60,), 0.5)
+        roots = [ex.submit(fresh_pool.call, "math:sqrt", (float(x * x),), 30) for x in range(6)]
+        with pytest.raises(to.CallTimeout, match="no answer within 0.5 s"):
+            hung.result()
+        assert time.monotonic() - start < 10
+        assert [f.result() for f in roots] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert fresh_pool.call("math:hypot", (3.0, 4.0), timeout=30) == 5.0
+    assert fresh_pool.timeouts == 1
+
+
+def test_pool_replaced_after_a_worker_dies_while_idle(fresh_pool):
+    """pebble declares a pool broken when a worker dies outside a task (the OOM killer, say);
+    the next call runs on a fresh pool instead of failing."""
+    pid = fresh_pool.call("os:getpid", timeout=30)
+    (worker,) = [p for p in multiprocessing.active_children() if p.pid == pid]
+    os.kill(pid, signal.SIGKILL)
+    worker.join(10)
+    assert worker.exitcode == -signal.SIGKILL
+    assert fresh_pool.call("math:sqrt", (9.0,), timeout=30) == 3.0
+    time.sleep(0.5)  # pebble has now seen the death too
+    assert fresh_pool.call("math:sqrt", (4.0,), timeout=30) == 2.0
 
 
 def test_worker_error_scores_zero(monkeypatch, fresh_pool):

@@ -23,6 +23,7 @@ from r1v2.eval.harness import (
     GenerateFn,
     ResponseCache,
     cache_path,
+    engine_generate,
     generate_responses,
     model_key,
     pending_count,
@@ -91,11 +92,17 @@ class EvalConfig:
         "an answer is present, boxed or read by the rule-based fallback (fallback), or for "
         "every response (always)",
     )
-    judge_timeout: float = option(60.0, "seconds per judge request")
+    judge_timeout: float = option(
+        60.0, "seconds per connect/read/write of a judge request, and in total for its reply"
+    )
     judge_retries: int = option(
         3, "judge retries after a timeout, HTTP 429/5xx or a malformed reply"
     )
-    judge_backoff: float = option(1.0, "seconds before the first judge retry; doubles each time")
+    judge_backoff: float = option(
+        1.0,
+        "seconds before retrying a malformed reply or one without a verdict (doubles each time); "
+        "HTTP retries follow the openai client (0.5 s doubling to 8 s, Retry-After honoured)",
+    )
     judge_concurrency: int = option(8, "judge requests in flight at most")
     judge_prompt: str | None = option(
         None, "judge prompt file (None: the packaged judge_prompt.txt)"
@@ -142,31 +149,29 @@ def build_judge(cfg: EvalConfig) -> JudgeClient | None:
 
 
 def policy_generate(cfg: EvalConfig) -> GenerateFn:
-    """A GenerateFn over :class:`r1v2.model.policy.Policy`, loading the model at its first call
-    (a fully cached evaluation never loads it)."""
+    """A GenerateFn over a :class:`r1v2.rollout.TransformersEngine` on the checkpoint's policy,
+    loading the model at its first call (a fully cached evaluation never loads it)."""
     state: dict = {}
 
     def generate(prompts: list, n: int) -> list[list[str]]:
-        if "policy" not in state:
+        if "generate" not in state:
             import torch
 
             from r1v2.model.policy import Policy, SamplingConfig
+            from r1v2.rollout import TransformersEngine
 
             torch.manual_seed(cfg.seed)  # once: a resumed run does not replay the same samples
-            state["policy"] = Policy.from_pretrained(
-                cfg.model or "", dtype=cfg.dtype, device=cfg.device
-            )
+            policy = Policy.from_pretrained(cfg.model or "", dtype=cfg.dtype, device=cfg.device)
             sample = cfg.temperature > 0
-            state["sampling"] = SamplingConfig(
+            sampling = SamplingConfig(
                 max_new_tokens=cfg.max_new_tokens,
                 do_sample=sample,
                 temperature=cfg.temperature if sample else 1.0,
                 top_p=cfg.top_p,
                 top_k=cfg.top_k or 0,
             )
-        rollout = state["policy"].generate(prompts, state["sampling"], group_size=n)
-        texts = rollout.texts  # group-major: completion j of prompt i is i * n + j
-        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+            state["generate"] = engine_generate(TransformersEngine(policy), sampling)
+        return state["generate"](prompts, n)
 
     return generate
 

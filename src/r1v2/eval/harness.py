@@ -1,10 +1,12 @@
 """The evaluation harness: sample k responses per question (cached, resumable), score, summarise.
 
-Generation goes through a ``GenerateFn(prompts, n) -> n completions per prompt``; the CLI builds
-one from :class:`r1v2.model.policy.Policy`, tests pass fakes. Responses are appended to a JSONL
-cache, one line ``{"id", "run", "response"}`` per (sample, run), flushed after every batch: an
-interrupted evaluation resumes with only the missing (sample, run) pairs. The cache file has the
-layout ``r1v2 eval --responses`` reads, so it can be rescored on its own.
+Generation goes through a ``GenerateFn(prompts, n) -> n completions per prompt``;
+:func:`engine_generate` builds one over any :class:`r1v2.rollout.RolloutEngine` (the CLI's is a
+:class:`r1v2.rollout.TransformersEngine` on the checkpoint's policy), tests pass fakes.
+Responses are appended to a JSONL cache, one line ``{"id", "run", "response"}`` per (sample,
+run), flushed after every batch: an interrupted evaluation resumes with only the missing
+(sample, run) pairs. The cache file has the layout ``r1v2 eval --responses`` reads, so it can
+be rescored on its own.
 
 Scoring: rules first (a response without ``\\boxed`` gets the rule-based fallback answer of
 :func:`r1v2.eval.scoring.rule_input`, counted as ``n_fallback``), then optionally the judge.
@@ -21,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from r1v2.data.schema import Sample
 from r1v2.errors import R1V2Error
@@ -31,6 +33,10 @@ from r1v2.eval.jsonl import complete_lines
 from r1v2.eval.judge import JudgeClient, JudgeItem
 from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
 from r1v2.eval.scoring import SCORERS, AnswerSource, Scorer, rule_input, yes_no
+
+if TYPE_CHECKING:  # the engines import torch; scoring a responses file never needs it
+    from r1v2.model.policy import SamplingConfig
+    from r1v2.rollout import RolloutEngine
 
 GenerateFn = Callable[[list[Sample], int], list[list[str]]]  # prompts [B], n -> [B][n] texts
 Key = tuple[str, int]  # (sample id, run)
@@ -73,6 +79,23 @@ def pending(
     for missing, items in groups.items():
         for i in range(0, len(items), batch_size):
             yield items[i : i + batch_size], missing
+
+
+def engine_generate(engine: RolloutEngine, sampling: SamplingConfig | None = None) -> GenerateFn:
+    """A GenerateFn over a rollout engine: ``n`` completions per prompt in one
+    ``engine.generate(prompts, sampling, group_size=n)`` call, split from its group-major
+    order (completion ``j`` of prompt ``i`` is text ``i * n + j``)."""
+
+    def generate(prompts: list[Sample], n: int) -> list[list[str]]:
+        texts = engine.generate(prompts, sampling, group_size=n).texts
+        if len(texts) != len(prompts) * n:
+            raise R1V2Error(
+                f"the rollout engine returned {len(texts)} completions for {len(prompts)} "
+                f"prompts x {n}"
+            )
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    return generate
 
 
 def generate_responses(

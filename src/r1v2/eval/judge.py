@@ -1,37 +1,57 @@
-"""An LLM judge behind any OpenAI-compatible ``/chat/completions`` endpoint (standard library only).
+"""An LLM judge behind any OpenAI-compatible ``/chat/completions`` endpoint (the ``openai`` client).
 
 The judge decides answers that rules cannot (``50 cm`` vs ``0.5 m``). Each request sends the
 prompt of ``judge_prompt.txt`` (shipped with the package; its header documents the
 placeholders) and reads a CORRECT / INCORRECT verdict from the reply.
 
-Robustness: a per-request timeout; retries with exponential backoff on timeouts, connection
-errors, HTTP 429/5xx, malformed JSON and replies without a verdict; at most ``concurrency``
-requests in flight; definite verdicts cached on disk (JSONL, one line per verdict, keyed by a
-hash of model and prompt) so a rerun asks nothing twice. HTTP 4xx other than 429 (a wrong key,
-model or URL) stops the evaluation with an error instead of being retried.
+Requests go through the official ``openai`` client (``base_url`` = the judge URL), which sends
+them, applies ``timeout`` to every connect, read and write, and retries timeouts, connection
+errors and HTTP 408/409/429/5xx with its own exponential backoff (0.5 s doubling up to 8 s,
+with jitter; a ``Retry-After`` header is honoured). HTTP 4xx otherwise (a wrong key, model or
+URL) stops the evaluation with a :class:`JudgeError` naming the endpoint instead of being
+retried. What the client cannot do is kept here:
+
+- A total deadline and a size cap per reply: the client's timeouts are per socket operation,
+  so a server trickling one byte at a time would hold a request forever, and it reads a reply
+  of any size into memory. :class:`_GuardedTransport` (an ``httpx2`` transport handed to the
+  client) reads each reply whole, stops once ``timeout`` seconds have passed since the request
+  was sent (checked between chunks, so an attempt ends within about twice ``timeout``) or once
+  the decoded body exceeds ``max_reply_bytes``; either failure is retried like a timeout.
+- Retries of replies that arrived but are useless (malformed JSON, no verdict): the client
+  returns those as successes; they are retried here, after ``backoff`` seconds doubling.
+  Both kinds of retry share one budget: at most ``retries + 1`` requests per item.
+- Counting (requests, retries) and the last errors: the transport reports every attempt.
+- No credentials from the environment: the client would send ``OPENAI_API_KEY``,
+  ``OPENAI_ORG_ID`` and ``OPENAI_PROJECT_ID`` to whatever endpoint is configured; only the key
+  given here is sent, and without one no ``Authorization`` header at all.
+
+At most ``concurrency`` requests are in flight; definite verdicts are cached on disk (JSONL,
+one line per verdict, keyed by a hash of model and prompt) so a rerun asks nothing twice.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import httpx2
+import openai
+
 from r1v2.errors import R1V2Error
 from r1v2.eval.jsonl import complete_lines
 
 _VERDICT = re.compile(r"\b(CORRECT|INCORRECT)\b", re.IGNORECASE)
 _PLACEHOLDERS = ("question", "reference", "response")
+_RETRIED_STATUS = (408, 409, 429)  # and 5xx: what the openai client retries
+MAX_REPLY_BYTES = 1 << 20  # a verdict of max_tokens=1024 is a few KB
 
 
 class JudgeError(R1V2Error):
@@ -95,14 +115,76 @@ def chat_url(url: str) -> str:
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
 
 
+class ReplyTooLarge(httpx2.ReadError):
+    """The reply's body exceeded the size cap (retried like a broken connection)."""
+
+
+class _GuardedTransport(httpx2.HTTPTransport):
+    """Reads every reply whole within a total deadline and a size cap; reports each attempt.
+
+    ``on_attempt(error)`` is called once per HTTP request, with None for a reply below 400,
+    ``"HTTP <code>"`` for an error status, or the transport error's name and message.
+    """
+
+    def __init__(
+        self, *, deadline: float, max_bytes: int, on_attempt: Callable[[str | None], None]
+    ):
+        super().__init__()
+        self.deadline = deadline
+        self.max_bytes = max_bytes
+        self.on_attempt = on_attempt
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        end = time.monotonic() + self.deadline
+        try:
+            response = super().handle_request(request)
+            body = self._read(response, end)
+        except httpx2.RequestError as e:
+            self.on_attempt(f"{type(e).__name__}: {e}")
+            raise
+        self.on_attempt(None if response.status_code < 400 else f"HTTP {response.status_code}")
+        # The body is decoded already: drop the headers that describe its wire form.
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx2.Response(
+            response.status_code, headers=headers, content=body, extensions=response.extensions
+        )
+
+    def _read(self, response: httpx2.Response, end: float) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():  # decoded: the cap holds for compressed replies
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise ReplyTooLarge(f"reply larger than {self.max_bytes} bytes")
+                if time.monotonic() > end:
+                    raise httpx2.ReadTimeout(f"reply not complete within {self.deadline:g} s")
+                chunks.append(chunk)
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+
 class _Retry(Exception):
-    """A failure worth another try; the message says what happened."""
+    """A reply that arrived but is of no use; worth another try. The message says why."""
+
+
+class _Undecided(Exception):
+    """The openai client gave up (its retries are spent); the message says why."""
 
 
 class JudgeClient:
     """Ask an OpenAI-compatible chat endpoint whether responses match references.
 
-    ``stats`` counts requests sent, cache hits, retries and items left undecided (None).
+    ``retries``: at most ``retries + 1`` requests per item, whatever failed. ``backoff``: the
+    wait before retrying a malformed reply or one without a verdict (doubling); HTTP-level
+    retries wait as the openai client decides. ``timeout``: seconds per socket operation and,
+    in total, per reply body (see the module docstring). ``stats`` counts requests sent, cache
+    hits, retries and items left undecided (None); ``last_errors`` holds the last ten failures.
     """
 
     def __init__(
@@ -118,6 +200,7 @@ class JudgeClient:
         cache_path: str | Path | None = None,
         prompt_template: str | None = None,
         max_tokens: int = 1024,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ):
         self.url = chat_url(url)
         self.model = model
@@ -132,7 +215,19 @@ class JudgeClient:
         self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "undecided": 0}
         self.last_errors: list[str] = []
         self._lock = threading.Lock()
+        self._local = threading.local()  # requests sent for the item this thread is judging
         self._cache = self._read_cache()
+        transport = _GuardedTransport(
+            deadline=timeout, max_bytes=max_reply_bytes, on_attempt=self._on_attempt
+        )
+        self._client = openai.OpenAI(
+            base_url=self.url.removesuffix("/chat/completions"),
+            api_key=api_key or "unused",  # never read from OPENAI_API_KEY; omitted when None
+            timeout=timeout,
+            max_retries=retries,
+            default_headers={"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit},
+            http_client=openai.DefaultHttpxClient(transport=transport),
+        )
 
     # ---- cache ---------------------------------------------------------------------------
     def _key(self, prompt: str) -> str:
@@ -158,36 +253,46 @@ class JudgeClient:
                 with self.cache_path.open("a") as f:
                     f.write(json.dumps({"key": key, "verdict": verdict}) + "\n")
 
-    # ---- one request ---------------------------------------------------------------------
-    def _request(self, prompt: str) -> bool:
-        body = json.dumps(
-            {
-                "model": self.model,
-                "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0.0,
-                "max_tokens": self.max_tokens,
-            }
-        ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    # ---- requests ------------------------------------------------------------------------
+    def _on_attempt(self, error: str | None) -> None:
+        """Called by the transport, in the judging thread, once per HTTP request."""
+        sent = getattr(self._local, "sent", 0)
+        self._local.sent = sent + 1
         with self._lock:
             self.stats["requests"] += 1
+            self.stats["retries"] += sent > 0
+            if error is not None:
+                self._note(error)
+
+    def _note(self, error: str) -> None:
+        """Keep the last ten failures (caller holds the lock)."""
+        self.last_errors = [*self.last_errors[-9:], error]
+
+    def _request(self, prompt: str, max_retries: int) -> bool:
+        """One call of the openai client (which retries HTTP-level failures itself)."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
-                raise _Retry(f"HTTP {e.code}") from e
-            detail = e.read()[:300].decode(errors="replace")
-            raise JudgeError(f"judge endpoint {self.url} answered HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-            raise _Retry(f"{type(e).__name__}: {e}") from e
+            raw = self._client.with_options(max_retries=max_retries).chat.completions
+            reply = raw.with_raw_response.create(
+                model=self.model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=0.0,
+                max_tokens=self.max_tokens,
+                extra_headers={} if self.api_key else {"Authorization": openai.omit},
+            )
+        except openai.APIStatusError as e:
+            if e.status_code in _RETRIED_STATUS or e.status_code >= 500:
+                raise _Undecided(f"HTTP {e.status_code}") from e
+            detail = e.response.text[:300]
+            raise JudgeError(
+                f"judge endpoint {self.url} answered HTTP {e.status_code}: {detail}"
+            ) from e
+        except openai.APIConnectionError as e:  # APITimeoutError is one
+            cause = e.__cause__
+            raise _Undecided(f"{type(cause).__name__}: {cause}" if cause else str(e)) from e
         try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as e:
-            raise _Retry(f"malformed reply: {raw[:200]!r}") from e
+            content = reply.parse().choices[0].message.content
+        except (ValueError, TypeError, AttributeError, IndexError, openai.OpenAIError) as e:
+            raise _Retry(f"malformed reply: {reply.http_response.content[:200]!r}") from e
         verdict = parse_verdict(content if isinstance(content, str) else "")
         if verdict is None:
             raise _Retry(f"no verdict in reply: {str(content)[:200]!r}")
@@ -201,18 +306,21 @@ class JudgeClient:
             if key in self._cache:
                 self.stats["cache_hits"] += 1
                 return self._cache[key]
+        self._local.sent = 0
         for attempt in range(self.retries + 1):
+            left = self.retries - self._local.sent  # retries still allowed for this item
+            if left < 0:
+                break
+            if attempt > 0:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                verdict = self._request(prompt)
+                verdict = self._request(prompt, max_retries=left)
             except _Retry as e:
                 with self._lock:
-                    self.last_errors = [*self.last_errors[-9:], str(e)]
-                if attempt == self.retries:
-                    break
-                with self._lock:
-                    self.stats["retries"] += 1
-                time.sleep(self.backoff * 2**attempt)
+                    self._note(str(e))
                 continue
+            except _Undecided:
+                break  # the client's retries are spent (the transport noted each failure)
             self._remember(key, verdict)
             return verdict
         with self._lock:

@@ -1,28 +1,35 @@
-"""Run a function in a worker process with a hard time limit, from any thread.
+"""Run a function in a worker process with a hard time limit, from any thread (``pebble``).
 
 math-verify's own timeout uses ``signal.alarm``, which only works in the main thread and
-cannot stop C-level work. Here the call runs in a separate Python process instead: the
-caller waits on the worker's pipe with ``poll`` (fine in any thread), and a worker that
-overruns is killed and replaced by a fresh one on the next call. POSIX only (``poll`` on
-pipes).
+cannot stop C-level work. Here the call runs in a worker process of a ``pebble.ProcessPool``
+instead: ``schedule(..., timeout=)`` returns a future that any thread may wait on, and a task
+that overruns has its worker terminated (SIGTERM, then SIGKILL after pebble's 3 s grace) and
+replaced. The limit counts from the moment a worker picks the task up, so waiting for a free
+worker or for its start-up does not eat into it. Python code, sympy (with its pure-Python
+ground types) and big-integer arithmetic stop at once on SIGTERM (a call is cut within about
+0.1 s of its limit, pebble's polling step); only C code that ignores signals (gmpy2, if sympy
+uses it) can hold the caller up to 3 s past the limit before the SIGKILL.
 
-Protocol: the worker reads one JSON line ``{"target": "module:function", "args": [...]}`` per
-call from stdin and writes one JSON line back, ``{"ok": true, "value": ...}`` or
-``{"ok": false, "error": "..."}``. Arguments and results are JSON values.
+Workers are started with ``spawn``: a fork of a process with threads (the trainer's, pebble's
+own) can deadlock. As with any spawn-based pool, the worker imports the caller's main module
+under the name ``__mp_main__``, so a script that computes rewards must guard its entry point
+with ``if __name__ == "__main__":`` (the ``r1v2`` command, pytest and notebooks do).
+
+Targets are named ``"module:function"`` and resolved in the worker; arguments and results are
+pickled. A pool that pebble declares broken (a worker killed while idle, by the OOM killer
+say) is replaced on the next call.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
-import json
-import os
-import select
-import subprocess
-import sys
+import multiprocessing
 import threading
-import time
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
+
+from pebble import ProcessExpired, ProcessPool
 
 from r1v2.errors import R1V2Error
 
@@ -35,80 +42,24 @@ class WorkerError(R1V2Error, RuntimeError):
     """The target raised in the worker, or the worker died; the message carries the reason."""
 
 
-class _Worker:
-    """One worker process and its pipes. Not thread-safe: the pool hands it to one caller."""
+def _run(target: str, args: tuple) -> tuple[bool, Any]:
+    """In the worker: ``(True, target(*args))``, or ``(False, "Type: message")`` when it raises.
 
-    def __init__(self, startup_timeout: float) -> None:
-        env = dict(os.environ)
-        # The worker imports targets with the parent's search path (editable installs, tests).
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from r1v2.rewards.timeout import serve; serve()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        self._buf = b""
-        self._poll = select.poll()  # poll, not select: no limit on the descriptor's number
-        self._poll.register(self.proc.stdout.fileno(), select.POLLIN)
-        try:
-            ready = self._read_line(startup_timeout)
-        except (CallTimeout, WorkerError, ValueError) as e:
-            self.kill()
-            raise WorkerError(f"verification worker failed to start: {e}") from e
-        if ready != {"ready": True}:
-            self.kill()
-            raise WorkerError(f"verification worker failed to start: {ready!r}")
-
-    def call(self, target: str, args: tuple, timeout: float) -> Any:
-        line = json.dumps({"target": target, "args": list(args)}).encode() + b"\n"
-        try:
-            self.proc.stdin.write(line)
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as e:
-            raise WorkerError(f"verification worker died (exit code {self.proc.poll()})") from e
-        reply = self._read_line(timeout)
-        if reply.get("ok"):
-            return reply.get("value")
-        raise WorkerError(str(reply.get("error")))
-
-    def _read_line(self, timeout: float) -> dict:
-        """Read one JSON line from the worker, waiting at most ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CallTimeout(f"no answer within {timeout:g} s")
-            if not self._poll.poll(max(1, int(remaining * 1000))):
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise WorkerError(f"verification worker died (exit code {self.proc.wait()})")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            try:
-                pipe.close()
-            except OSError:
-                pass
+    Reporting the target's errors as values keeps every exception the future raises pebble's
+    own (a timeout, a dead worker), and never pickles an exception object.
+    """
+    try:
+        module, _, name = target.partition(":")
+        return True, getattr(importlib.import_module(module), name)(*args)
+    except Exception as e:
+        return False, f"{type(e).__name__}: {e}"
 
 
 class WorkerPool:
-    """Up to ``max_workers`` worker processes, started on demand and reused across calls.
+    """Up to ``max_workers`` worker processes (pebble), started on first use and reused.
 
-    ``call`` is thread-safe: each caller borrows an idle worker (starting one if fewer than
-    ``max_workers`` exist, else waiting for one), and the time limit counts from the moment the
-    request is sent, so waiting for a worker or for its start-up does not eat into it.
+    ``call`` is thread-safe. ``startup_timeout`` bounds how long a caller waits, beyond its
+    own time limit, for a worker to start and pick its task up.
     """
 
     def __init__(self, max_workers: int = 2, startup_timeout: float = 120.0) -> None:
@@ -116,65 +67,69 @@ class WorkerPool:
             raise ValueError("max_workers must be >= 1")
         self.max_workers = max_workers
         self.startup_timeout = startup_timeout
-        self._idle: list[_Worker] = []
-        self._count = 0
-        self._cond = threading.Condition()
         self.timeouts = 0  # calls cut by their time limit (each killed its worker)
+        self._pool: ProcessPool | None = None
+        self._lock = threading.Lock()
+
+    def _active_pool(self) -> ProcessPool:
+        with self._lock:
+            if self._pool is None or not self._pool.active:
+                if self._pool is not None:
+                    self._pool.stop()  # broken: its workers are gone or going
+                self._pool = ProcessPool(
+                    self.max_workers, context=multiprocessing.get_context("spawn")
+                )
+            return self._pool
 
     def call(self, target: str, args: tuple = (), timeout: float = 5.0) -> Any:
-        """Run ``target(*args)`` (``"module:function"``) in a worker; return its JSON result.
+        """Run ``target(*args)`` (``"module:function"``) in a worker; return its result.
 
         Raises :class:`CallTimeout` after ``timeout`` seconds (the worker is killed) and
-        :class:`WorkerError` when the target raises or the worker dies.
+        :class:`WorkerError` when the target raises or the worker dies. A call that finds the
+        pool broken is tried once more on a fresh pool (targets are pure functions).
         """
-        worker = self._acquire()
-        healthy = False
+        for attempt in (1, 2):
+            try:
+                ok, value = self._call_once(target, args, timeout)
+                break
+            except BrokenProcessPool as e:
+                if attempt == 2:
+                    raise WorkerError(f"verification pool broke: {e}") from e
+        if not ok:  # the target raised; its worker stays up
+            raise WorkerError(value)
+        return value
+
+    def _call_once(self, target: str, args: tuple, timeout: float) -> tuple[bool, Any]:
+        """``_run``'s ``(ok, value)``; pebble's BrokenProcessPool passes through."""
+        pool = self._active_pool()
         try:
-            value = worker.call(target, args, timeout)
-            healthy = True
-            return value
-        except CallTimeout:
-            with self._cond:
+            future = pool.schedule(_run, (target, tuple(args)), timeout=timeout)
+        except RuntimeError as e:  # it broke since _active_pool looked
+            raise BrokenProcessPool(str(e)) from e
+        wait = self.startup_timeout + timeout
+        try:
+            return future.result(timeout=wait)
+        except TimeoutError as e:  # pebble's "Task timeout", or our wait above ran out
+            if not future.done():
+                future.cancel()  # kills the worker if the task has started
+                raise WorkerError(f"no verification worker answered within {wait:g} s") from e
+            with self._lock:
                 self.timeouts += 1
+            raise CallTimeout(f"no answer within {timeout:g} s") from e
+        except ProcessExpired as e:
+            raise WorkerError(f"verification worker died (exit code {e.exitcode})") from e
+        except BrokenProcessPool:
             raise
-        except WorkerError:
-            healthy = worker.alive()  # the target raised, the worker itself is fine
-            raise
-        finally:
-            self._release(worker, healthy)
-
-    def _acquire(self) -> _Worker:
-        with self._cond:
-            while not self._idle and self._count >= self.max_workers:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
-        try:
-            return _Worker(self.startup_timeout)
-        except BaseException:
-            with self._cond:
-                self._count -= 1
-                self._cond.notify()
-            raise
-
-    def _release(self, worker: _Worker, healthy: bool) -> None:
-        if not healthy:
-            worker.kill()
-        with self._cond:
-            if healthy:
-                self._idle.append(worker)
-            else:
-                self._count -= 1
-            self._cond.notify()
+        except Exception as e:  # the pool was stopped, or a result could not be pickled
+            raise WorkerError(f"verification pool failed: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
-        """Stop the idle workers (busy ones are stopped when their call returns)."""
-        with self._cond:
-            idle, self._idle = self._idle, []
-            self._count -= len(idle)
-        for w in idle:
-            w.kill()
+        """Stop the workers (a call in progress fails with :class:`WorkerError`)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+            pool.join(timeout=10)
 
 
 _DEFAULT_POOL: WorkerPool | None = None
@@ -194,32 +149,3 @@ def default_pool() -> WorkerPool:
 def call_with_timeout(target: str, args: tuple = (), timeout: float = 5.0) -> Any:
     """``default_pool().call(target, args, timeout)``."""
     return default_pool().call(target, args, timeout)
-
-
-def _resolve(target: str):
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def serve() -> None:
-    """The worker loop: answer one JSON request per line until stdin closes."""
-    # Keep the protocol stream private: anything the targets print goes to stderr.
-    out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def reply(message: dict) -> None:
-        out.write(json.dumps(message).encode() + b"\n")
-        out.flush()
-
-    reply({"ready": True})
-    try:
-        for line in sys.stdin.buffer:
-            try:
-                request = json.loads(line)
-                value = _resolve(request["target"])(*request["args"])
-                reply({"ok": True, "value": value})
-            except Exception as e:  # reported to the caller, the worker stays up
-                reply({"ok": False, "error": f"{type(e).__name__}: {e}"})
-    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent handles it
-        pass
