@@ -7,8 +7,6 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
-
 
 @pytest.fixture(autouse=True)
 def _seed():

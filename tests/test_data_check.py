@@ -121,8 +121,15 @@ def test_max_pixels_option(data, capsys):
     )
 
 
+def test_missing_path_is_one_error_line(data, capsys):
+    assert main(["data", "check", str(data / "nope.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"r1v2 data check: error: {data / 'nope.jsonl'}: no such file or folder\n"
+
+
+@pytest.mark.slow
 def test_missing_path_and_subprocess(data):
-    """Through the installed entry point: a missing file is an error on stderr, exit 2."""
+    """Through `python -m r1v2`: a missing file is an error on stderr, exit 2."""
     cmd = [sys.executable, "-m", "r1v2", "data", "check", str(data / "nope.jsonl")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 2

@@ -81,14 +81,27 @@ def train_steps(model, inputs, steps=2):
     ],
 )
 def test_mode_trains_exactly_its_parts(checkpoint, mode, parts):
+    """The mode's parts get the gradients they get when everything trains (its naive twin),
+    the other parts none; two AdamW steps then move exactly the mode's parameters."""
     model = load(checkpoint[0])
     report = set_trainable(model, mode)
     sizes = {"vision": VISION, "adapter": ADAPTER, "llm": LLM}
     assert report.parts == {k: (n if k in parts else 0, n) for k, n in sizes.items()}
     assert report.total == VISION + ADAPTER + LLM
     assert report.share == pytest.approx(sum(sizes[p] for p in parts) / report.total)
+    inputs = batch(checkpoint[0])
+    twin = load(checkpoint[0])
+    for m in (model, twin):
+        m(**inputs, labels=inputs["input_ids"]).loss.backward()
+    want = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        if part_of(name) in parts:
+            torch.testing.assert_close(p.grad, want[name].grad, rtol=1e-5, atol=1e-7)
+        else:
+            assert p.grad is None, name
+    model.zero_grad(set_to_none=True)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train_steps(model, batch(checkpoint[0]))
+    train_steps(model, inputs)
     for name, p in model.named_parameters():
         if part_of(name) in parts:
             assert p.requires_grad and not torch.equal(p, before[name]), f"{name} did not train"
@@ -115,16 +128,26 @@ def test_lora_trains_only_lora_and_adapter(checkpoint):
 
 
 def test_merge_lora_keeps_the_function_and_the_layout(checkpoint):
+    """After training, q_proj's LoRA update is non-zero; merging folds it in by hand's rule,
+    W' = W + (alpha / r) * B @ A = W + 2 * B @ A, keeps the logits and restores the
+    checkpoint's parameter names."""
     model = load(checkpoint[0])
     keys = set(model.state_dict())
     set_trainable(model, "all", lora=LoraSettings(r=2, alpha=4, target_modules=["q_proj"]))
     train_steps(model, batch(checkpoint[0]), steps=2)  # B moves off zero: the update is non-zero
     model.eval()
+    q = model.get_submodule("model.language_model.layers.0.self_attn.q_proj")
+    a, b = q.lora_A["default"].weight.detach(), q.lora_B["default"].weight.detach()
+    assert b.abs().max() > 0
+    want = q.base_layer.weight.detach() + 2.0 * b @ a  # [32, 32]
     inputs = batch(checkpoint[0])
     with torch.no_grad():
         expected = model(**inputs).logits
         merge_lora(model)
         got = model(**inputs).logits
+    merged = model.get_submodule("model.language_model.layers.0.self_attn.q_proj")
+    assert type(merged) is torch.nn.Linear
+    torch.testing.assert_close(merged.weight, want, rtol=0, atol=1e-6)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert set(model.state_dict()) == keys
 
@@ -134,6 +157,7 @@ def test_text_only_model_trains_all(checkpoint):
     report = set_trainable(lm, "all")
     n = sum(p.numel() for p in lm.parameters())
     assert report.parts == {"llm": (n, n)} and report.share == 1.0
+    assert all(p.requires_grad for p in lm.parameters())
     with pytest.raises(R1V2Error, match="needs part\\(s\\) adapter"):
         set_trainable(lm, "adapter")
 

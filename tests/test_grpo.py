@@ -243,11 +243,19 @@ def test_padding_in_middle_and_end_and_aggregations_differ():
         rho > 1 + eps with A < 0 keeps the pessimistic term) -> 1.0; then 0.5; sum 1.5,
         mean 0.75.
     seq-mean-token-mean = (-1.0333333 + 0.75) / 2 = -0.1416667;
-    token-mean = (-3.1 + 1.5) / 5 = -0.32. clip_frac_high = 1/5, clip_frac_low = 0."""
+    token-mean = (-3.1 + 1.5) / 5 = -0.32. clip_frac_high = 1/5, clip_frac_low = 0.
+    Gradient -rho * A / normaliser on unclipped tokens (0 on the clipped one and on padding):
+    seq-mean-token-mean divides by |y| * 2 sequences: seq 0 [0, -, -1.0 / 6, -0.9 / 6],
+    seq 1 [2.0 * 0.5 / 4, 0.5 / 4]; token-mean divides by 5 tokens."""
     nan = math.nan
     mask = torch.tensor([[1, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
     adv = torch.tensor([1.0, -0.5])
-    for aggregation, want in (("seq-mean-token-mean", -0.1416667), ("token-mean", -0.32)):
+    by_seq = [[0.0, 0.0, -1.0 / 6, -0.9 / 6], [0.25, 0.125, 0.0, 0.0]]
+    by_token = [[0.0, 0.0, -0.2, -0.18], [0.2, 0.1, 0.0, 0.0]]
+    for aggregation, want, grad in (
+        ("seq-mean-token-mean", -0.1416667, by_seq),
+        ("token-mean", -0.32, by_token),
+    ):
         logps, old = _logps([[LN(1.3), nan, 0.0, LN(0.9)], [LN(2.0), 0.0, nan, nan]])
         ref = old.clone()
         ref[~mask] = nan
@@ -259,7 +267,7 @@ def test_padding_in_middle_and_end_and_aggregations_differ():
         assert m["clip_frac_high"].item() == pytest.approx(1 / 5)
         assert m["clip_frac_low"].item() == 0.0
         loss.backward()
-        assert torch.isfinite(logps.grad).all()
+        torch.testing.assert_close(logps.grad, torch.tensor(grad), rtol=0, atol=1e-6)
         assert torch.equal(logps.grad[~mask], torch.zeros(3))
 
 

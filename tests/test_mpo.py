@@ -93,7 +93,16 @@ def test_mpo_loss_default_weights_by_hand():
     bco mean = (1.1518788 + 2.0778685) / 2 = 1.6148737
     nll mean = (2.0 + 0.5) / 2 = 1.25
     loss = 0.8 * 0.8936693 + 0.2 * 1.6148737 + 1.0 * 1.25 = 2.2879102.
-    reward margin = mean(0.5 * [1 - 0, -2 - 0]) = -0.25; accuracy 1/2."""
+    reward margin = mean(0.5 * [1 - 0, -2 - 0]) = -0.25; accuracy 1/2.
+
+    Gradients (s = sigmoid; each mean over 2 pairs puts 1/2 in front of its weight):
+    d/d lr_c = 0.4 * (-b s(-b (lr_c - lr_r))) + 0.1 * (-b s(-(b lr_c - d)))
+        row 0: 0.4 * -0.1887703 + 0.1 * -0.2189117 = -0.0973993
+        row 1: 0.4 * -0.3655293 + 0.1 * -0.3886499 = -0.1850767
+    d/d lr_r = 0.4 * b s(-b (lr_c - lr_r)) + 0.1 * b s(b lr_r - d)
+        row 0: 0.4 * 0.1887703 + 0.1 * 0.2189117 = 0.0973993
+        row 1: 0.4 * 0.3655293 + 0.1 * 0.2189117 = 0.1681029
+    d/d logps (NLL only) = 0.5 * -1 / |y| on counted tokens: [[-0.25, 0, -0.25], [-0.5, 0, 0]]."""
     chosen, rejected, logps, mask = _batch()
     loss, m = mpo_loss(chosen, rejected, logps, mask, beta=0.5, delta=0.25)
     assert DEFAULT_WEIGHTS == {"dpo": 0.8, "bco": 0.2, "nll": 1.0}
@@ -105,7 +114,15 @@ def test_mpo_loss_default_weights_by_hand():
     assert m["reward_margin"].item() == pytest.approx(-0.25)
     assert m["reward_accuracy"].item() == 0.5
     loss.backward()
-    assert torch.isfinite(logps.grad).all()
+    torch.testing.assert_close(
+        chosen.grad, torch.tensor([-0.0973993, -0.1850767]), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(
+        rejected.grad, torch.tensor([0.0973993, 0.1681029]), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(
+        logps.grad, torch.tensor([[-0.25, 0.0, -0.25], [-0.5, 0.0, 0.0]]), rtol=0, atol=1e-7
+    )
 
 
 def test_mpo_loss_weights_select_and_scale_terms():
@@ -222,6 +239,7 @@ def _dist_worker(rank, store_path, out_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_running_mean_sync_across_two_processes(tmp_path):
     """Rank 0 sees [1, 2, 3], rank 1 sees [4, 10]; after update(sync=True) both hold the
     global sums (20, 5), mean 4.0, like one pass over all values."""

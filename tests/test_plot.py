@@ -49,7 +49,22 @@ def test_bad_metrics_files_name_file_and_line(tmp_path):
         read_metrics(bad)
 
 
-def test_plot_command_writes_a_png_of_several_runs(tmp_path, capsys):
+def test_plot_command_writes_a_png_of_several_runs(tmp_path, capsys, monkeypatch):
+    """Each panel holds one line per run with that run's values: reward the rolling mean over
+    20 steps of 1 + step / 30 (step 30: mean of steps 11..30 = 1 + 20.5 / 30 = 1.6833333),
+    the effective ratio after replay (0.65 with SSB, 0.5 without) and before it (dashed, 0.5),
+    probe accuracy 0.4, 0.5, 0.6, 0.7 and hallucination rate 0.6, 0.5, 0.4, 0.3 at steps 0, 10,
+    20, 30."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
     a, b = _run(tmp_path / "ssb"), _run(tmp_path / "plain", ssb=False)
     out = tmp_path / "figs" / "curves.png"
     assert main(["plot", str(a), str(b), "--labels", "SSB", "--labels", "plain",
@@ -57,6 +72,21 @@ def test_plot_command_writes_a_png_of_several_runs(tmp_path, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     data = out.read_bytes()
     assert data[:4] == b"\x89PNG" and len(data) > 10_000
+
+    reward, ratio, accuracy, hallucination = figures[0].axes[:4]
+    assert [line.get_label() for line in reward.get_lines()] == ["SSB", "plain"]
+    for line in reward.get_lines():
+        assert list(line.get_xdata()) == list(range(1, 31))
+        assert line.get_ydata()[-1] == pytest.approx(1 + 20.5 / 30)
+    solid = [ln for ln in ratio.get_lines() if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in ratio.get_lines() if ln.get_linestyle() == "--"]
+    assert [ln.get_ydata()[-1] for ln in solid] == pytest.approx([0.65, 0.5])
+    assert [ln.get_ydata()[-1] for ln in dashed] == pytest.approx([0.5, 0.5])
+    for line in accuracy.get_lines():
+        assert list(line.get_xdata()) == [0, 10, 20, 30]
+        assert list(line.get_ydata()) == pytest.approx([0.4, 0.5, 0.6, 0.7])
+    for line in hallucination.get_lines():
+        assert list(line.get_ydata()) == pytest.approx([0.6, 0.5, 0.4, 0.3])
 
     # A run with probe rows only still plots (its empty panels say so).
     probe_only = tmp_path / "probe"

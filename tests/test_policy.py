@@ -241,10 +241,23 @@ def test_sampling_config_and_sizes_are_checked(policy):
 
 
 def test_transformers_engine(policy):
+    """The engine samples what the policy samples (same seed, same chunks), with every module in
+    eval mode while it generates (no dropout), and puts training mode back afterwards."""
     engine = TransformersEngine(policy, batch_size=2)
     assert isinstance(engine, RolloutEngine)
+    modes = []
+    for module in (policy.model.model.vision_tower, policy.model.model.language_model):
+        module.register_forward_pre_hook(lambda m, args: modes.append(m.training))
+    sampling = SamplingConfig(max_new_tokens=3)
     policy.model.train()
-    rollout = engine.generate(items(), SamplingConfig(max_new_tokens=3), group_size=2)
-    assert rollout.completion_ids.shape[0] == 4 and len(rollout.texts) == 4
+    torch.manual_seed(3)
+    rollout = engine.generate(items(), sampling, group_size=2)
     assert policy.model.training  # restored
+    assert modes and not any(modes)
+    policy.model.eval()
+    torch.manual_seed(3)
+    direct = policy.generate(items(), sampling, group_size=2, batch_size=2)
+    assert torch.equal(rollout.completion_ids, direct.completion_ids)
+    assert torch.equal(rollout.completion_mask, direct.completion_mask)
+    assert rollout.texts == direct.texts and len(rollout.texts) == 4
     engine.sync_weights()

@@ -78,11 +78,12 @@ class HybridRewardConfig:
     weights: dict[str, float] = option(
         dict(DEFAULT_WEIGHTS),
         "weight of each reward component (accuracy, rm, format); a component left out or "
-        "weighted 0 is not computed",
+        "weighted 0 is not computed (TRL: reward_weights)",
     )
     rm_path: str | None = option(
         None,
-        "reward model checkpoint (sequence classifier or value head); without one the rm term is left out",
+        "reward model checkpoint (sequence classifier or value head); without one the rm term "
+        "is left out (TRL: a model in reward_funcs)",
     )
     rm_device: str = option("cpu", "device the reward model runs on")
     rm_dtype: str = option("float32", "dtype the reward model runs in (float32, bfloat16, float16)")

@@ -68,15 +68,23 @@ class OptimConfig:
     """AdamW and its learning-rate schedule."""
 
     lr: float = option(
-        5e-5, "peak learning rate (toy VLM, adapter-only: 5e-5 learned, 3e-4 collapsed)"
+        5e-5,
+        "peak learning rate (toy VLM, adapter-only: 5e-5 learned, 3e-4 collapsed; "
+        "TRL: learning_rate)",
     )
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    betas: list[float] = option([0.9, 0.999], "AdamW betas")
+    weight_decay: float = option(0.0, "AdamW weight decay (TRL: weight_decay)")
+    betas: list[float] = option([0.9, 0.999], "AdamW betas (TRL: adam_beta1, adam_beta2)")
     schedule: Literal["constant", "linear", "cosine"] = option(
-        "constant", "learning-rate schedule after warmup"
+        "constant", "learning-rate schedule after warmup (TRL: lr_scheduler_type)"
     )
-    warmup_steps: int = option(0, "linear warmup steps")
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    warmup_steps: int = option(
+        0,
+        "steps of linear warmup from 0 (TRL: warmup_steps); schedule=constant ignores it "
+        "(transformers' constant schedule has no warmup)",
+    )
+    max_grad_norm: float = option(
+        1.0, "clip the gradient norm to this (0: no clipping; TRL: max_grad_norm)"
+    )
 
 
 @dataclass
@@ -84,9 +92,11 @@ class GRPOConfig(PolicySetup):
     """``r1v2 grpo``: GRPO with the hybrid reward and the Selective Sample Buffer."""
 
     output_dir: str = option("runs/grpo", "where checkpoints, metrics.jsonl and logs go")
-    max_steps: int = option(60, "optimizer steps to train (each on one batch of rollouts)")
+    max_steps: int = option(
+        60, "steps to train; a step is one batch of rollouts and ppo_epochs optimizer steps"
+    )
     save_steps: int = option(20, "write a checkpoint every this many steps (and at the end)")
-    keep_last: int = option(2, "checkpoints kept (older ones are deleted)")
+    keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
     resume: str = option(
         "auto",
         "auto: continue from the newest checkpoint in output_dir (only when its config matches "
@@ -98,8 +108,14 @@ class GRPOConfig(PolicySetup):
         "validated, before anything is written); without it such a folder is refused",
     )
 
-    prompts_per_step: int = option(8, "prompts per step (over all processes)")
-    group_size: int = option(8, "G: completions sampled per prompt")
+    prompts_per_step: int = option(
+        8,
+        "prompts per step over all processes (verl: data.train_batch_size); times group_size "
+        "= TRL generation_batch_size",
+    )
+    group_size: int = option(
+        8, "G: completions sampled per prompt (TRL: num_generations; verl: rollout.n)"
+    )
     prompts_per_generate: int | None = option(
         None,
         "prompts per generate call (null: the whole shard); rollouts are seeded per call, "
@@ -114,12 +130,30 @@ class GRPOConfig(PolicySetup):
     trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
         "adapter", "parts that train (paper: adapter-only is best)"
     )
-    ppo_epochs: int = option(1, "mu: policy-update iterations per batch of rollouts")
-    micro_batch_size: int = option(16, "sequences per forward/backward (gradient accumulation)")
-    clip_low: float = option(0.2, "epsilon_low of the clipped ratio")
-    clip_high: float = option(0.2, "epsilon_high of the clipped ratio")
-    kl_coef: float = option(0.001, "beta: weight of KL(pi_theta || pi_ref); 0 skips the reference")
-    kl_estimator: Literal["k1", "k2", "k3"] = option("k3", "KL estimator")
+    ppo_epochs: int = option(
+        1,
+        "mu: policy-update iterations (optimizer steps) per batch of rollouts "
+        "(TRL: num_iterations; verl: ppo_epochs)",
+    )
+    micro_batch_size: int = option(
+        16,
+        "sequences per forward/backward on each process, its share of the step accumulated "
+        "over micro-batches (TRL: per_device_train_batch_size)",
+    )
+    clip_low: float = option(
+        0.2, "epsilon_low of the clipped ratio (TRL: epsilon; verl: clip_ratio_low)"
+    )
+    clip_high: float = option(
+        0.2, "epsilon_high of the clipped ratio (TRL: epsilon_high; verl: clip_ratio_high)"
+    )
+    kl_coef: float = option(
+        0.001,
+        "beta: weight of KL(pi_theta || pi_ref); 0 skips the reference (TRL: beta; "
+        "verl: kl_loss_coef)",
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = option(
+        "k3", "KL estimator (verl: kl_loss_type, k3 = low_var_kl; TRL always uses k3)"
+    )
     kl_clip: float | None = option(
         10.0,
         "bound |log(pi_ref/pi_theta)| per token in the KL estimate (replayed tokens can make k3 "
@@ -132,7 +166,9 @@ class GRPOConfig(PolicySetup):
         "eq. 6 would turn tiny differences into advantages of +-1. " + STD_FLOOR_NOTE,
     )
     aggregation: Literal["seq-mean-token-mean", "token-mean"] = option(
-        "seq-mean-token-mean", "loss aggregation (eq. 8 is seq-mean-token-mean)"
+        "seq-mean-token-mean",
+        "loss aggregation: seq-mean-token-mean (eq. 8; TRL loss_type='grpo') or token-mean "
+        "over all the step's tokens (TRL loss_type='dapo'); verl: loss_agg_mode, same names",
     )
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
     ssb: SSBConfig = field(default_factory=SSBConfig, metadata={"help": "Selective Sample Buffer"})
@@ -143,8 +179,12 @@ class GRPOConfig(PolicySetup):
     probe_every: int = option(10, "run the probe every this many steps (and at the end)")
     probe_size: int = option(64, "probe samples (greedy decoding)")
     nan_patience: int = option(3, "abort after this many non-finite losses in a row")
-    tensorboard: bool = option(True, "also log to output_dir/tensorboard when installed")
-    wandb_project: str | None = option(None, "also log to this W&B project")
+    tensorboard: bool = option(
+        True, "also log to output_dir/tensorboard when installed (TRL: report_to='tensorboard')"
+    )
+    wandb_project: str | None = option(
+        None, "also log to this W&B project (TRL: report_to='wandb')"
+    )
     progress: bool = option(True, "show a live progress display")
 
     def validate(self) -> None:
@@ -232,7 +272,9 @@ SHARES = ("pg_loss", "kl")  # policy_loss gives these as a micro-batch's share o
 TOKEN_MEANS = ("ratio_mean", "clip_frac_low", "clip_frac_high", "clip_frac", "approx_kl")
 
 
-def step_counts(mask: torch.Tensor, aggregation: str, world_size: int, device) -> tuple[float, float]:
+def step_counts(
+    mask: torch.Tensor, aggregation: str, world_size: int, device
+) -> tuple[float, float]:
     """``(normalizer, tokens)`` of the whole step over every process, divided by the number of
     processes (one all-reduce). Each process divides its loss by this normalizer; averaging the
     gradients over processes then gives the gradient of one pass over the whole batch, also

@@ -30,7 +30,7 @@ class PrefilterConfig(PolicySetup):
     prompt is judged as training would score it."""
 
     out: str = option("runs/toy/data/filtered/samples.jsonl", "filtered pool to write (JSONL)")
-    k: int = option(8, "rollouts per prompt")
+    k: int = option(8, "rollouts per prompt (grpo's group_size; TRL: num_generations)")
     prompts_per_generate: int = option(16, "prompts per generate call")
     std_floor: float = option(
         STD_FLOOR, "a prompt whose k rewards have a std below this counts as tied (as in grpo)"
