@@ -84,3 +84,16 @@ def test_exponent_floats_without_a_dot(tmp_path):
     assert resolve(Outer, None, ["inner.alpha=1e-3"]).inner.alpha == 0.001
     with pytest.raises(ConfigError, match="inner.alpha"):
         resolve(Outer, None, ["inner.alpha=1e-3x"])
+
+
+def test_a_nested_sections_defaults_come_from_its_field_not_its_class():
+    """GRPO declares its rollouts with SamplingConfig(max_new_tokens=128) (the class default is
+    256): the CLI, --help and Python must all see 128, and an override of another key of the
+    section keeps it."""
+    from r1v2.config import leaf_fields
+    from r1v2.train.grpo import GRPOConfig
+
+    assert resolve(GRPOConfig).generation.max_new_tokens == 128
+    assert resolve(GRPOConfig, None, ["generation.temperature=0.7"]).generation.max_new_tokens == 128
+    assert leaf_fields(GRPOConfig)["generation.max_new_tokens"][2] == 128
+    assert resolve(GRPOConfig, None, ["generation.max_new_tokens=64"]).generation.max_new_tokens == 64

@@ -446,3 +446,21 @@ def test_a_new_run_never_touches_an_earlier_one_without_overwrite(world, tmp_pat
                                           "max_steps=1")))  # fmt: skip
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-00000001"]
     assert [r["step"] for r in read_metrics(out)] == [1]
+
+
+def test_constant_schedule_honours_warmup():
+    """optim.schedule=constant with warmup_steps=2, lr 1e-3: lr 0, 5e-4, then 1e-3 on (the
+    plain transformers 'constant' schedule would have skipped the warmup)."""
+    from transformers import get_scheduler
+
+    cfg = resolve(GRPOConfig, None, ["optim.warmup_steps=2", "optim.lr=1e-3"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    sched = get_scheduler(grpo_mod._schedule_name(cfg.optim), opt, num_warmup_steps=2,
+                          num_training_steps=10)  # fmt: skip
+    lrs = []
+    for _ in range(4):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+    assert grpo_mod._schedule_name(resolve(GRPOConfig).optim) == "constant"

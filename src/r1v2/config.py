@@ -46,24 +46,31 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
-def leaf_fields(cls: type, prefix: str = "") -> dict[str, tuple[Any, str, Any]]:
-    """Map each dotted key of ``cls`` to ``(type, help, default)``; nested dataclasses flatten."""
+def leaf_fields(cls: type, prefix: str = "", base: Any = None) -> dict[str, tuple[Any, str, Any]]:
+    """Map each dotted key of ``cls`` to ``(type, help, default)``; nested dataclasses flatten.
+
+    A nested section's defaults are those of the instance its field's default factory makes
+    (``SamplingConfig(max_new_tokens=128)``), not its class's; ``base`` carries that instance.
+    """
     out: dict[str, tuple[Any, str, Any]] = {}
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = prefix + f.name
+        default = getattr(base, f.name) if base is not None else _field_default(f)
         if dataclasses.is_dataclass(tp):
-            out.update(leaf_fields(tp, key + "."))
+            out.update(leaf_fields(tp, key + ".", default))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = dataclasses.MISSING
         out[key] = (tp, f.metadata.get("help", ""), default)
     return out
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def _type_name(tp: Any) -> str:
@@ -220,8 +227,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build(cls: type[T], values: dict[str, Any]) -> T:
-    """Instantiate ``cls`` from a flat ``{dotted_key: value}`` mapping of checked values."""
+def build(cls: type[T], values: dict[str, Any], base: Any = None) -> T:
+    """Instantiate ``cls`` from a flat ``{dotted_key: value}`` mapping of checked values; a key
+    not given keeps the default of ``base`` (a nested section: its field's default instance)."""
     hints = get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
@@ -229,9 +237,12 @@ def build(cls: type[T], values: dict[str, Any]) -> T:
         if dataclasses.is_dataclass(tp):
             prefix = f.name + "."
             sub = {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)}
-            kwargs[f.name] = build(tp, sub)
+            default = getattr(base, f.name) if base is not None else _field_default(f)
+            kwargs[f.name] = build(tp, sub, None if default is dataclasses.MISSING else default)
         elif f.name in values:
             kwargs[f.name] = values[f.name]
+        elif base is not None:
+            kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)
 
 
