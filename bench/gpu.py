@@ -129,19 +129,49 @@ class Shapes:
 
 
 GPU_SHAPES = Shapes(
-    vocab=151936, hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960,
-    vision_hidden=1024, vision_layers=24, vision_heads=16, vision_intermediate=4096,
-    image=448, patch=14, downsample=0.5,
-    prompts=8, group_size=8, new_tokens=512, prompt_words=64, micro_batch=16, repeats=3,
+    vocab=151936,
+    hidden=1536,
+    layers=28,
+    heads=12,
+    kv_heads=2,
+    intermediate=8960,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_heads=16,
+    vision_intermediate=4096,
+    image=448,
+    patch=14,
+    downsample=0.5,
+    prompts=8,
+    group_size=8,
+    new_tokens=512,
+    prompt_words=64,
+    micro_batch=16,
+    repeats=3,
     dtype="bfloat16",
-)  # fmt: skip
+)
 DRY_SHAPES = Shapes(
-    vocab=512, hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128,
-    vision_hidden=32, vision_layers=1, vision_heads=2, vision_intermediate=64,
-    image=64, patch=8, downsample=0.5,
-    prompts=2, group_size=2, new_tokens=8, prompt_words=8, micro_batch=2, repeats=1,
+    vocab=512,
+    hidden=64,
+    layers=2,
+    heads=4,
+    kv_heads=2,
+    intermediate=128,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    vision_intermediate=64,
+    image=64,
+    patch=8,
+    downsample=0.5,
+    prompts=2,
+    group_size=2,
+    new_tokens=8,
+    prompt_words=8,
+    micro_batch=2,
+    repeats=1,
     dtype="float32",
-)  # fmt: skip
+)
 
 
 # ---- model ---------------------------------------------------------------------------------

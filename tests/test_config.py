@@ -94,6 +94,10 @@ def test_a_nested_sections_defaults_come_from_its_field_not_its_class():
     from r1v2.train.grpo import GRPOConfig
 
     assert resolve(GRPOConfig).generation.max_new_tokens == 128
-    assert resolve(GRPOConfig, None, ["generation.temperature=0.7"]).generation.max_new_tokens == 128
+    assert (
+        resolve(GRPOConfig, None, ["generation.temperature=0.7"]).generation.max_new_tokens == 128
+    )
     assert leaf_fields(GRPOConfig)["generation.max_new_tokens"][2] == 128
-    assert resolve(GRPOConfig, None, ["generation.max_new_tokens=64"]).generation.max_new_tokens == 64
+    assert (
+        resolve(GRPOConfig, None, ["generation.max_new_tokens=64"]).generation.max_new_tokens == 64
+    )

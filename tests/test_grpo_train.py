@@ -21,10 +21,20 @@ from r1v2.train.grpo import GRPOConfig, train
 from r1v2.train.metrics import read_metrics
 
 REQUIRED = [
-    "step", "reward_mean", "reward_accuracy", "reward_format", "effective_ratio",
-    "effective_ratio_before_replay", "zero_std_group_fraction", "kl", "clip_fraction",
-    "response_length_mean", "ssb_size", "replayed", "loss",
-]  # fmt: skip
+    "step",
+    "reward_mean",
+    "reward_accuracy",
+    "reward_format",
+    "effective_ratio",
+    "effective_ratio_before_replay",
+    "zero_std_group_fraction",
+    "kl",
+    "clip_fraction",
+    "response_length_mean",
+    "ssb_size",
+    "replayed",
+    "loss",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +49,19 @@ def world(tmp_path_factory):
 
 def _args(world, out, *extra):
     return [
-        f"model={world / 'vlm'}", f"data={world / 'data'}", f"output_dir={out}",
-        "max_steps=3", "save_steps=2", "prompts_per_step=4", "group_size=4",
-        "generation.max_new_tokens=12", "progress=false", "tensorboard=false",
-        "prompts_per_generate=2", *extra,
-    ]  # fmt: skip
+        f"model={world / 'vlm'}",
+        f"data={world / 'data'}",
+        f"output_dir={out}",
+        "max_steps=3",
+        "save_steps=2",
+        "prompts_per_step=4",
+        "group_size=4",
+        "generation.max_new_tokens=12",
+        "progress=false",
+        "tensorboard=false",
+        "prompts_per_generate=2",
+        *extra,
+    ]
 
 
 def _weights(out, step):
@@ -52,8 +70,13 @@ def _weights(out, step):
 
 def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
     out = tmp_path / "run"
-    train(resolve(GRPOConfig, None, _args(world, out, f"probe_data={world / 'data'}",
-                                          "probe_every=2", "probe_size=4")))  # fmt: skip
+    train(
+        resolve(
+            GRPOConfig,
+            None,
+            _args(world, out, f"probe_data={world / 'data'}", "probe_every=2", "probe_size=4"),
+        )
+    )
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert set(rows[0]) == {"step", "probe_accuracy", "probe_unscored", "hallucination_rate"}
@@ -65,8 +88,9 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
     assert "hallucination_rate" not in rows[0]
     assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"  # the run's own curves
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == [
-        "checkpoint-00000002", "checkpoint-00000003",
-    ]  # fmt: skip
+        "checkpoint-00000002",
+        "checkpoint-00000003",
+    ]
     before = load_file(str(world / "vlm" / "model.safetensors"))
     after = _weights(out, 3)
     adapter = {k for k in before if "multi_modal_projector" in k}
@@ -115,8 +139,20 @@ def test_nan_loss_skips_then_aborts_keeping_last_checkpoint(world, tmp_path, mon
     monkeypatch.setattr(grpo_mod, "policy_loss", flaky)
     out = tmp_path / "nan"
     with pytest.raises(R1V2Error, match=r"2 non-finite losses in a row .*checkpoint-00000001"):
-        train(resolve(GRPOConfig, None, _args(world, out, "save_steps=1", "max_steps=5",
-                                              "nan_patience=2", "micro_batch_size=16")))  # fmt: skip
+        train(
+            resolve(
+                GRPOConfig,
+                None,
+                _args(
+                    world,
+                    out,
+                    "save_steps=1",
+                    "max_steps=5",
+                    "nan_patience=2",
+                    "micro_batch_size=16",
+                ),
+            )
+        )
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["skipped_steps"] for r in rows] == [0.0, 1.0, 2.0]
     # Skipped steps leave the weights as the last good step left them.
@@ -286,9 +322,14 @@ def test_policy_update_moves_log_probs_with_the_advantage_sign(world):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     before = seq_logps()
     metrics, stepped = grpo_mod.policy_update(
-        policy, batch, torch.tensor([1.0, -1.0]), cfg=cfg, optimizer=optimizer,
-        scheduler=scheduler, params=params,
-    )  # fmt: skip
+        policy,
+        batch,
+        torch.tensor([1.0, -1.0]),
+        cfg=cfg,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+    )
     after = seq_logps()
     assert stepped and metrics["ratio_mean"] == pytest.approx(1.0)
     assert after[0] > before[0] and after[1] < before[1]
@@ -303,8 +344,9 @@ def _rollout_batch(world, n_prompts=4, group=4, temperature=1.0, seed=3):
     policy = Policy.from_pretrained(world / "vlm")
     set_trainable(policy.model, "adapter")
     items = load_samples(world / "data").samples[:n_prompts]
-    cfg = resolve(GRPOConfig, None, ["generation.max_new_tokens=10",
-                                     f"generation.temperature={temperature}"])  # fmt: skip
+    cfg = resolve(
+        GRPOConfig, None, ["generation.max_new_tokens=10", f"generation.temperature={temperature}"]
+    )
     torch.manual_seed(seed)
     out = policy.generate(items, cfg.generation, group_size=group)
     trajs = [
@@ -323,9 +365,15 @@ def _update(policy, batch, advantages, overrides, reference=None, optimizer_cls=
         optimizer = optimizer_cls(params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     return grpo_mod.policy_update(
-        policy, batch, advantages, cfg=cfg, optimizer=optimizer, scheduler=scheduler,
-        params=params, reference=reference,
-    )  # fmt: skip
+        policy,
+        batch,
+        advantages,
+        cfg=cfg,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        params=params,
+        reference=reference,
+    )
 
 
 def test_logged_metrics_do_not_depend_on_micro_batch_size(world):
@@ -349,8 +397,9 @@ def test_logged_metrics_do_not_depend_on_micro_batch_size(world):
     logged = []
     for micro in (4, 16):
         policy.model.load_state_dict(start)
-        metrics, stepped = _update(policy, batch, advantages, [*common, f"micro_batch_size={micro}"],
-                                   reference=ref)  # fmt: skip
+        metrics, stepped = _update(
+            policy, batch, advantages, [*common, f"micro_batch_size={micro}"], reference=ref
+        )
         assert stepped
         logged.append(metrics)
     a, b = logged
@@ -371,15 +420,17 @@ def test_update_scores_tokens_at_the_sampling_temperature(world):
     loss, _ = grpo_mod.policy_loss(logps, logps.detach(), advantages, mask)
     want = torch.autograd.grad(loss, params)
     overrides = ["generation.temperature=0.7", "kl_coef=0", "optim.max_grad_norm=0"]
-    _, stepped = _update(policy, batch, advantages, overrides,
-                         optimizer_cls=lambda ps: torch.optim.SGD(ps, lr=1.0))  # fmt: skip
+    _, stepped = _update(
+        policy, batch, advantages, overrides, optimizer_cls=lambda ps: torch.optim.SGD(ps, lr=1.0)
+    )
     assert stepped
     for p, b, g in zip(params, before, want):
         torch.testing.assert_close(b - p.detach(), g, rtol=1e-4, atol=1e-7)
     # At T = 1 the gradient is another one: the test can tell them apart.
     logps1 = policy.logprobs(prompts, ids, mask, prompt_index=index)
-    other = torch.autograd.grad(grpo_mod.policy_loss(logps1, logps1.detach(), advantages, mask)[0],
-                                params)  # fmt: skip
+    other = torch.autograd.grad(
+        grpo_mod.policy_loss(logps1, logps1.detach(), advantages, mask)[0], params
+    )
     assert max((a - b).abs().max() for a, b in zip(other, want)) > 1e-3
 
 
@@ -438,12 +489,26 @@ def test_a_new_run_never_touches_an_earlier_one_without_overwrite(world, tmp_pat
     assert (other / "mine.txt").read_text() == "keep me"
     # a bad input with overwrite=true still leaves the earlier run alone (validated first)
     with pytest.raises(R1V2Error):
-        train(resolve(GRPOConfig, None, _args(world, out, "resume=never", "overwrite=true",
-                                              f"data={tmp_path / 'missing.jsonl'}")))  # fmt: skip
+        train(
+            resolve(
+                GRPOConfig,
+                None,
+                _args(
+                    world,
+                    out,
+                    "resume=never",
+                    "overwrite=true",
+                    f"data={tmp_path / 'missing.jsonl'}",
+                ),
+            )
+        )
     assert (out / "metrics.jsonl").read_text() == metrics_before
     # overwrite=true replaces it: only the new run's checkpoints and metrics remain
-    train(resolve(GRPOConfig, None, _args(world, out, "resume=never", "overwrite=true",
-                                          "max_steps=1")))  # fmt: skip
+    train(
+        resolve(
+            GRPOConfig, None, _args(world, out, "resume=never", "overwrite=true", "max_steps=1")
+        )
+    )
     assert [p.name for p in sorted(out.glob("checkpoint-*"))] == ["checkpoint-00000001"]
     assert [r["step"] for r in read_metrics(out)] == [1]
 
@@ -455,8 +520,9 @@ def test_constant_schedule_honours_warmup():
 
     cfg = resolve(GRPOConfig, None, ["optim.warmup_steps=2", "optim.lr=1e-3"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    sched = get_scheduler(grpo_mod._schedule_name(cfg.optim), opt, num_warmup_steps=2,
-                          num_training_steps=10)  # fmt: skip
+    sched = get_scheduler(
+        grpo_mod._schedule_name(cfg.optim), opt, num_warmup_steps=2, num_training_steps=10
+    )
     lrs = []
     for _ in range(4):
         lrs.append(sched.get_last_lr()[0])

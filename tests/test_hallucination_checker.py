@@ -18,11 +18,23 @@ import pytest
 from r1v2.data.synthetic import Claim, Scene, claims, hallucination_rate, hallucinations
 
 WORDS = [
-    "redcircle", "empty", "bluesquare", "empty",
-    "empty", "redcircle", "greentriangle", "empty",
-    "redsquare", "empty", "empty", "bluecircle",
-    "empty", "empty", "redcircle", "empty",
-]  # fmt: skip
+    "redcircle",
+    "empty",
+    "bluesquare",
+    "empty",
+    "empty",
+    "redcircle",
+    "greentriangle",
+    "empty",
+    "redsquare",
+    "empty",
+    "empty",
+    "bluecircle",
+    "empty",
+    "empty",
+    "redcircle",
+    "empty",
+]
 SCENE = Scene.from_any(WORDS)
 
 

@@ -15,8 +15,12 @@ def _run(folder, n=30, ssb=True):
     folder.mkdir(parents=True)
     rows = [{"step": 0, "probe_accuracy": 0.4, "hallucination_rate": 0.6}]
     for step in range(1, n + 1):
-        row = {"step": step, "reward_mean": 1 + step / n, "effective_ratio": 0.65 if ssb else 0.5,
-               "effective_ratio_before_replay": 0.5}  # fmt: skip
+        row = {
+            "step": step,
+            "reward_mean": 1 + step / n,
+            "effective_ratio": 0.65 if ssb else 0.5,
+            "effective_ratio_before_replay": 0.5,
+        }
         if step % 10 == 0:
             row |= {"probe_accuracy": 0.4 + step / 100, "hallucination_rate": 0.6 - step / 100}
         rows.append(row)
@@ -67,8 +71,10 @@ def test_plot_command_writes_a_png_of_several_runs(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(Figure, "savefig", keep)
     a, b = _run(tmp_path / "ssb"), _run(tmp_path / "plain", ssb=False)
     out = tmp_path / "figs" / "curves.png"
-    assert main(["plot", str(a), str(b), "--labels", "SSB", "--labels", "plain",
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        main(["plot", str(a), str(b), "--labels", "SSB", "--labels", "plain", "--out", str(out)])
+        == 0
+    )
     assert f"wrote {out}" in capsys.readouterr().out
     data = out.read_bytes()
     assert data[:4] == b"\x89PNG" and len(data) > 10_000

@@ -22,7 +22,6 @@ class FakePolicy:
     opens_think = True
     model = torch.nn.Linear(1, 1)  # the rollout engine switches it to eval mode
 
-
     def generate(self, items, sampling, *, group_size, batch_size=None):
         texts = []
         for item in items:
@@ -62,12 +61,24 @@ def test_prefilter_keeps_only_mixed_prompts(tmp_path, monkeypatch):
         policy_mod.Policy, "from_pretrained", classmethod(lambda cls, *a, **k: FakePolicy())
     )
     out = tmp_path / "kept" / "samples.jsonl"
-    cfg = resolve(PrefilterConfig, None, [f"data={tmp_path / 'pool.jsonl'}", f"out={out}", "k=4",
-                                          "progress=false", "prompts_per_generate=3"])  # fmt: skip
+    cfg = resolve(
+        PrefilterConfig,
+        None,
+        [
+            f"data={tmp_path / 'pool.jsonl'}",
+            f"out={out}",
+            "k=4",
+            "progress=false",
+            "prompts_per_generate=3",
+        ],
+    )
     stats = prefilter(cfg)
     assert {k: stats[k] for k in ("kept", "all_correct", "all_wrong", "all_equal")} == {
-        "kept": 2, "all_correct": 1, "all_wrong": 1, "all_equal": 0,
-    }  # fmt: skip
+        "kept": 2,
+        "all_correct": 1,
+        "all_wrong": 1,
+        "all_equal": 0,
+    }
     assert [s.id for s in load_samples(out).samples] == ["b", "d"]
     assert json.loads((tmp_path / "kept" / "samples.jsonl.stats.json").read_text())["prompts"] == 4
 
@@ -77,7 +88,10 @@ def test_prefilter_that_keeps_nothing_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(
         policy_mod.Policy, "from_pretrained", classmethod(lambda cls, *a, **k: FakePolicy())
     )
-    cfg = resolve(PrefilterConfig, None, [f"data={tmp_path / 'pool.jsonl'}", "progress=false",
-                                          f"out={tmp_path / 'o.jsonl'}"])  # fmt: skip
+    cfg = resolve(
+        PrefilterConfig,
+        None,
+        [f"data={tmp_path / 'pool.jsonl'}", "progress=false", f"out={tmp_path / 'o.jsonl'}"],
+    )
     with pytest.raises(R1V2Error, match="kept no prompt of 1"):
         prefilter(cfg)

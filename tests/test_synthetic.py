@@ -40,11 +40,23 @@ from r1v2.data.synthetic.render import RGB
 from r1v2.model.policy import format_question
 
 WORDS = [
-    "redcircle", "empty", "bluesquare", "empty",
-    "empty", "redcircle", "greentriangle", "empty",
-    "redsquare", "empty", "empty", "bluecircle",
-    "empty", "empty", "redcircle", "empty",
-]  # fmt: skip
+    "redcircle",
+    "empty",
+    "bluesquare",
+    "empty",
+    "empty",
+    "redcircle",
+    "greentriangle",
+    "empty",
+    "redsquare",
+    "empty",
+    "empty",
+    "bluecircle",
+    "empty",
+    "empty",
+    "redcircle",
+    "empty",
+]
 SCENE = Scene.from_any(WORDS)
 RED_CIRCLES, RED, BLUE, GREEN = Group("red", "circle"), Group("red"), Group("blue"), Group("green")
 CIRCLES, SQUARES = Group(shape="circle"), Group(shape="square")

@@ -26,12 +26,26 @@ from r1v2.toy.reward import RewardModelConfig, train_reward_model
 from r1v2.toy.vision import cell_classes, pixels, train_vision
 
 TINY = [
-    "data.train_size=6", "data.test_size=4", "lm.steps=2", "lm.batch_size=2",
-    "lm.hidden_size=32", "lm.layers=1", "lm.heads=2", "vision.steps=2", "vision.batch_size=2",
-    "vision.hidden_size=32", "vision.layers=1", "vision.heads=2", "align.steps=2",
-    "align.batch_size=2", "rm.steps=1", "rm.batch_size=2", "rm.pairs=4", "rm.eval_pairs=4",
+    "data.train_size=6",
+    "data.test_size=4",
+    "lm.steps=2",
+    "lm.batch_size=2",
+    "lm.hidden_size=32",
+    "lm.layers=1",
+    "lm.heads=2",
+    "vision.steps=2",
+    "vision.batch_size=2",
+    "vision.hidden_size=32",
+    "vision.layers=1",
+    "vision.heads=2",
+    "align.steps=2",
+    "align.batch_size=2",
+    "rm.steps=1",
+    "rm.batch_size=2",
+    "rm.pairs=4",
+    "rm.eval_pairs=4",
     "progress=false",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +114,13 @@ def test_changing_the_warm_up_rebuilds_only_what_depends_on_it():
 def test_every_stage_setting_feeds_its_stage_hash():
     """Changing any one field of a stage's config (here: adding 1 to it, or the other choice)
     changes that stage's hash and the hashes of the stages that read it, and no other."""
-    readers = {"data": ["data"], "lm": ["lm", "vlm", "rm"], "vision": ["vision", "vlm", "rm"],
-               "align": ["vlm", "rm"], "rm": ["rm"]}  # fmt: skip
+    readers = {
+        "data": ["data"],
+        "lm": ["lm", "vlm", "rm"],
+        "vision": ["vision", "vlm", "rm"],
+        "align": ["vlm", "rm"],
+        "rm": ["rm"],
+    }
     other = {"pooling": "last", "trainable": "all"}
     base = stage_hashes(ToyBuildConfig())
     for section, changed in readers.items():

@@ -265,8 +265,12 @@ def test_train_reward_model_deterministic_by_seed(vlm, tmp_path):
 def test_train_reward_model_refuses_bad_settings_before_loading(tmp_path, bad, message):
     with pytest.raises(R1V2Error) as e:
         train_reward_model(
-            tmp_path / "no_vlm", tmp_path / "rm", RewardModelConfig(**bad), seed=0,
-            progress=False, log=None,
-        )  # fmt: skip
+            tmp_path / "no_vlm",
+            tmp_path / "rm",
+            RewardModelConfig(**bad),
+            seed=0,
+            progress=False,
+            log=None,
+        )
     assert message in str(e.value)
     assert not (tmp_path / "rm").exists()

@@ -134,8 +134,13 @@ def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, 
     record = _read_record(out)
     record["config"] = dataclasses.asdict(cfg)
     stages: dict[str, Any] = record["stages"]
-    dirs = {"data": [out / "data" / "train", out / "data" / "test"], "lm": [out / "lm"],
-            "vision": [out / "vision"], "vlm": [out / "vlm"], "rm": [out / "rm"]}  # fmt: skip
+    dirs = {
+        "data": [out / "data" / "train", out / "data" / "test"],
+        "lm": [out / "lm"],
+        "vision": [out / "vision"],
+        "vlm": [out / "vlm"],
+        "rm": [out / "rm"],
+    }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "data": lambda: _build_data(cfg, out),
         "lm": lambda: train_lm(
@@ -159,8 +164,12 @@ def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, 
         start = time.perf_counter()
         metrics = runners[stage]()
         seconds = round(time.perf_counter() - start, 1)
-        stages[stage] = {"hash": hashes[stage], "built": True, "seconds": seconds,
-                         "metrics": metrics}  # fmt: skip
+        stages[stage] = {
+            "hash": hashes[stage],
+            "built": True,
+            "seconds": seconds,
+            "metrics": metrics,
+        }
         _write_record(out, record)
         log(f"{stage}: built in {seconds} s {_brief(metrics)}")
     record["seconds_this_call"] = round(

@@ -50,8 +50,12 @@ def evaluate(
     """
     items = prompts(samples, from_image=from_image)
     texts = greedy_texts(policy, items, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    graded = grade(texts, [s.answer for s in samples], [s.question.options for s in samples],
-                   [s.scene for s in samples])  # fmt: skip
+    graded = grade(
+        texts,
+        [s.answer for s in samples],
+        [s.question.options for s in samples],
+        [s.scene for s in samples],
+    )
     correct = [c or 0.0 for c in graded["correct"]]  # toy references always grade
     by_level: dict[int, list[float]] = defaultdict(list)
     for c, s in zip(correct, samples):

@@ -334,8 +334,15 @@ def policy_update(
 
     def whole_batch() -> torch.Tensor:  # [N, T], no gradients
         with torch.no_grad():
-            return root_call(policy.logprobs, prompts, ids, mask, prompt_index=index,
-                             micro_batch_size=cfg.micro_batch_size, temperature=temperature)  # fmt: skip
+            return root_call(
+                policy.logprobs,
+                prompts,
+                ids,
+                mask,
+                prompt_index=index,
+                micro_batch_size=cfg.micro_batch_size,
+                temperature=temperature,
+            )
 
     old = None if cfg.ppo_epochs == 1 else whole_batch()  # mu = 1: the forward's own, detached
     ref = None
@@ -349,8 +356,9 @@ def policy_update(
     sums: dict[str, float] = {}
     for _ in range(cfg.ppo_epochs):
         optimizer.zero_grad(set_to_none=True)
-        loss_total = backward_pass(policy, batch, advantages, old, ref, cfg, temperature, counts,
-                                   sums, root_call)  # fmt: skip
+        loss_total = backward_pass(
+            policy, batch, advantages, old, ref, cfg, temperature, counts, sums, root_call
+        )
         if root_call is direct:  # FSDP averaged the gradients in the backward pass
             average_gradients(params, world_size)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or math.inf)
@@ -379,8 +387,14 @@ def backward_pass(policy, batch, advantages, old, ref, cfg, temperature, counts,
     loss_total = 0.0
     for start in range(0, ids.shape[0], cfg.micro_batch_size):
         sl = slice(start, min(start + cfg.micro_batch_size, ids.shape[0]))
-        logps = root_call(policy.logprobs, prompts, ids[sl], mask[sl],
-                          prompt_index=index[sl], temperature=temperature)  # fmt: skip
+        logps = root_call(
+            policy.logprobs,
+            prompts,
+            ids[sl],
+            mask[sl],
+            prompt_index=index[sl],
+            temperature=temperature,
+        )
         loss, m = policy_loss(
             logps,
             logps.detach() if old is None else old[sl].to(logps.device),
@@ -606,8 +620,9 @@ def probe(run: GRPORun) -> dict[str, float]:
     from r1v2.eval.greedy import probe as greedy_probe
 
     run.policy.model.eval()
-    result = run.root_call(greedy_probe, run.engine, run.probe_items,
-                           max_new_tokens=run.cfg.generation.max_new_tokens)  # fmt: skip
+    result = run.root_call(
+        greedy_probe, run.engine, run.probe_items, max_new_tokens=run.cfg.generation.max_new_tokens
+    )
     return _mean_over_processes(result, run.accelerator)
 
 
@@ -647,8 +662,10 @@ def train(cfg: GRPOConfig) -> Path:
     main = run.rank == 0
     logger = _logger(run) if main else None
     if main:
-        print(f"{run.trainable_report}\nstarting at step {run.step} of {cfg.max_steps}; "
-              f"output: {run.out}")  # fmt: skip
+        print(
+            f"{run.trainable_report}\nstarting at step {run.step} of {cfg.max_steps}; "
+            f"output: {run.out}"
+        )
     if run.probe_items and run.step == 0:  # the starting point, for before/after comparisons
         baseline = probe(run)
         if main:
@@ -720,10 +737,22 @@ def _root_call(cfg: GRPOConfig, policy, accelerator) -> RootCall:
 # Config fields that may differ when a run is resumed: they do not change what it computes
 # (micro_batch_size only the float summation order).
 RESUMABLE = {
-    "max_steps", "save_steps", "keep_last", "resume", "overwrite", "output_dir", "device",
-    "progress", "tensorboard", "wandb_project", "nan_patience", "probe_data", "probe_every",
-    "probe_size", "micro_batch_size",
-}  # fmt: skip
+    "max_steps",
+    "save_steps",
+    "keep_last",
+    "resume",
+    "overwrite",
+    "output_dir",
+    "device",
+    "progress",
+    "tensorboard",
+    "wandb_project",
+    "nan_patience",
+    "probe_data",
+    "probe_every",
+    "probe_size",
+    "micro_batch_size",
+}
 
 
 def optimizer_state(optimizer, root_call: RootCall) -> dict[str, Any]:
@@ -798,6 +827,8 @@ def run(cfg: GRPOConfig) -> int:
     if PartialState().is_main_process:
         rows = read_metrics(out)
         print(f"done: {run_summary(rows, time.perf_counter() - start)}")
-        print(f"curves: {out / 'metrics.png'}; model: {out / 'final'}; "
-              f"checkpoints: {out}/checkpoint-*")  # fmt: skip
+        print(
+            f"curves: {out / 'metrics.png'}; model: {out / 'final'}; "
+            f"checkpoints: {out}/checkpoint-*"
+        )
     return 0

@@ -88,8 +88,14 @@ def plot_runs(
                 continue
             drawn = True
             per_step = key in ("reward_mean", "effective_ratio")
-            ax.plot(steps, rolling_mean(values, window) if per_step else values,
-                    color=colour, label=label, marker=None if per_step else "o", markersize=3)  # fmt: skip
+            ax.plot(
+                steps,
+                rolling_mean(values, window) if per_step else values,
+                color=colour,
+                label=label,
+                marker=None if per_step else "o",
+                markersize=3,
+            )
             if key == "effective_ratio":
                 b_steps, before = series(rows, "effective_ratio_before_replay")
                 if b_steps:
@@ -97,8 +103,15 @@ def plot_runs(
         if key == "effective_ratio" and drawn:
             ax.axhline(0.6, color="grey", linestyle=":", linewidth=1)
         if not drawn:
-            ax.text(0.5, 0.5, f"no run logged {key}", ha="center", va="center",
-                    transform=ax.transAxes, color="grey")  # fmt: skip
+            ax.text(
+                0.5,
+                0.5,
+                f"no run logged {key}",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[2:]:
