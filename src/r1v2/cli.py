@@ -49,6 +49,18 @@ COMMANDS: list[Command] = [
         ),
     ),
     Command(
+        name="chat",
+        help="Ask a checkpoint one question (optionally about images); the answer streams",
+        config="r1v2.rollout.chat:ChatConfig",
+        run="r1v2.rollout.chat:run",
+        positional="question",
+        description=(
+            'r1v2 chat --model DIR [--image FILE ...] "question": the question through the '
+            "model's chat template (images first), greedy by default, tokens printed as they "
+            "are generated. Any assembled, trained (OUTPUT_DIR/final) or exported checkpoint."
+        ),
+    ),
+    Command(
         name="data check",
         help="Validate sample files (JSONL/parquet): counts by kind, image stats, every problem",
         config="r1v2.data.check:DataCheckConfig",

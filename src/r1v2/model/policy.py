@@ -343,12 +343,14 @@ class Policy:
         *,
         group_size: int = 1,
         batch_size: int | None = None,
+        streamer: Any = None,
     ) -> Rollout:
         """Sample ``group_size`` completions per prompt.
 
         ``batch_size`` caps the sequences per ``generate`` call (None: all ``P * G`` at once);
         the prompts' vision features are computed once either way. Sampling draws from
-        torch's global RNG (seed it for reproducible samples).
+        torch's global RNG (seed it for reproducible samples). ``streamer`` (a transformers
+        ``TextStreamer``) receives the new tokens as they are generated (one sequence).
         """
         sampling = sampling or SamplingConfig()
         sampling.validate()
@@ -359,7 +361,7 @@ class Policy:
         chunks = []
         for sl in iter_chunks(n, batch_size):
             rows = torch.arange(sl.start, sl.stop, device=self.device) // group_size  # [n_c]
-            chunks.append(self._generate(embeds[rows], mask[rows], sampling))  # [n_c, T_c]
+            chunks.append(self._generate(embeds[rows], mask[rows], sampling, streamer))
         width = max(c.shape[1] for c in chunks)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         row = 0
@@ -373,7 +375,7 @@ class Policy:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Rollout(batch, group_size, ids, completion_mask, finished, texts)
 
-    def _generate(self, embeds, mask, sampling: SamplingConfig) -> torch.Tensor:
+    def _generate(self, embeds, mask, sampling: SamplingConfig, streamer=None) -> torch.Tensor:
         """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]``."""
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
@@ -390,6 +392,7 @@ class Policy:
             attention_mask=mask.long(),
             generation_config=config,
             synced_gpus=self.synced_gpus,
+            streamer=streamer,
         )
 
     # ---- scoring -------------------------------------------------------------------------
