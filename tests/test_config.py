@@ -101,3 +101,41 @@ def test_a_nested_sections_defaults_come_from_its_field_not_its_class():
     assert (
         resolve(GRPOConfig, None, ["generation.max_new_tokens=64"]).generation.max_new_tokens == 64
     )
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=.nan", "optim.lr"),
+        ("optim.lr=.inf", "optim.lr"),
+        ("optim.betas=[2, 3]", "optim.betas"),
+        ("ssb.capacity=-1", "ssb.capacity"),
+        ("kl_coef=-1", "kl_coef"),
+        ("clip_low=-1", "clip_low"),
+        ("ssb.target_ratio=5", "ssb.target_ratio"),
+        ("ssb.eps=-1", "ssb.eps"),
+        ("std_floor=-0.1", "std_floor"),
+    ],
+)
+def test_grpo_values_are_checked_before_any_work(override, field, capsys):
+    """Each bad value is a one-line exit-2 error naming the full dotted field, raised while the
+    config resolves (nothing is loaded: the model path does not even exist)."""
+    from r1v2.cli import main
+
+    rc = main(["grpo", "model=/nonexistent", override, "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"'{field}'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_section_written_as_a_scalar_and_a_duplicate_key_are_errors(tmp_path):
+    from r1v2.train.grpo import GRPOConfig
+
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("ssb: false\n")
+    with pytest.raises(ConfigError, match="'ssb' is a section of settings"):
+        resolve(GRPOConfig, scalar)
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("max_steps: 5\ngroup_size: 4\nmax_steps: 6\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: invalid YAML: .*duplicate key 'max_steps'"):
+        resolve(GRPOConfig, dup)

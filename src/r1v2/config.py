@@ -46,6 +46,31 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def check_range(
+    key: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raise a ConfigError naming ``key`` unless ``value`` is a finite number in the range
+    (``low``/``high`` inclusive unless ``*_open``; None = unbounded). None passes (optional)."""
+    import math
+
+    if value is None:
+        return
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    span = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
+    bad = not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if low_open else value < low))
+    bad = bad or (high is not None and (value >= high if high_open else value > high))
+    if bad:
+        raise ConfigError(f"config field '{key}' must be a finite number in {span}, got {value}")
+
+
 def leaf_fields(cls: type, prefix: str = "", base: Any = None) -> dict[str, tuple[Any, str, Any]]:
     """Map each dotted key of ``cls`` to ``(type, help, default)``; nested dataclasses flatten.
 
@@ -174,6 +199,10 @@ def _select(raw: dict[str, Any], fields: dict[str, tuple[Any, str, Any]], source
     for key, value in raw.items():
         if key in fields:
             picked[key] = value
+        elif key in groups and not isinstance(value, dict):
+            raise ConfigError(
+                f"{source}: '{key}' is a section of settings ({key}.*), not a value: got {value!r}"
+            )
         elif key in groups or any(
             key.startswith(f + ".") for f in fields if _is_dict(fields[f][0])
         ):
@@ -208,6 +237,22 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that refuses a key written twice in one mapping (safe_load keeps
+    the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -215,7 +260,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

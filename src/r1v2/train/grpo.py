@@ -26,7 +26,7 @@ import torch
 
 from r1v2.algos.grpo import group_advantages, group_stats, loss_normalizer, policy_loss
 from r1v2.algos.ssb import SelectiveSampleBuffer, replay
-from r1v2.config import option, to_dict
+from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -66,6 +66,13 @@ class SSBConfig:
     target_ratio: float = option(0.6, "replay until this share of the batch has |A| > eps")
     eps: float = option(1e-6, "advantages with |A| <= eps count as zero")
 
+    def validate(self) -> None:
+        check_range("ssb.capacity", self.capacity, 1)
+        check_range("ssb.alpha", self.alpha, 0)
+        check_range("ssb.max_age", self.max_age, 0)
+        check_range("ssb.target_ratio", self.target_ratio, 0, 1)
+        check_range("ssb.eps", self.eps, 0)
+
 
 @dataclass
 class OptimConfig:
@@ -88,6 +95,16 @@ class OptimConfig:
     max_grad_norm: float = option(
         1.0, "clip the gradient norm to this (0: no clipping; TRL: max_grad_norm)"
     )
+
+    def validate(self) -> None:
+        check_range("optim.lr", self.lr, 0, low_open=True)
+        check_range("optim.weight_decay", self.weight_decay, 0)
+        if len(self.betas) != 2:
+            raise R1V2Error(f"config field 'optim.betas' must be two numbers, got {self.betas}")
+        for beta in self.betas:
+            check_range("optim.betas", beta, 0, 1, high_open=True)
+        check_range("optim.warmup_steps", self.warmup_steps, 0)
+        check_range("optim.max_grad_norm", self.max_grad_norm, 0)
 
 
 @dataclass
@@ -191,7 +208,20 @@ class GRPOConfig(PolicySetup):
     progress: bool = option(True, "show a live progress display")
 
     def validate(self) -> None:
+        """Every value checked before anything loads; errors name the dotted field."""
         self.generation.validate()
+        self.optim.validate()
+        self.ssb.validate()
+        check_range("kl_coef", self.kl_coef, 0)
+        check_range("clip_low", self.clip_low, 0, 1, high_open=True)
+        check_range("clip_high", self.clip_high, 0)
+        check_range("kl_clip", self.kl_clip, 0, low_open=True)
+        check_range("std_floor", self.std_floor, 0)
+        check_range("keep_last", self.keep_last, 0)
+        check_range("probe_every", self.probe_every, 1)
+        check_range("probe_size", self.probe_size, 1)
+        check_range("nan_patience", self.nan_patience, 1)
+        check_range("prompts_per_generate", self.prompts_per_generate, 1)
         if self.group_size < 2:
             raise R1V2Error("config field 'group_size' must be >= 2 (advantages compare a group)")
         for name in (
