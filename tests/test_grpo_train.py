@@ -530,3 +530,46 @@ def test_constant_schedule_honours_warmup():
         sched.step()
     assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
     assert grpo_mod._schedule_name(resolve(GRPOConfig).optim) == "constant"
+
+
+@pytest.mark.parametrize("action", ["stop", "rollback"])
+def test_hallucination_guard_stops_or_rolls_back_grpo(world, tmp_path, monkeypatch, action):
+    """Probe rates 0.2 (step 0), 0.25, 0.5, 0.6 with tolerance 0.1 and patience 2: steps 2 and
+    3 are above 0.3, so the guard fires at step 3 and the run ends there (of 6). With
+    rollback the final weights are those of the best probe (accuracy peaks at step 1)."""
+    import r1v2.eval.greedy as greedy
+
+    rates = iter([0.2, 0.25, 0.5, 0.6, 0.6, 0.6, 0.6])
+    accuracy = iter([0.1, 0.5, 0.3, 0.2, 0.2, 0.2, 0.2])
+
+    def fake_probe(engine, samples, *, max_new_tokens):
+        return {
+            "probe_accuracy": next(accuracy),
+            "probe_unscored": 0.0,
+            "hallucination_rate": next(rates),
+        }
+
+    monkeypatch.setattr(greedy, "probe", fake_probe)
+    out = tmp_path / action
+    extra = (
+        f"probe_data={world / 'data'}",
+        "probe_every=1",
+        "max_steps=6",
+        "save_steps=1",
+        "keep_last=10",
+        f"guard.action={action}",
+        "guard.patience=2",
+        "optim.lr=0.01",
+    )
+    train(resolve(GRPOConfig, None, _args(world, out, *extra)))
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert "guard_event" in rows[-1] and "at step 3" in rows[-1]["guard_event"]
+    from transformers import AutoModelForImageTextToText
+
+    final = dict(AutoModelForImageTextToText.from_pretrained(out / "final").named_parameters())
+    step1, step3 = _weights(out, 1), _weights(out, 3)
+    assert action == "rollback" or not all(torch.equal(step1[k], step3[k]) for k in step1)
+    want = step1 if action == "rollback" else step3  # rollback: step 3 saved the restored ones
+    for k, v in want.items():
+        assert torch.equal(final[k], v), k

@@ -30,6 +30,7 @@ from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1v2.train.guard import GuardConfig, HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
@@ -43,6 +44,7 @@ from r1v2.train.stage import (
     prepare_output,
     run_summary,
     save_final,
+    watch,
 )
 
 STD_FLOOR = 0.05
@@ -193,6 +195,9 @@ class GRPOConfig(PolicySetup):
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
     ssb: SSBConfig = field(default_factory=SSBConfig, metadata={"help": "Selective Sample Buffer"})
 
+    guard: GuardConfig = field(
+        default_factory=GuardConfig, metadata={"help": "hallucination guard (needs probe_data)"}
+    )
     probe_data: str | None = option(
         None, "samples with a scene in metadata for the hallucination probe (null: none)"
     )
@@ -471,6 +476,8 @@ class GRPORun:
     pool: list[Any]
     probe_items: list[Any]
     trainable_report: str
+    guard: HallucinationGuard
+    best: dict[str, Any] | None = None  # {"step", "weights"}: the guard's rollback target
     step: int = 0
     nan_total: int = 0
 
@@ -553,6 +560,7 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         pool=pool,
         probe_items=probe_items,
         trainable_report=str(report),
+        guard=HallucinationGuard.from_config(cfg.guard),
     )
     if state:
         _restore(run, state, ckpt)
@@ -572,6 +580,9 @@ def _restore(run: GRPORun, state: dict[str, Any], ckpt: Path) -> None:
         raise R1V2Error(f"{ckpt}: {e}: the prompt pool {run.cfg.data} changed") from e
     run.buffer.load_state_dict(state["buffer"])
     run.step, run.nan_total = state["step"], state["nan_total"]
+    if "guard" in state:  # checkpoints of earlier versions have none
+        run.guard.load_state_dict(state["guard"])
+        run.best = state["best"]
 
 
 def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
@@ -645,15 +656,20 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     return _mean_over_processes(metrics, run.accelerator), stepped
 
 
-def probe(run: GRPORun) -> dict[str, float]:
-    """Greedy accuracy and hallucination rate on the probe set (averaged over processes)."""
+def probe(run: GRPORun, step: int) -> dict[str, Any]:
+    """Greedy accuracy and hallucination rate on the probe set (averaged over processes),
+    fed to the hallucination guard."""
     from r1v2.eval.greedy import probe as greedy_probe
 
     run.policy.model.eval()
     result = run.root_call(
         greedy_probe, run.engine, run.probe_items, max_new_tokens=run.cfg.generation.max_new_tokens
     )
-    return _mean_over_processes(result, run.accelerator)
+    result = _mean_over_processes(result, run.accelerator)
+    row, run.best = watch(run.guard, run.policy.model, run.best, step, result)
+    if "guard_event" in row and run.rank == 0:
+        print(row["guard_event"])
+    return {**result, **row}
 
 
 def save(run: GRPORun, step: int) -> None:
@@ -666,6 +682,8 @@ def save(run: GRPORun, step: int) -> None:
         "buffer": run.buffer.state_dict(),
         "step": step,
         "nan_total": run.nan_total,
+        "guard": run.guard.state_dict(),
+        "best": run.best,
         "config": to_dict(cfg),
     }
     save_checkpoint(
@@ -696,13 +714,13 @@ def train(cfg: GRPOConfig) -> Path:
             f"{run.trainable_report}\nstarting at step {run.step} of {cfg.max_steps}; "
             f"output: {run.out}"
         )
-    if run.probe_items and run.step == 0:  # the starting point, for before/after comparisons
-        baseline = probe(run)
+    if run.probe_items and run.step == 0:  # the starting point: the guard's reference rate
+        baseline = probe(run, 0)
         if main:
             logger.log(0, baseline)
     progress = StepProgress(cfg.max_steps, start=run.step, enabled=cfg.progress and main)
     nan_streak = 0
-    while run.step < cfg.max_steps:
+    while run.step < cfg.max_steps and not _guard_stopped(run):
         step = run.step = run.step + 1
         t0 = time.perf_counter()
         metrics, stepped = one_step(run, step)
@@ -710,7 +728,7 @@ def train(cfg: GRPOConfig) -> Path:
         run.nan_total += 0 if stepped else 1
         metrics.update(skipped_steps=float(run.nan_total), step_seconds=time.perf_counter() - t0)
         if run.probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
-            metrics.update(probe(run))
+            metrics.update(probe(run, step))
         if main:
             logger.log(step, metrics)
             progress.update(step, metrics)
@@ -720,7 +738,7 @@ def train(cfg: GRPOConfig) -> Path:
                 f"checkpoint: {latest_checkpoint(run.out) or 'none'}. Lower optim.lr or check "
                 "the data."
             )
-        if stepped and (step % cfg.save_steps == 0 or step == cfg.max_steps):
+        if stepped and (step % cfg.save_steps == 0 or step == cfg.max_steps or _guard_stopped(run)):
             save(run, step)  # never after a skipped step: the last checkpoint stays a good one
     progress.close()
     save_final(run.policy, run.out, sharded=run.root_call is not direct, rank=run.rank)
@@ -730,6 +748,11 @@ def train(cfg: GRPOConfig) -> Path:
 
         plot_runs([run.out], run.out / "metrics.png")
     return run.out
+
+
+def _guard_stopped(run: GRPORun) -> bool:
+    """The hallucination guard fired (in this run or before a resume) and is not off."""
+    return run.guard.fired and run.cfg.guard.action != "off"
 
 
 def _schedule_name(optim: OptimConfig) -> str:
@@ -782,6 +805,7 @@ RESUMABLE = {
     "probe_every",
     "probe_size",
     "micro_batch_size",
+    "guard",
 }
 
 

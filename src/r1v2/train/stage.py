@@ -213,4 +213,34 @@ def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
             f"(steps {a['step']} -> {b['step']}), hallucination rate "
             f"{a['hallucination_rate']:.1%} -> {b['hallucination_rate']:.1%}"
         )
+    parts += [r["guard_event"] for r in rows if r.get("guard_event")]
     return "; ".join(parts)
+
+
+def watch(guard, model, best: dict[str, Any] | None, step: int, probe: dict[str, float]):
+    """Feed a probe result to the hallucination guard (:mod:`r1v2.train.guard`); with
+    ``action=rollback`` keep a CPU copy of the trainable weights of the best probe, and put them
+    back when the guard fires. Returns ``(metrics for the row, best)``; ``best`` is
+    ``{"step", "weights"}`` or None. With FSDP every process must call it (weights are
+    gathered whole)."""
+    from r1v2.train.checkpoint import trainable_state
+
+    decision = guard.update(step, probe)
+    if decision.is_best and guard.action == "rollback":
+        # clone: on the CPU trainable_state's tensors share the live parameters' storage
+        best = {"step": step, "weights": {k: v.clone() for k, v in trainable_state(model).items()}}
+    if decision.action == "rollback" and best is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in best["weights"].items():
+                param = params[name]
+                value = value.to(param.device, param.dtype)
+                if hasattr(param, "device_mesh"):  # FSDP2: this process's shard of it
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(value, param.device_mesh, param.placements)
+                param.copy_(value)
+    out: dict[str, Any] = {"guard_streak": float(decision.streak)}
+    if decision.fired:
+        out["guard_event"] = decision.message
+    return out, best
