@@ -79,7 +79,13 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
     )
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
-    assert set(rows[0]) == {"step", "probe_accuracy", "probe_unscored", "hallucination_rate"}
+    assert set(rows[0]) == {
+        "step",
+        "probe_accuracy",
+        "probe_unscored",
+        "hallucination_rate",
+        "guard_streak",
+    }
     rows = rows[1:]
     for r in rows:
         assert set(REQUIRED) <= set(r), set(REQUIRED) - set(r)
