@@ -85,8 +85,11 @@ def test_config_validation():
     )
     guard = HallucinationGuard.from_config(cfg)
     assert (guard.action, guard.tolerance, guard.patience, guard.best_metric) == (
-        "rollback", 0.2, 3, "hallucination_rate",
-    )  # fmt: skip
+        "rollback",
+        0.2,
+        3,
+        "hallucination_rate",
+    )
     # YAML reads a bare `off` as false: it still means off
     assert resolve(GuardConfig, None, ["action=off"]).action == "off"
     assert resolve(GuardConfig, None, ["action=rollback"]).action == "rollback"

@@ -144,6 +144,28 @@ COMMANDS: list[Command] = [
         ),
     ),
     Command(
+        name="mpo",
+        help="Train with Mixed Preference Optimization: pairs from n responses, reward model, rules",
+        config="r1v2.train.mpo:MPOConfig",
+        run="r1v2.train.mpo:run",
+        description=(
+            "MPO (R1V2 stage one): each round samples n responses per prompt from the current "
+            "policy, scores them with the reward model (rm_path), and keeps one pair per prompt "
+            "(chosen: the best response passing the rules - correct answer, format, no repeated "
+            "reasoning; rejected: the lowest-scoring) when the score gap is >= threshold, then "
+            "takes `epochs` optimizer steps on DPO + BCO + NLL (loss.weights). data= may be an "
+            "offline pairs file (question, chosen, rejected, image/images per line). Probe and "
+            "hallucination guard (guard.*), checkpoints, resume=auto; torchrun --nproc_per_node "
+            "K -m r1v2 mpo on a CPU."
+        ),
+    ),
+    Command(
+        name="mpo pairs",
+        help="Write the preference pairs one MPO round builds (offline pairs layout)",
+        config="r1v2.train.mpo:MPOPairsConfig",
+        run="r1v2.train.mpo:run_pairs",
+    ),
+    Command(
         name="plot",
         help="Training curves of GRPO runs (reward, effective ratio, probe accuracy) as a PNG",
         config="r1v2.train.plot:PlotConfig",

@@ -805,7 +805,6 @@ RESUMABLE = {
     "probe_every",
     "probe_size",
     "micro_batch_size",
-    "guard",
 }
 
 
