@@ -35,12 +35,15 @@ from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
 from r1v2.train.stage import (
+    RESUMABLE,
     PolicySetup,
     check_resumable,
     clear_folder,
+    gather_lists,
     load_policy,
     load_pool,
     make_reward,
+    mean_over_processes,
     prepare_output,
     run_summary,
     save_final,
@@ -600,13 +603,15 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     rewards = run.reward_fn(texts, per_sample)
     # 4. group advantages and 5. Selective Sample Buffer, over the whole step's batch
     # (gathered from every process, in process order), so K processes decide as one
-    trajectories = _gather([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
-    total = _gather(list(rewards.total), world)
+    trajectories = gather_lists([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
+    total = gather_lists(list(rewards.total), world)
     floor = {"eps": cfg.ssb.eps, "std_floor": cfg.std_floor}
     advantages = group_advantages(total, cfg.group_size, **floor)  # [N]
     stats = group_stats(total, cfg.group_size, **floor)
     rule = rewards.components.get("accuracy")
-    rule_stats = group_stats(_gather(list(rule), world), cfg.group_size, **floor) if rule else {}
+    rule_stats = (
+        group_stats(gather_lists(list(rule), world), cfg.group_size, **floor) if rule else {}
+    )
     replay_stats = {
         "effective_ratio_before": stats["effective_ratio"],
         "effective_ratio_after": stats["effective_ratio"],
@@ -653,7 +658,7 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
         "lr": run.scheduler.get_last_lr()[0],
         "rollouts": float(len(completions) * world),
     }
-    return _mean_over_processes(metrics, run.accelerator), stepped
+    return mean_over_processes(metrics, run.accelerator), stepped
 
 
 def probe(run: GRPORun, step: int) -> dict[str, Any]:
@@ -665,7 +670,7 @@ def probe(run: GRPORun, step: int) -> dict[str, Any]:
     result = run.root_call(
         greedy_probe, run.engine, run.probe_items, max_new_tokens=run.cfg.generation.max_new_tokens
     )
-    result = _mean_over_processes(result, run.accelerator)
+    result = mean_over_processes(result, run.accelerator)
     row, run.best = watch(run.guard, run.policy.model, run.best, step, result)
     if "guard_event" in row and run.rank == 0:
         print(row["guard_event"])
@@ -787,27 +792,6 @@ def _root_call(cfg: GRPOConfig, policy, accelerator) -> RootCall:
     return shard_model(policy.model, accelerator.device.type)
 
 
-# Config fields that may differ when a run is resumed: they do not change what it computes
-# (micro_batch_size only the float summation order).
-RESUMABLE = {
-    "max_steps",
-    "save_steps",
-    "keep_last",
-    "resume",
-    "overwrite",
-    "output_dir",
-    "device",
-    "progress",
-    "tensorboard",
-    "wandb_project",
-    "nan_patience",
-    "probe_data",
-    "probe_every",
-    "probe_size",
-    "micro_batch_size",
-}
-
-
 def optimizer_state(optimizer, root_call: RootCall) -> dict[str, Any]:
     """The optimizer's state dict; with FSDP gathered into whole tensors (every process must
     call it), so a checkpoint does not depend on the number of processes."""
@@ -843,32 +827,6 @@ def check_distributed_type(kind: str) -> None:
             "configs/accelerate/multi_gpu.yaml and add sharding=fsdp to shard the model with "
             "torch FSDP2 (or torchrun --nproc_per_node K -m r1v2 grpo on a CPU)."
         )
-
-
-def _gather(values: list[Any], world: int) -> list[Any]:
-    """Every process's list, concatenated in process order (the same on every process)."""
-    if world == 1:
-        return list(values)
-    return [v for part in _gather_objects(values, world) for v in part]
-
-
-def _gather_objects(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
-    return dict(zip(keys, values.tolist()))
 
 
 def run(cfg: GRPOConfig) -> int:

@@ -59,12 +59,16 @@ from r1v2.train.guard import GuardConfig, HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.pairs import RULES, RepeatConfig, Rule, rule_checks, select_pair
 from r1v2.train.sampler import PromptSampler
+from r1v2.train.stage import RESUMABLE as STAGE_RESUMABLE
 from r1v2.train.stage import (
     PolicySetup,
     check_resumable,
     clear_folder,
+    gather_lists,
+    gather_objects,
     load_policy,
     load_pool,
+    mean_over_processes,
     prepare_output,
     resolve_device,
     save_final,
@@ -770,7 +774,7 @@ def probe(run: MPORun) -> dict[str, float]:
     result = greedy_probe(
         run.engine, run.probe_items, max_new_tokens=run.cfg.generation.max_new_tokens
     )
-    return _mean_over_processes(result, run.accelerator)
+    return mean_over_processes(result, run.accelerator)
 
 
 def guarded_probe(run: MPORun, step: int) -> dict[str, Any]:
@@ -886,54 +890,9 @@ def _logger(run: MPORun) -> MetricsLogger:
     )
 
 
-# Config fields that may differ when a run is resumed: they do not change what it computes
-# (micro_batch_size and rm_batch_size only the float summation order). `reward` is not read;
-# guard.action may change too (guard_resumable).
-RESUMABLE = {
-    "max_steps",
-    "save_steps",
-    "keep_last",
-    "resume",
-    "overwrite",
-    "output_dir",
-    "device",
-    "progress",
-    "tensorboard",
-    "wandb_project",
-    "nan_patience",
-    "probe_data",
-    "probe_every",
-    "probe_size",
-    "micro_batch_size",
-    "rm_batch_size",
-    "rm_device",
-    "reward",
-    "on_bad",
-}
-
-
-def gather_lists(values: list[Any], world: int) -> list[Any]:
-    """Every process's list, concatenated in process order (the same on every process)."""
-    return [v for part in gather_objects(values, world) for v in part]
-
-
-def gather_objects(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
-    return dict(zip(keys, values.tolist()))
+# MPO's own fields that may differ on resume besides stage.RESUMABLE (rm_batch_size: only the
+# float summation order). `reward` is not read; guard.action may change too (guard_resumable).
+RESUMABLE = STAGE_RESUMABLE | {"rm_batch_size", "rm_device", "reward", "on_bad"}
 
 
 def summary(rows: list[dict[str, Any]], seconds: float) -> str:

@@ -244,3 +244,52 @@ def watch(guard, model, best: dict[str, Any] | None, step: int, probe: dict[str,
     if decision.fired:
         out["guard_event"] = decision.message
     return out, best
+
+
+# ---- several processes -----------------------------------------------------------------------
+
+# Config fields that may differ when a run is resumed: they do not change what it computes
+# (micro_batch_size only the float summation order). Stages add their own.
+RESUMABLE = {
+    "max_steps",
+    "save_steps",
+    "keep_last",
+    "resume",
+    "overwrite",
+    "output_dir",
+    "device",
+    "progress",
+    "tensorboard",
+    "wandb_project",
+    "nan_patience",
+    "probe_data",
+    "probe_every",
+    "probe_size",
+    "micro_batch_size",
+}
+
+
+def gather_lists(values: list[Any], world: int) -> list[Any]:
+    """Every process's list, concatenated in process order (the same on every process)."""
+    return [v for part in gather_objects(values, world) for v in part]
+
+
+def gather_objects(obj: Any, world: int) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (one all_gather_object)."""
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """Each metric averaged over processes (one all-reduce); as it is with one process."""
+    if accelerator.num_processes == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
+    return dict(zip(keys, values.tolist()))
