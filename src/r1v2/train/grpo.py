@@ -36,7 +36,7 @@ from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
 from r1v2.train.stage import (
     RESUMABLE,
-    PolicySetup,
+    ScoredSetup,
     check_resumable,
     clear_folder,
     gather_lists,
@@ -113,7 +113,7 @@ class OptimConfig:
 
 
 @dataclass
-class GRPOConfig(PolicySetup):
+class GRPOConfig(ScoredSetup):
     """``r1v2 grpo``: GRPO with the hybrid reward and the Selective Sample Buffer."""
 
     output_dir: str = option("runs/grpo", "where checkpoints, metrics.jsonl and logs go")

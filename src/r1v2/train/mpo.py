@@ -106,8 +106,7 @@ class MPOLossConfig:
 @dataclass
 class PairSettings(PolicySetup):
     """How one round's pairs are built: sampling (PolicySetup), reward model, rules, threshold.
-    Shared by ``r1v2 mpo`` and ``r1v2 mpo pairs``, so both build the same pairs. The
-    ``reward`` section of PolicySetup is not used."""
+    Shared by ``r1v2 mpo`` and ``r1v2 mpo pairs``, so both build the same pairs."""
 
     rm_path: str = option("runs/toy/rm", "reward model checkpoint (value head or classifier)")
     rm_device: Literal["auto", "cpu", "cuda"] = option(
@@ -891,8 +890,8 @@ def _logger(run: MPORun) -> MetricsLogger:
 
 
 # MPO's own fields that may differ on resume besides stage.RESUMABLE (rm_batch_size: only the
-# float summation order). `reward` is not read; guard.action may change too (guard_resumable).
-RESUMABLE = STAGE_RESUMABLE | {"rm_batch_size", "rm_device", "reward", "on_bad"}
+# float summation order); guard.action may change too (guard_resumable).
+RESUMABLE = STAGE_RESUMABLE | {"rm_batch_size", "rm_device", "on_bad"}
 
 
 def summary(rows: list[dict[str, Any]], seconds: float) -> str:

@@ -19,14 +19,14 @@ from r1v2.algos.grpo import group_advantages
 from r1v2.config import option
 from r1v2.errors import R1V2Error
 from r1v2.train.grpo import STD_FLOOR
-from r1v2.train.stage import PolicySetup, load_policy, load_pool, make_reward
+from r1v2.train.stage import ScoredSetup, load_policy, load_pool, make_reward
 
 
 @dataclass
-class PrefilterConfig(PolicySetup):
+class PrefilterConfig(ScoredSetup):
     """``r1v2 prefilter``: drop prompts whose k rollouts all get the same reward.
 
-    The policy, sampling and reward settings are GRPO's own (:class:`PolicySetup`), so a
+    The policy, sampling and reward settings are GRPO's own (:class:`ScoredSetup`), so a
     prompt is judged as training would score it."""
 
     out: str = option("runs/toy/data/filtered/samples.jsonl", "filtered pool to write (JSONL)")

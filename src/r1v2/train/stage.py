@@ -1,8 +1,9 @@
 """Pieces every training stage uses (GRPO, the prefilter, MPO), as plain functions.
 
-- :class:`PolicySetup`: the settings that decide how a stage's policy samples and is scored
-  (model, data, seed, device, dtype, generation, reward). Stage configs inherit its fields,
-  so ``r1v2 prefilter`` cannot load or score prompts differently from ``r1v2 grpo``.
+- :class:`PolicySetup`: the settings that decide how a stage's policy is loaded and samples
+  (model, data, seed, device, dtype, generation); :class:`ScoredSetup` adds the hybrid reward.
+  Stage configs inherit their fields, so ``r1v2 prefilter`` cannot load or score prompts
+  differently from ``r1v2 grpo``.
 - :func:`load_policy`, :func:`make_reward`: the policy and its hybrid reward from those settings.
 - :func:`prepare_output`, :func:`check_resumable`: which checkpoint a run continues, and the
   refusals that keep a new run from touching an earlier one.
@@ -15,18 +16,17 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from r1v2.config import option, to_dict
 from r1v2.errors import R1V2Error
-from r1v2.model.dtypes import DTYPES, Dtype
+from r1v2.model.dtypes import DTYPES, Device, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import latest_checkpoint
 
-Device = Literal["auto", "cpu", "cuda"]
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
 
 
@@ -43,6 +43,12 @@ class PolicySetup:
         default_factory=lambda: SamplingConfig(max_new_tokens=128),
         metadata={"help": "sampling of rollouts (TRL: temperature, top_p, max_completion_length)"},
     )
+
+
+@dataclass
+class ScoredSetup(PolicySetup):
+    """A :class:`PolicySetup` whose rollouts are scored by the hybrid reward (grpo, prefilter)."""
+
     reward: HybridRewardConfig = field(
         default_factory=HybridRewardConfig, metadata={"help": "hybrid reward"}
     )
@@ -64,7 +70,7 @@ def load_policy(setup: PolicySetup, device: torch.device | str | None = None):
     return Policy.from_pretrained(setup.model, dtype=DTYPES[setup.dtype], device=device)
 
 
-def make_reward(setup: PolicySetup, policy):
+def make_reward(setup: ScoredSetup, policy):
     """The hybrid reward of ``setup.reward``; only an answer after ``</think>`` counts when
     the policy's chat template opens a think block."""
     from r1v2.model.policy import format_question
