@@ -238,3 +238,14 @@ def test_export_of_a_loose_checkpoint_may_write_next_to_it(trained, tmp_path):
     assert (out / "model.safetensors").is_file()
     with pytest.raises(R1V2Error, match="is inside the checkpoint input"):
         export(loose, loose / "exported")
+
+
+def test_metrics_logger_drops_a_torn_last_line_on_resume(tmp_path):
+    """A kill mid-write leaves half a JSON line: resuming at step 2 keeps steps 0-2 and drops it."""
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 0, "a": 1}\n{"step": 1, "a": 2}\n{"step": 2, "a": 3}\n{"step": 3, "a'
+    )
+    logger = MetricsLogger(tmp_path, resume_step=2, tensorboard=False)
+    logger.log(3, {"a": 4.0})
+    logger.close()
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3]

@@ -17,11 +17,22 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics line; None for a blank or torn line (a kill or a full disk
+    mid-write), which a resumed run drops."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else None
+
+
 class MetricsLogger:
     """Appends one JSON object per step to ``output_dir/metrics.jsonl`` (flushed each time).
 
-    On resume the file is truncated to the steps before the resumed one, so a resumed run's
-    log reads like an uninterrupted one.
+    On resume the file is truncated to the steps before the resumed one (a torn last line
+    dropped), so a resumed run's log reads like an uninterrupted one.
     """
 
     def __init__(
@@ -39,7 +50,7 @@ class MetricsLogger:
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                if _step_of(line) is not None and _step_of(line) <= resume_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._file = self.path.open("a")
