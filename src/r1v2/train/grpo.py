@@ -39,6 +39,7 @@ from r1v2.train.stage import (
     ScoredSetup,
     check_resumable,
     clear_folder,
+    end_processes,
     gather_lists,
     load_policy,
     load_pool,
@@ -842,4 +843,5 @@ def run(cfg: GRPOConfig) -> int:
             f"curves: {out / 'metrics.png'}; model: {out / 'final'}; "
             f"checkpoints: {out}/checkpoint-*"
         )
+    end_processes()
     return 0

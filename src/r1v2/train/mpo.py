@@ -64,6 +64,7 @@ from r1v2.train.stage import (
     PolicySetup,
     check_resumable,
     clear_folder,
+    end_processes,
     gather_lists,
     gather_objects,
     load_policy,
@@ -931,6 +932,7 @@ def run(cfg: MPOConfig) -> int:
     if PartialState().is_main_process:
         print(f"done: {summary(read_metrics(out), time.perf_counter() - start)}")
         print(f"model: {out / 'final'}; checkpoints: {out}/checkpoint-*")
+    end_processes()
     return 0
 
 

@@ -299,3 +299,14 @@ def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, flo
     values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     values = accelerator.reduce(values.to(accelerator.device), reduction="mean").cpu()
     return dict(zip(keys, values.tolist()))
+
+
+def end_processes() -> None:
+    """Leave a multi-process run together: a barrier (so no process exits while another
+    still writes), then destroy the process group (a process that exits with it alive can
+    abort in its communication threads)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
