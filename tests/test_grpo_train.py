@@ -527,7 +527,7 @@ def test_constant_schedule_honours_warmup():
     cfg = resolve(GRPOConfig, None, ["optim.warmup_steps=2", "optim.lr=1e-3"])
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
     sched = get_scheduler(
-        grpo_mod._schedule_name(cfg.optim), opt, num_warmup_steps=2, num_training_steps=10
+        grpo_mod.schedule_name(cfg.optim), opt, num_warmup_steps=2, num_training_steps=10
     )
     lrs = []
     for _ in range(4):
@@ -535,7 +535,7 @@ def test_constant_schedule_honours_warmup():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
-    assert grpo_mod._schedule_name(resolve(GRPOConfig).optim) == "constant"
+    assert grpo_mod.schedule_name(resolve(GRPOConfig).optim) == "constant"
 
 
 @pytest.mark.parametrize("action", ["stop", "rollback"])

@@ -156,7 +156,7 @@ def load_samples(
     probed: dict[ImageSource, ImageInfo | ImageError] = {}
     for file in result.files:
         base_dir = file.parent
-        for line, record in _read_rows(file):
+        for line, record in read_rows(file):
             if line is not None:
                 result.rows += 1
             if isinstance(record, DataError):
@@ -246,7 +246,7 @@ def _probe(src: ImageSource, max_pixels: int, decode: bool) -> ImageInfo | Image
         return e
 
 
-def _read_rows(file: Path) -> Iterator[tuple[int | None, Any]]:
+def read_rows(file: Path) -> Iterator[tuple[int | None, Any]]:
     """``(line, record)`` for each row; ``record`` is a DataError for a row that cannot be parsed,
     and ``line`` is None for a file that cannot be read at all."""
     if file.suffix == ".parquet":
@@ -337,7 +337,7 @@ def write_jsonl(
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for s in samples:
-                rel = [_relative_image(src, out_dir, img_dir) for src in s.images]
+                rel = [relative_image(src, out_dir, img_dir) for src in s.images]
                 try:
                     line = json.dumps(sample_to_record(s, rel), ensure_ascii=False, allow_nan=False)
                 except (TypeError, ValueError) as e:
@@ -363,7 +363,7 @@ _EXTENSIONS = {
 }
 
 
-def _relative_image(src: ImageSource, out_dir: Path, img_dir: Path) -> str:
+def relative_image(src: ImageSource, out_dir: Path, img_dir: Path) -> str:
     if isinstance(src, bytes):
         try:  # the header only, for the file name's extension; no size limit of ours here
             fmt = probe_image(src, max_pixels=sys.maxsize).format

@@ -42,7 +42,7 @@ from r1v2.data.images import (
     open_image,
     probe_image,
 )
-from r1v2.data.loaders import _read_rows, _relative_image, find_data_files
+from r1v2.data.loaders import find_data_files, read_rows, relative_image
 from r1v2.data.schema import (
     DUPLICATE,
     EMPTY,
@@ -110,7 +110,7 @@ def is_pairs_data(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> boo
     data file has ``chosen`` or ``rejected`` (an empty or unreadable first file: False, and
     the Sample loader reports it)."""
     files = find_data_files(paths)
-    for _, record in _read_rows(files[0]):
+    for _, record in read_rows(files[0]):
         return isinstance(record, dict) and ("chosen" in record or "rejected" in record)
     return False
 
@@ -132,7 +132,7 @@ def load_pairs(
     result = PairsLoadResult(files=find_data_files(paths))
     seen: dict[str, str] = {}  # id -> "file:line" of its first row
     for file in result.files:
-        for line, record in _read_rows(file):
+        for line, record in read_rows(file):
             if line is not None:
                 result.rows += 1
             if isinstance(record, DataError):
@@ -312,7 +312,7 @@ def write_pairs(pairs: Iterable[PreferenceRecord], path: str | os.PathLike) -> P
         with open(tmp, "w", encoding="utf-8") as f:
             for p in pairs:
                 images = [
-                    _relative_image(s, out_dir, out_dir / f"{path.stem}_images") for s in p.images
+                    relative_image(s, out_dir, out_dir / f"{path.stem}_images") for s in p.images
                 ]
                 row = {
                     "id": p.id,

@@ -540,7 +540,7 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
     )
     scheduler = get_scheduler(
-        _schedule_name(cfg.optim),
+        schedule_name(cfg.optim),
         optimizer,
         num_warmup_steps=cfg.optim.warmup_steps,
         num_training_steps=cfg.max_steps,
@@ -761,7 +761,7 @@ def _guard_stopped(run: GRPORun) -> bool:
     return run.guard.fired and run.cfg.guard.action != "off"
 
 
-def _schedule_name(optim: OptimConfig) -> str:
+def schedule_name(optim: OptimConfig) -> str:
     """transformers' scheduler name: its ``constant`` schedule has no warmup, so a constant
     schedule with warmup is ``constant_with_warmup``."""
     if optim.schedule == "constant" and optim.warmup_steps > 0:

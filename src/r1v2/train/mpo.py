@@ -48,17 +48,18 @@ from r1v2.model.dtypes import Dtype
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from r1v2.train.grpo import (
     OptimConfig,
-    _schedule_name,
     average_gradients,
     check_distributed_type,
     load_optimizer_state,
     optimizer_state,
     rollout_seed,
+    schedule_name,
 )
 from r1v2.train.guard import GuardConfig, HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.pairs import RULES, RepeatConfig, Rule, rule_checks, select_pair
 from r1v2.train.sampler import PromptSampler
+from r1v2.train.sharding import direct
 from r1v2.train.stage import RESUMABLE as STAGE_RESUMABLE
 from r1v2.train.stage import (
     PolicySetup,
@@ -71,6 +72,7 @@ from r1v2.train.stage import (
     load_pool,
     mean_over_processes,
     prepare_output,
+    probe_summary,
     resolve_device,
     save_final,
     watch,
@@ -635,7 +637,7 @@ def setup(cfg: MPOConfig) -> MPORun:
         params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
     )
     scheduler = get_scheduler(
-        _schedule_name(cfg.optim),
+        schedule_name(cfg.optim),
         optimizer,
         num_warmup_steps=cfg.optim.warmup_steps,
         num_training_steps=cfg.max_steps,
@@ -667,7 +669,7 @@ def setup(cfg: MPOConfig) -> MPORun:
 
 def _restore(run: MPORun, state: dict[str, Any], ckpt: Path) -> None:
     """A checkpoint's trainer state into the run (weights and RNG were loaded already)."""
-    load_optimizer_state(run.optimizer, state["optimizer"], root_call=_direct())
+    load_optimizer_state(run.optimizer, state["optimizer"], root_call=direct)
     run.scheduler.load_state_dict(state["scheduler"])
     try:
         run.sampler.load_state_dict(state["sampler"])
@@ -693,12 +695,6 @@ def guard_resumable(saved: dict[str, Any], cfg: MPOConfig, ckpt: Path) -> dict[s
             "back to, so it cannot continue with guard.action=rollback"
         )
     return {**saved, "guard": {**saved["guard"], "action": now}}
-
-
-def _direct():
-    from r1v2.train.sharding import direct
-
-    return direct
 
 
 def next_round(run: MPORun) -> RoundState:
@@ -791,7 +787,7 @@ def save(run: MPORun, step: int) -> None:
     """Checkpoint ``step`` (collective: every process calls it)."""
     cfg = run.cfg
     state = {
-        "optimizer": optimizer_state(run.optimizer, _direct()),
+        "optimizer": optimizer_state(run.optimizer, direct),
         "scheduler": run.scheduler.state_dict(),
         "sampler": run.sampler.state_dict(),
         "shift": run.shift.state_dict(),
@@ -911,16 +907,7 @@ def summary(rows: list[dict[str, Any]], seconds: float) -> str:
             f"reward accuracy {a['reward_accuracy']:.2f} -> {b['reward_accuracy']:.2f}, "
             f"loss {a['loss']:.3g} -> {b['loss']:.3g}"
         )
-    probes = [r for r in rows if r.get("probe_accuracy") is not None]
-    if probes:
-        a, b = probes[0], probes[-1]
-        parts.append(
-            f"probe accuracy {a['probe_accuracy']:.1%} -> {b['probe_accuracy']:.1%} (steps "
-            f"{a['step']} -> {b['step']}), hallucination rate {a['hallucination_rate']:.1%} -> "
-            f"{b['hallucination_rate']:.1%}"
-        )
-    parts += [r["guard_event"] for r in rows if r.get("guard_event")]
-    return "; ".join(parts)
+    return "; ".join(parts + probe_summary(rows))
 
 
 def run(cfg: MPOConfig) -> int:

@@ -211,7 +211,13 @@ def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
         parts.append(f"reward {first:.3g} -> {last:.3g} (mean of the first and last 20 steps)")
         low = min(r["effective_ratio"] for r in steps)
         parts.append(f"lowest effective ratio {low:.2f}")
-    probes = [r for r in rows if "probe_accuracy" in r]
+    return "; ".join(parts + probe_summary(rows))
+
+
+def probe_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Probe accuracy and hallucination rate first -> last probe, and any guard event."""
+    parts = []
+    probes = [r for r in rows if r.get("probe_accuracy") is not None]
     if probes:
         a, b = probes[0], probes[-1]
         parts.append(
@@ -219,8 +225,7 @@ def run_summary(rows: list[dict[str, Any]], seconds: float) -> str:
             f"(steps {a['step']} -> {b['step']}), hallucination rate "
             f"{a['hallucination_rate']:.1%} -> {b['hallucination_rate']:.1%}"
         )
-    parts += [r["guard_event"] for r in rows if r.get("guard_event")]
-    return "; ".join(parts)
+    return parts + [r["guard_event"] for r in rows if r.get("guard_event")]
 
 
 def watch(guard, model, best: dict[str, Any] | None, step: int, probe: dict[str, float]):
