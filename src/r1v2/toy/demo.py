@@ -1,0 +1,415 @@
+"""``r1v2 demo``: the whole R1V2 recipe on the toy world, on a CPU, with a report.
+
+The pipeline, each stage with its progress display and a one-line result::
+
+    toy        r1v2 toy build into TOY (stages already built with the same settings reused)
+    assembled  greedy accuracy and hallucination rate of TOY/vlm on the held-out set
+    mpo        r1v2 mpo from TOY/vlm: reward-model pairs, rules, threshold (then its eval)
+    grpo       r1v2 grpo from mpo/final: hybrid reward (reward model on), SSB (then its eval)
+    model      OUT/model, the final model (an ordinary transformers checkpoint)
+    report     OUT/report.md, OUT/report.html and OUT/plots/*.png, from the run's own logs
+
+``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT and plain DPO
+on the same pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
+GRPO from the assembled model, and SSB against no SSB where advantages vanish (continuing
+from the trained model, where most prompts of the pool are solved).
+
+Every stage writes ``OUT/results/NAME.json`` when it finishes; a re-run skips the stages whose
+result is there, and a training stage that was interrupted resumes from its last checkpoint
+(``resume=auto``). Layout: ``OUT/toy`` (unless ``toy=`` names a build), ``OUT/runs/NAME``
+(each training run: metrics.jsonl, checkpoints, final/), ``OUT/results``, ``OUT/model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from r1v2.config import option, resolve
+from r1v2.errors import R1V2Error
+
+RESULTS = "results"
+RUNS = "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Sizes of one demo: the toy build, the held-out evaluation and each training stage."""
+
+    toy: dict[str, Any]  # ToyBuildConfig values (dotted keys)
+    eval_size: int  # held-out samples of every evaluation (greedy)
+    mpo: dict[str, Any]  # MPOConfig values shared by every MPO arm
+    grpo: dict[str, Any]  # GRPOConfig values shared by every GRPO arm
+    late: dict[str, Any]  # GRPOConfig values of the vanishing-advantage arms
+
+
+DEFAULT = Budget(
+    toy={},
+    eval_size=500,
+    mpo={"max_steps": 30, "probe_every": 10, "probe_size": 100, "save_steps": 10},
+    grpo={"max_steps": 150, "probe_every": 25, "probe_size": 100, "save_steps": 25},
+    late={"max_steps": 60, "probe_every": 10, "probe_size": 200, "save_steps": 20},
+)
+FAST = Budget(
+    toy={
+        "data.train_size": 96,
+        "data.test_size": 40,
+        "lm.steps": 150,
+        "vision.steps": 20,
+        "align.steps": 10,
+        "rm.steps": 30,
+        "rm.pairs": 240,
+        "rm.eval_pairs": 40,
+    },
+    eval_size=40,
+    mpo={
+        "max_steps": 2,
+        "prompts_per_round": 8,
+        "n": 4,
+        "probe_every": 1,
+        "probe_size": 16,
+        "save_steps": 1,
+    },
+    grpo={
+        "max_steps": 3,
+        "prompts_per_step": 4,
+        "group_size": 4,
+        "probe_every": 3,
+        "probe_size": 16,
+        "save_steps": 1,
+        "ssb.capacity": 64,
+    },
+    late={"max_steps": 2, "prompts_per_step": 4, "group_size": 4, "probe_every": 1},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One training stage of the demo: its kind, the model it starts from (``assembled``, or
+    another arm's name), the config values that set it apart, and what it shows."""
+
+    name: str
+    kind: str  # "mpo" or "grpo"
+    start: str
+    values: dict[str, Any]
+    label: str
+
+
+MAIN = (
+    Arm("mpo", "mpo", "assembled", {}, "MPO (DPO + BCO + NLL, reward-model pairs)"),
+    Arm("grpo", "grpo", "mpo", {}, "MPO + GRPO (hybrid reward, SSB)"),
+)
+ARMS = (
+    Arm("sft", "mpo", "assembled", {"loss.weights": {"nll": 1.0}}, "SFT (NLL only), same pairs"),
+    Arm("dpo", "mpo", "assembled", {"loss.weights": {"dpo": 1.0}}, "DPO only, same pairs"),
+    Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "MPO, threshold 0"),
+    Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "MPO, threshold 1.0"),
+    Arm("grpo_nossb", "grpo", "mpo", {"ssb.enabled": False}, "MPO + GRPO without SSB"),
+    Arm("grpo_llm", "grpo", "mpo", {"trainable": "llm+adapter"}, "MPO + GRPO, LLM + adapter"),
+    Arm(
+        "grpo_vision",
+        "grpo",
+        "mpo",
+        {"trainable": "adapter+vision"},
+        "MPO + GRPO, adapter + vision",
+    ),
+    Arm("grpo_assembled", "grpo", "assembled", {}, "GRPO from the assembled model"),
+    Arm("late_ssb", "grpo", "grpo", {}, "late GRPO with SSB"),
+    Arm("late_nossb", "grpo", "grpo", {"ssb.enabled": False}, "late GRPO without SSB"),
+)
+LATE = ("late_ssb", "late_nossb")
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """``r1v2 demo``: assemble -> MPO -> GRPO with SSB -> evaluation on the toy world."""
+
+    out: str = option("runs/demo", "folder of the demo: toy/, runs/, results/, model/, report")
+    toy: str | None = option(
+        None, "toy build to use or build into (null: OUT/toy); an earlier build is reused"
+    )
+    seed: int = option(0, "seed of the toy build and of every stage")
+    fast: bool = option(
+        False, "the same stages on a small toy world and a few steps (about 3 minutes; CI)"
+    )
+    ablations: bool = option(
+        False,
+        "add the paper's comparisons in miniature, each arm on the main run's budget: GRPO "
+        "without SSB, SFT and DPO vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
+        "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish",
+    )
+    threads: int | None = option(
+        None,
+        "torch threads (null: torch's default); results depend on it, so runs to compare "
+        "should use the same value",
+    )
+    progress: bool = option(True, "show each stage's progress display")
+
+    def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise R1V2Error(f"config field 'threads' must be >= 1, got {self.threads}")
+
+    @property
+    def budget(self) -> Budget:
+        return FAST if self.fast else DEFAULT
+
+    @property
+    def toy_dir(self) -> Path:
+        return Path(self.toy) if self.toy else Path(self.out) / "toy"
+
+
+# ---- stages ----------------------------------------------------------------------------------
+
+
+def result_path(out: Path, name: str) -> Path:
+    return out / RESULTS / f"{name}.json"
+
+
+def read_result(out: Path, name: str) -> dict[str, Any] | None:
+    path = result_path(out, name)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # torn by a kill mid-write: the stage runs again
+
+
+def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
+    path = result_path(out, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def stage(
+    out: Path, name: str, work: Callable[[], dict[str, Any]], line: Callable[[dict], str]
+) -> dict[str, Any]:
+    """Run ``work`` unless ``OUT/results/NAME.json`` holds its result; print one line."""
+    done = read_result(out, name)
+    if done is not None:
+        print(f"[{name}] done earlier: {line(done)}", flush=True)
+        return done
+    print(f"[{name}] ...", flush=True)
+    start = time.perf_counter()
+    result = work()
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write_result(out, name, result)
+    print(f"[{name}] {line(result)} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def build_toy(cfg: DemoConfig) -> dict[str, Any]:
+    """Build the toy world into ``cfg.toy_dir``, or reuse it. A build there with other
+    settings (another seed, or ``--fast`` sizes against full ones) is refused, not rebuilt:
+    it may be the user's."""
+    from r1v2.toy.build import BUILD_FILE, ToyBuildConfig, build, stage_hashes
+
+    values = {"out": str(cfg.toy_dir), "seed": cfg.seed, "progress": cfg.progress}
+    toy_cfg = _config(ToyBuildConfig, {**values, **cfg.budget.toy})
+    record_file = cfg.toy_dir / BUILD_FILE
+    if record_file.is_file():
+        try:
+            built = {
+                k: v.get("hash") for k, v in json.loads(record_file.read_text())["stages"].items()
+            }
+        except (ValueError, KeyError, AttributeError) as e:
+            raise R1V2Error(f"{record_file}: not a toy build record ({e})") from e
+        differ = [k for k, h in stage_hashes(toy_cfg).items() if built.get(k) not in (None, h)]
+        if differ:
+            raise R1V2Error(
+                f"toy={cfg.toy_dir} holds a toy build with other settings (stages "
+                f"{', '.join(differ)} differ: another seed, or --fast against full sizes); "
+                "give another toy= folder (or remove that one)"
+            )
+    record = build(toy_cfg, log=_quiet(cfg))
+    rm = record["stages"]["rm"]["metrics"]
+    return {
+        "toy": str(cfg.toy_dir),
+        "built_seconds": record["seconds_this_call"],
+        "rm_accuracy_hallucinated": rm.get("accuracy_hallucinated"),
+        "rm_accuracy_repetitive": rm.get("accuracy_repetitive"),
+    }
+
+
+def evaluate_model(cfg: DemoConfig, model: Path) -> dict[str, Any]:
+    """Greedy accuracy and hallucination rate of ``model`` on the first ``eval_size``
+    held-out samples, through the training probe's code (``r1v2.eval.greedy.probe``)."""
+    import torch
+
+    from r1v2.eval.greedy import probe
+    from r1v2.model.policy import Policy
+    from r1v2.train.stage import load_pool
+
+    samples = load_pool(str(cfg.toy_dir / "data" / "test"))[: cfg.budget.eval_size]
+    with torch.inference_mode():
+        metrics = probe(Policy.from_pretrained(model), samples, max_new_tokens=128)
+    return {
+        "model": str(model),
+        "n": len(samples),
+        "accuracy": metrics["probe_accuracy"],
+        "hallucination_rate": metrics["hallucination_rate"],
+    }
+
+
+def stage_config(cfg: DemoConfig, arm: Arm, start_model: Path):
+    """The MPOConfig or GRPOConfig of ``arm``: the budget's values, then the arm's own."""
+    toy, out = cfg.toy_dir, Path(cfg.out)
+    budget = cfg.budget
+    shared = {
+        "model": str(start_model),
+        "data": str(toy / "data" / "train"),
+        "output_dir": str(out / RUNS / arm.name),
+        "seed": cfg.seed,
+        "probe_data": str(toy / "data" / "test"),
+        "progress": cfg.progress,
+        "tensorboard": False,
+    }
+    if arm.kind == "mpo":
+        from r1v2.train.mpo import MPOConfig
+
+        return _config(
+            MPOConfig, {**shared, "rm_path": str(toy / "rm"), **budget.mpo, **arm.values}
+        )
+    from r1v2.train.grpo import GRPOConfig
+
+    sizes = budget.late if arm.name in LATE else budget.grpo
+    values = {**shared, "reward.rm_path": str(toy / "rm"), **budget.grpo, **sizes, **arm.values}
+    return _config(GRPOConfig, values)
+
+
+def train_arm(cfg: DemoConfig, arm: Arm, start_model: Path) -> dict[str, Any]:
+    """Train ``arm`` (resuming an interrupted run), then evaluate its final model."""
+    from r1v2.train import grpo, mpo
+
+    stage_cfg = stage_config(cfg, arm, start_model)
+    trainer = mpo.train if arm.kind == "mpo" else grpo.train
+    start = time.perf_counter()
+    run_dir = trainer(stage_cfg)
+    seconds = round(time.perf_counter() - start, 1)
+    result = evaluate_model(cfg, run_dir / "final")
+    return {
+        "arm": arm.name,
+        "label": arm.label,
+        "run": str(run_dir),
+        "train_seconds": seconds,
+        **result,
+    }
+
+
+def one_line(result: dict[str, Any]) -> str:
+    if "accuracy" not in result:
+        return json.dumps({k: v for k, v in result.items() if k != "seconds"})
+    return (
+        f"accuracy {result['accuracy']:.1%}, hallucination rate "
+        f"{result['hallucination_rate']:.1%} (n={result['n']})"
+    )
+
+
+def model_path(cfg: DemoConfig, name: str) -> Path:
+    if name == "assembled":
+        return cfg.toy_dir / "vlm"
+    return Path(cfg.out) / RUNS / name / "final"
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+    """Every stage of the demo in order; returns the results by stage name."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise R1V2Error(f"out={out} is a file, not a folder")
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    results: dict[str, dict[str, Any]] = {}
+    results["toy"] = stage(out, "toy", lambda: build_toy(cfg), _toy_line)
+    results["assembled"] = stage(
+        out, "assembled", lambda: evaluate_model(cfg, model_path(cfg, "assembled")), one_line
+    )
+    arms = MAIN + (ARMS if cfg.ablations else ())
+    for arm in arms:
+        start = model_path(cfg, arm.start)
+        results[arm.name] = stage(
+            out, arm.name, lambda arm=arm, start=start: train_arm(cfg, arm, start), one_line
+        )
+        if arm.name == "grpo":
+            copy_model(model_path(cfg, "grpo"), out / "model")
+    from r1v2.toy.report import write_report
+
+    paths = write_report(out)
+    print(f"[report] {', '.join(str(p) for p in paths)}")
+    return results
+
+
+def copy_model(src: Path, dst: Path) -> None:
+    """OUT/model: the final model, copied whole (a re-run leaves a complete copy alone)."""
+    if (dst / "config.json").is_file():
+        return
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+
+
+def run(cfg: DemoConfig) -> int:
+    """``r1v2 demo``: the stages, then where the report and the model are."""
+    start = time.perf_counter()
+    run_demo(cfg)
+    out = Path(cfg.out)
+    print(
+        f"demo done in {time.perf_counter() - start:.0f} s: report {out / 'report.md'}, "
+        f"model {out / 'model'}"
+    )
+    return 0
+
+
+@dataclasses.dataclass
+class SummaryConfig:
+    """``r1v2 demo summary RUN [RUN ...]``: demo folders of several seeds, side by side."""
+
+    runs: list[str] = option(help="demo folders (each with results/), e.g. one per seed")
+    out: str | None = option(None, "also write the table to this markdown file")
+
+    def validate(self) -> None:
+        if not self.runs:
+            raise R1V2Error("name at least one demo folder: r1v2 demo summary runs/demo-s0 ...")
+        for folder in self.runs:
+            if not (Path(folder) / RESULTS).is_dir():
+                raise R1V2Error(f"{folder}: not a demo folder (no {RESULTS}/)")
+
+
+def run_summary(cfg: SummaryConfig) -> int:
+    from r1v2.toy.report import seed_summary
+
+    lines = seed_summary(cfg.runs)
+    print("\n".join(lines))
+    if cfg.out:
+        Path(cfg.out).write_text("\n".join(lines) + "\n")
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def _config(cls: type, values: dict[str, Any]):
+    """``cls`` from dotted ``values`` (as ``key=value`` overrides would give), validated."""
+    return resolve(cls, None, list(values.items()))
+
+
+def _quiet(cfg: DemoConfig) -> Callable[[str], None]:
+    return (lambda line: print(f"  toy {line}", flush=True)) if cfg.progress else (lambda _: None)
+
+
+def _toy_line(result: dict[str, Any]) -> str:
+    acc = result.get("rm_accuracy_hallucinated")
+    rm = f"; reward model {acc:.1%} vs hallucinated responses" if acc is not None else ""
+    return f"toy world in {result['toy']} ({result['built_seconds']:.0f} s of building){rm}"

@@ -1,0 +1,469 @@
+"""The demo's report: ``OUT/report.md``, ``OUT/report.html`` and ``OUT/plots/*.png``.
+
+Every number comes from the run's own files: ``OUT/results/*.json`` (each stage's evaluation
+on the held-out set) and each training run's ``metrics.jsonl``. :func:`seed_summary` puts
+several demo folders (one per seed) side by side as mean +- std.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from r1v2.train.metrics import read_metrics
+
+STAGE_ROWS = (("assembled", "assembled (vision + adapter + LM)"),) + tuple(
+    (name, label)
+    for name, label in (
+        ("mpo", "MPO"),
+        ("grpo", "MPO + GRPO (final model)"),
+    )
+)
+
+
+def load_results(out: Path) -> dict[str, dict[str, Any]]:
+    results = {}
+    for path in sorted((out / "results").glob("*.json")):
+        results[path.stem] = json.loads(path.read_text())
+    return results
+
+
+def metrics_of(out: Path, name: str) -> list[dict[str, Any]]:
+    path = out / "runs" / name / "metrics.jsonl"
+    return read_metrics(path) if path.is_file() else []
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """What a run's metrics say: steps, mean reward (first and last tenth), effective ratio
+    (mean, before replay, steps below 0.6), MPO pairs kept and reward accuracy, probes."""
+    steps = [r for r in rows if r["step"] > 0]
+    stats: dict[str, float] = {"steps": float(len(steps))}
+    reward = [r["reward_mean"] for r in steps if r.get("reward_mean") is not None]
+    if reward:
+        tenth = max(1, len(reward) // 10)
+        stats["reward_first"] = _mean(reward[:tenth])
+        stats["reward_last"] = _mean(reward[-tenth:])
+    ratio = [r["effective_ratio"] for r in steps if r.get("effective_ratio") is not None]
+    if ratio:
+        stats["effective_ratio"] = _mean(ratio)
+        stats["steps_below_0.6"] = float(sum(v < 0.6 for v in ratio))
+        before = [r.get("effective_ratio_before_replay") for r in steps]
+        before = [v for v in before if v is not None]
+        if before:
+            stats["effective_ratio_before_replay"] = _mean(before)
+    rounds = [r for r in steps if r.get("epoch") == 1 and "pairs_kept" in r]
+    if rounds:
+        stats["rounds"] = float(len(rounds))
+        stats["pairs_kept"] = float(sum(r["pairs_kept"] or 0 for r in rounds))
+        stats["pairs_built"] = float(sum(r.get("pairs_built") or 0 for r in rounds))
+        racc = [r["reward_accuracy"] for r in steps if r.get("reward_accuracy") is not None]
+        if racc:
+            stats["reward_accuracy"] = _mean(racc)
+    probes = [r for r in rows if r.get("probe_accuracy") is not None]
+    if probes:
+        stats["probe_accuracy_max"] = max(r["probe_accuracy"] for r in probes)
+    guard = [r for r in rows if r.get("guard_fired")]
+    stats["guard_fired"] = float(bool(guard))
+    return stats
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def stage_table(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name, label in STAGE_ROWS:
+        r = results.get(name)
+        if r is None:
+            continue
+        rows.append([label, _pct(r["accuracy"]), _pct(r["hallucination_rate"]), str(r["n"])])
+    return _table(["stage", "accuracy", "hallucination rate", "held-out samples"], rows)
+
+
+def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
+    rows = []
+    for name in names:
+        r = results.get(name)
+        if r is None:
+            continue
+        s = training_stats(metrics_of(out, name))
+        extra = (
+            f"{s['pairs_kept']:.0f} pairs kept in {s['rounds']:.0f} rounds"
+            if "pairs_kept" in s
+            else f"effective ratio {_num(s.get('effective_ratio'), '.2f')}"
+        )
+        stable = "guard fired" if s.get("guard_fired") else "yes"
+        rows.append([r["label"], _pct(r["accuracy"]), _pct(r["hallucination_rate"]), extra, stable])
+    return _table(["arm", "accuracy", "hallucination rate", "training", "stable"], rows)
+
+
+def rollouts_to_reach(rows: list[dict[str, Any]], target: float, per_step: int) -> int | None:
+    """Rollouts generated until the probe first reached ``target`` (None: never)."""
+    for r in rows:
+        if r.get("probe_accuracy") is not None and r["probe_accuracy"] >= target:
+            return int(r["step"]) * per_step
+    return None
+
+
+# ---- plots -----------------------------------------------------------------------------------
+
+
+def _figure(width: float = 6.0, height: float = 3.6):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return path
+
+
+def plot_curves(out: Path, key: str, runs: dict[str, str], title: str, path: Path) -> Path | None:
+    """One metric of several runs against the step (rolling mean over 10 steps)."""
+    from r1v2.train.plot import rolling_mean, series
+
+    fig = _figure()
+    ax = fig.subplots()
+    drawn = False
+    for name, label in runs.items():
+        steps, values = series(metrics_of(out, name), key)
+        if steps:
+            drawn = True
+            ax.plot(steps, rolling_mean(values, 10), label=label)
+    if not drawn:
+        return None
+    if key == "effective_ratio":
+        ax.axhline(0.6, color="grey", linestyle=":", linewidth=1)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_stages(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    rows = [(label, results[n]) for n, label in STAGE_ROWS if n in results]
+    if not rows:
+        return None
+    fig = _figure()
+    ax = fig.subplots()
+    xs = range(len(rows))
+    width = 0.38
+    ax.bar([x - width / 2 for x in xs], [r["accuracy"] for _, r in rows], width, label="accuracy")
+    ax.bar(
+        [x + width / 2 for x in xs],
+        [r["hallucination_rate"] for _, r in rows],
+        width,
+        label="hallucination rate",
+    )
+    ax.set_xticks(list(xs), [label.split(" (")[0] for label, _ in rows], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("held-out accuracy and hallucination rate per stage", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def plot_thresholds(out: Path, results: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    points = []
+    for name in ("mpo_t0", "mpo", "mpo_t1"):
+        if name not in results:
+            continue
+        rows = metrics_of(out, name)
+        threshold = _threshold(out, name)
+        stats = training_stats(rows)
+        points.append((threshold, stats.get("pairs_kept", 0.0), results[name]))
+    if len(points) < 2:
+        return None
+    points.sort(key=lambda p: p[0])
+    fig = _figure()
+    ax = fig.subplots()
+    ax.bar([str(t) for t, _, _ in points], [k for _, k, _ in points], color="C2")
+    ax.set_xlabel("threshold (reward-model score gap)")
+    ax.set_ylabel("pairs kept (all rounds)")
+    ax.set_title("MPO pairs kept per threshold", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _threshold(out: Path, name: str) -> float:
+    config = out / "runs" / name / "config.yaml"
+    rows = metrics_of(out, name)
+    for r in rows:
+        if "threshold" in r:
+            return float(r["threshold"])
+    if config.is_file():
+        import yaml
+
+        return float(yaml.safe_load(config.read_text()).get("threshold", math.nan))
+    return math.nan
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path]) -> list[str]:
+    toy = results.get("toy", {})
+    lines = ["# r1v2 demo report", ""]
+    total = sum(r.get("seconds", 0.0) for r in results.values())
+    lines += [
+        f"Toy world `{toy.get('toy', '?')}`; stages ran for {total:.0f} s in all (this "
+        "folder's runs, re-runs excluded). Every number below is read from "
+        "`results/*.json` and the training runs' `runs/*/metrics.jsonl`.",
+        "",
+    ]
+    if toy.get("rm_accuracy_hallucinated") is not None:
+        lines += [
+            f"Reward model, held-out pairwise accuracy: "
+            f"{_pct(toy['rm_accuracy_hallucinated'])} against hallucinated responses, "
+            f"{_pct(toy.get('rm_accuracy_repetitive'))} against repetitive ones.",
+            "",
+        ]
+    lines += ["## Accuracy and hallucination per stage (greedy, held-out)", ""]
+    lines += stage_table(results) + [""]
+    for name, title in (("mpo", "MPO"), ("grpo", "GRPO")):
+        s = training_stats(metrics_of(out, name))
+        if s["steps"] == 0:
+            continue
+        parts = [f"{s['steps']:.0f} steps"]
+        if "pairs_kept" in s:
+            parts.append(f"{s['pairs_kept']:.0f} pairs kept in {s['rounds']:.0f} rounds")
+        if "reward_accuracy" in s:
+            parts.append(f"mean reward accuracy (chosen over rejected) {s['reward_accuracy']:.2f}")
+        if "reward_first" in s:
+            parts.append(f"reward {s['reward_first']:.3f} -> {s['reward_last']:.3f}")
+        if "effective_ratio" in s:
+            parts.append(
+                f"effective ratio {s['effective_ratio']:.3f} (before replay "
+                f"{_num(s.get('effective_ratio_before_replay'))}; "
+                f"{s['steps_below_0.6']:.0f} steps below 0.6)"
+            )
+        if s.get("guard_fired"):
+            parts.append("the hallucination guard fired")
+        lines += [f"- {title}: " + "; ".join(parts)]
+    lines += [""]
+    ablation_groups = (
+        ("SFT vs MPO (same pair builder)", ["mpo", "sft", "dpo"]),
+        ("MPO threshold", ["mpo_t0", "mpo", "mpo_t1"]),
+        ("GRPO with and without SSB", ["grpo", "grpo_nossb"]),
+        ("What trains in GRPO", ["grpo", "grpo_llm", "grpo_vision"]),
+        ("GRPO from MPO vs from the assembled model", ["grpo", "grpo_assembled"]),
+        (
+            "SSB where advantages vanish (continuing from the final model)",
+            ["late_ssb", "late_nossb"],
+        ),
+    )
+    if any(n in results for n in ("sft", "grpo_nossb", "late_ssb")):
+        lines += ["## Ablations (each arm on the main run's budget)", ""]
+        for title, names in ablation_groups:
+            if sum(n in results for n in names) < 2:
+                continue
+            lines += [f"### {title}", ""] + arm_table(out, results, names) + [""]
+        lines += late_lines(out, results)
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({p.relative_to(out).as_posix()})" for p in plots] + [""]
+    model = out / "model"
+    test = Path(toy.get("toy", out / "toy")) / "data" / "test"
+    lines += [
+        "## The final model",
+        "",
+        f"`{model}` is an ordinary transformers checkpoint (InternVL). Evaluate it on the "
+        "held-out set, and ask it a question about an image:",
+        "",
+        f"    r1v2 eval --model {model} --bench synth={test} --runs 1 --temperature 0 "
+        f"--out {out / 'eval'}",
+        f'    r1v2 chat --model {model} --image {test}/{first_image(test)} "{first_question(test)}"',
+        "",
+    ]
+    return lines
+
+
+def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """Rollouts the SSB arm needed to reach the no-SSB arm's best probe accuracy."""
+    if not ("late_ssb" in results and "late_nossb" in results):
+        return []
+    ssb, plain = metrics_of(out, "late_ssb"), metrics_of(out, "late_nossb")
+    per_step = _rollouts_per_step(out, "late_ssb")
+    target = training_stats(plain).get("probe_accuracy_max")
+    if target is None or per_step is None:
+        return []
+    with_ssb = rollouts_to_reach(ssb, target, per_step)
+    without = rollouts_to_reach(plain, target, per_step)
+    stats = {n: training_stats(metrics_of(out, n)) for n in ("late_ssb", "late_nossb")}
+    return [
+        f"Vanishing advantages: effective ratio before replay "
+        f"{_num(stats['late_nossb'].get('effective_ratio'), '.2f')} without SSB; with SSB "
+        f"{_num(stats['late_ssb'].get('effective_ratio'), '.2f')} after replay. Rollouts to "
+        f"reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
+        f"{with_ssb if with_ssb is not None else 'not reached'} with SSB, "
+        f"{without if without is not None else 'not reached'} without.",
+        "",
+    ]
+
+
+def _rollouts_per_step(out: Path, name: str) -> int | None:
+    config = out / "runs" / name / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    c = yaml.safe_load(config.read_text())
+    return int(c["prompts_per_step"]) * int(c["group_size"])
+
+
+def first_image(test: Path) -> str:
+    row = _first_row(test)
+    return (row.get("images") or ["images/0.png"])[0]
+
+
+def first_question(test: Path) -> str:
+    return _first_row(test).get("question", "how many red circles ?").replace('"', "'")
+
+
+def _first_row(test: Path) -> dict[str, Any]:
+    path = test / "samples.jsonl"
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        return json.loads(f.readline())
+
+
+def to_html(lines: list[str]) -> str:
+    """A plain HTML page of the report's markdown (tables, headings, images, code)."""
+    body: list[str] = []
+    table: list[str] = []
+
+    def flush_table() -> None:
+        if not table:
+            return
+        rows = [[c.strip() for c in r.strip("|").split("|")] for r in table if "---" not in r]
+        body.append("<table>")
+        for i, row in enumerate(rows):
+            tag = "th" if i == 0 else "td"
+            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row) + "</tr>")
+        body.append("</table>")
+        table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            body.append(f'<p><img src="{html.escape(src)}" width="600"></p>')
+        elif line.startswith("    "):
+            body.append(f"<pre>{html.escape(line.strip())}</pre>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    flush_table()
+    style = "body{font-family:sans-serif;max-width:900px;margin:auto}td,th{padding:2px 8px}"
+    return f"<!doctype html><meta charset=utf-8><style>{style}</style>\n" + "\n".join(body) + "\n"
+
+
+def write_report(out: str | Path) -> list[Path]:
+    """Write ``OUT/report.md``, ``OUT/report.html`` and the plots; returns their paths."""
+    out = Path(out)
+    results = load_results(out)
+    plot_dir = out / "plots"
+    candidates = [
+        plot_stages(results, plot_dir / "stages.png"),
+        plot_curves(
+            out,
+            "reward_mean",
+            {"grpo": "GRPO (SSB)", "grpo_nossb": "GRPO (no SSB)"},
+            "GRPO mean reward per step",
+            plot_dir / "reward.png",
+        ),
+        plot_curves(
+            out,
+            "effective_ratio",
+            {
+                "grpo": "SSB (after replay)",
+                "grpo_nossb": "no SSB",
+                "late_ssb": "late, SSB",
+                "late_nossb": "late, no SSB",
+            },
+            "effective-sample ratio per step (paper: > 60% with SSB)",
+            plot_dir / "effective_ratio.png",
+        ),
+        plot_curves(
+            out,
+            "probe_accuracy",
+            {"late_ssb": "late, SSB", "late_nossb": "late, no SSB"},
+            "probe accuracy against steps (same rollouts per step)",
+            plot_dir / "late_accuracy.png",
+        ),
+        plot_thresholds(out, results, plot_dir / "thresholds.png"),
+    ]
+    plots = [p for p in candidates if p is not None]
+    lines = report_lines(out, results, plots)
+    (out / "report.md").write_text("\n".join(lines))
+    (out / "report.html").write_text(to_html(lines))
+    return [out / "report.md", out / "report.html", *plots]
+
+
+# ---- several seeds ---------------------------------------------------------------------------
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1%}"
+    return f"{statistics.mean(values):.1%} +- {statistics.stdev(values):.1%}"
+
+
+def seed_summary(folders: list[str | Path]) -> list[str]:
+    """A table of every stage and arm over several demo folders: mean +- std (sample std)."""
+    loaded = [load_results(Path(f)) for f in folders]
+    names = [n for n in ("assembled", "mpo", "grpo") if any(n in r for r in loaded)]
+    names += sorted({n for r in loaded for n in r} - set(names) - {"toy"})
+    rows = []
+    for name in names:
+        have = [r[name] for r in loaded if name in r and "accuracy" in r[name]]
+        if not have:
+            continue
+        label = have[0].get("label", dict(STAGE_ROWS).get(name, name))
+        rows.append(
+            [
+                label,
+                mean_std([h["accuracy"] for h in have]),
+                mean_std([h["hallucination_rate"] for h in have]),
+                str(len(have)),
+            ]
+        )
+    rm = [r["toy"]["rm_accuracy_hallucinated"] for r in loaded if "toy" in r]
+    rm = [v for v in rm if v is not None]
+    lines = _table(["stage", "accuracy", "hallucination rate", "seeds"], rows)
+    if rm:
+        lines += ["", f"reward model vs hallucinated responses: {mean_std(rm)} (min {min(rm):.1%})"]
+    return lines

@@ -1,0 +1,188 @@
+"""``r1v2 demo``: the report's arithmetic, the seed summary, and the whole demo end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from r1v2.cli import _bare_bools
+from r1v2.toy.demo import DemoConfig, write_result
+from r1v2.toy.report import (
+    rollouts_to_reach,
+    seed_summary,
+    to_html,
+    training_stats,
+    write_report,
+)
+
+
+def test_a_bool_flag_alone_means_true():
+    args = ["--fast", "--out", "x", "--progress", "false", "--ablations"]
+    assert _bare_bools(args, DemoConfig) == [
+        "--fast",
+        "true",
+        "--out",
+        "x",
+        "--progress",
+        "false",
+        "--ablations",
+        "true",
+    ]
+    assert _bare_bools(["--fast", "seed=3"], DemoConfig) == ["--fast", "true", "seed=3"]
+
+
+def test_training_stats_from_hand_made_rows():
+    rows = [{"step": 0, "probe_accuracy": 0.2}]
+    for step in range(1, 11):
+        rows.append(
+            {
+                "step": step,
+                "reward_mean": float(step),
+                "effective_ratio": 0.5 if step <= 4 else 0.8,
+                "effective_ratio_before_replay": 0.5,
+            }
+        )
+    rows[5]["probe_accuracy"] = 0.4
+    s = training_stats(rows)
+    assert s["steps"] == 10
+    assert s["reward_first"] == 1.0 and s["reward_last"] == 10.0  # a tenth of 10 steps: one
+    assert s["effective_ratio"] == pytest.approx((4 * 0.5 + 6 * 0.8) / 10)
+    assert s["steps_below_0.6"] == 4
+    assert s["effective_ratio_before_replay"] == 0.5
+    assert s["probe_accuracy_max"] == 0.4
+    assert s["guard_fired"] == 0.0
+
+
+def test_mpo_stats_count_one_row_per_round():
+    rows = [
+        {"step": 1, "epoch": 1, "pairs_kept": 3, "pairs_built": 8, "reward_accuracy": 0.5},
+        {"step": 2, "epoch": 2, "pairs_kept": 3, "pairs_built": 8, "reward_accuracy": 0.6},
+        {"step": 3, "epoch": 1, "pairs_kept": 5, "pairs_built": 9, "reward_accuracy": 0.7},
+    ]
+    s = training_stats(rows)
+    assert (s["rounds"], s["pairs_kept"], s["pairs_built"]) == (2, 8, 17)
+    assert s["reward_accuracy"] == pytest.approx(0.6)
+
+
+def test_rollouts_to_reach_the_first_probe_at_the_target():
+    rows = [
+        {"step": 0, "probe_accuracy": 0.5},
+        {"step": 10, "probe_accuracy": 0.55},
+        {"step": 20, "probe_accuracy": 0.7},
+        {"step": 30, "probe_accuracy": 0.65},
+    ]
+    assert rollouts_to_reach(rows, 0.6, per_step=64) == 20 * 64
+    assert rollouts_to_reach(rows, 0.9, per_step=64) is None
+
+
+def _fake_demo(folder: Path, acc: float, halluc: float, rm: float) -> Path:
+    write_result(folder, "toy", {"toy": str(folder / "toy"), "rm_accuracy_hallucinated": rm})
+    for name, shift in (("assembled", 0.0), ("mpo", 0.1), ("grpo", 0.2)):
+        result = {"accuracy": acc + shift, "hallucination_rate": halluc - shift, "n": 500}
+        write_result(folder, name, result)
+    return folder
+
+
+def test_seed_summary_is_mean_and_sample_std(tmp_path):
+    folders = [
+        _fake_demo(tmp_path / "a", 0.30, 0.80, 0.95),
+        _fake_demo(tmp_path / "b", 0.40, 0.70, 0.91),
+    ]
+    table = "\n".join(seed_summary(folders))
+    # assembled: mean 35%, sample std of (30, 40) = 7.07%; grpo: 55% +- 7.1%
+    assert "| assembled (vision + adapter + LM) | 35.0% +- 7.1% | 75.0% +- 7.1% | 2 |" in table
+    assert "55.0% +- 7.1%" in table
+    assert "93.0% +- 2.8% (min 91.0%)" in table
+
+
+def test_report_numbers_are_the_results_and_the_metrics(tmp_path):
+    out = _fake_demo(tmp_path / "demo", 0.25, 0.75, 0.93)
+    run = out / "runs" / "grpo"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "reward_mean": 1.0 + s / 10, "effective_ratio": 0.7} for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = write_report(out)
+    text = (out / "report.md").read_text()
+    assert "| MPO + GRPO (final model) | 45.0% | 55.0% | 500 |" in text
+    assert "reward 1.100 -> 1.200" in text and "effective ratio 0.700" in text
+    assert "93.0% against hallucinated" in text
+    assert all(p.is_file() for p in paths)
+    assert "<table>" in (out / "report.html").read_text()
+
+
+def test_to_html_escapes_and_keeps_tables():
+    page = to_html(["# title", "", "| a | b |", "|---|---|", "| <x> | 2 |", "    cmd --x"])
+    assert "<h1>title</h1>" in page and "<td>&lt;x&gt;</td>" in page
+    assert "<pre>cmd --x</pre>" in page
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "r1v2", "demo", *args, "--progress", "false"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _table_row(text: str, label: str) -> list[str]:
+    line = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+@pytest.mark.slow
+def test_demo_fast_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    done = _demo("--fast", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
+    assert set(results) == {"toy", "assembled", "mpo", "grpo"}
+
+    # The table is the stages' evaluations; the training lines are the runs' own metrics.
+    for name, label in (
+        ("assembled", "assembled (vision + adapter + LM)"),
+        ("grpo", "MPO + GRPO (final model)"),
+    ):
+        row = _table_row(report, label)
+        assert row[1] == f"{results[name]['accuracy']:.1%}"
+        assert row[2] == f"{results[name]['hallucination_rate']:.1%}"
+    mpo_rows = [json.loads(line) for line in (out / "runs/mpo/metrics.jsonl").open()]
+    kept = sum(r["pairs_kept"] for r in mpo_rows if r.get("epoch") == 1)
+    assert f"{kept:.0f} pairs kept in 2 rounds" in report
+    grpo_rows = [json.loads(line) for line in (out / "runs/grpo/metrics.jsonl").open()]
+    ratio = [r["effective_ratio"] for r in grpo_rows if "effective_ratio" in r]
+    assert f"effective ratio {sum(ratio) / len(ratio):.3f}" in report
+    assert (out / "plots" / "stages.png").is_file()
+
+    # The final model is an ordinary checkpoint with the GRPO run's final weights.
+    assert (out / "model" / "config.json").is_file()
+    final = (out / "runs/grpo/final/model.safetensors").read_bytes()
+    assert (out / "model" / "model.safetensors").read_bytes() == final
+
+    # A re-run skips every stage; a stage whose result was lost (a kill after training)
+    # resumes from its checkpoints to the same evaluation.
+    lost = results["grpo"]
+    (out / "results" / "grpo.json").unlink()
+    again = _demo("--fast", "--out", str(out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(re.findall(r"done earlier", again.stdout)) == 3  # toy, assembled, mpo; grpo reran
+    redone = json.loads((out / "results" / "grpo.json").read_text())
+    assert redone["accuracy"] == lost["accuracy"]
+    assert redone["hallucination_rate"] == lost["hallucination_rate"]
+
+    # A toy build with other settings is never rebuilt over: one line, exit code 2.
+    other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))
+    assert other.returncode == 2
+    assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    assert "holds a toy build with other settings" in other.stderr
+    assert not math.isnan(results["grpo"]["accuracy"])
