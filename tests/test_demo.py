@@ -180,6 +180,18 @@ def test_demo_fast_end_to_end(tmp_path):
     assert redone["accuracy"] == lost["accuracy"]
     assert redone["hallucination_rate"] == lost["hallucination_rate"]
 
+    # --ablations adds its arms on top of the finished main stages, and their tables.
+    more = _demo("--fast", "--ablations", "--out", str(out))
+    assert more.returncode == 0, more.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    for title in ("SFT vs MPO", "MPO threshold", "GRPO with and without SSB", "What trains"):
+        assert f"### {title}" in report
+    sft = json.loads((out / "results" / "sft.json").read_text())
+    assert _table_row(report, sft["label"])[1] == f"{sft['accuracy']:.1%}"
+    assert (out / "plots" / "thresholds.png").is_file()
+    late = json.loads((out / "results" / "late_ssb.json").read_text())["config"]
+    assert late["model"] == str(out / "runs/grpo/final")  # continues from the trained model
+
     # A toy build with other settings is never rebuilt over: one line, exit code 2.
     other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))
     assert other.returncode == 2

@@ -9,8 +9,8 @@ The pipeline, each stage with its progress display and a one-line result::
     model      OUT/model, the final model (an ordinary transformers checkpoint)
     report     OUT/report.md, OUT/report.html and OUT/plots/*.png, from the run's own logs
 
-``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT and plain DPO
-on the same pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
+``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT on the same
+pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
 GRPO from the assembled model, and SSB against no SSB where advantages vanish (continuing
 from the trained model, where most prompts of the pool are solved).
 
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from r1v2.config import option, resolve
+from r1v2.config import option, resolve, to_dict
 from r1v2.errors import R1V2Error
 
 RESULTS = "results"
@@ -107,7 +107,6 @@ MAIN = (
 )
 ARMS = (
     Arm("sft", "mpo", "assembled", {"loss.weights": {"nll": 1.0}}, "SFT (NLL only), same pairs"),
-    Arm("dpo", "mpo", "assembled", {"loss.weights": {"dpo": 1.0}}, "DPO only, same pairs"),
     Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "MPO, threshold 0"),
     Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "MPO, threshold 1.0"),
     Arm("grpo_nossb", "grpo", "mpo", {"ssb.enabled": False}, "MPO + GRPO without SSB"),
@@ -141,7 +140,7 @@ class DemoConfig:
     ablations: bool = option(
         False,
         "add the paper's comparisons in miniature, each arm on the main run's budget: GRPO "
-        "without SSB, SFT and DPO vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
+        "without SSB, SFT vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
         "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish",
     )
     threads: int | None = option(
@@ -301,6 +300,7 @@ def train_arm(cfg: DemoConfig, arm: Arm, start_model: Path) -> dict[str, Any]:
         "run": str(run_dir),
         "train_seconds": seconds,
         **result,
+        "config": to_dict(stage_cfg),
     }
 
 

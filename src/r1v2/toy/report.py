@@ -193,9 +193,8 @@ def plot_thresholds(out: Path, results: dict[str, dict[str, Any]], path: Path) -
     for name in ("mpo_t0", "mpo", "mpo_t1"):
         if name not in results:
             continue
-        rows = metrics_of(out, name)
-        threshold = _threshold(out, name)
-        stats = training_stats(rows)
+        threshold = _setting(results, name, "threshold")
+        stats = training_stats(metrics_of(out, name))
         points.append((threshold, stats.get("pairs_kept", 0.0), results[name]))
     if len(points) < 2:
         return None
@@ -210,17 +209,9 @@ def plot_thresholds(out: Path, results: dict[str, dict[str, Any]], path: Path) -
     return _save(fig, path)
 
 
-def _threshold(out: Path, name: str) -> float:
-    config = out / "runs" / name / "config.yaml"
-    rows = metrics_of(out, name)
-    for r in rows:
-        if "threshold" in r:
-            return float(r["threshold"])
-    if config.is_file():
-        import yaml
-
-        return float(yaml.safe_load(config.read_text()).get("threshold", math.nan))
-    return math.nan
+def _setting(results: dict[str, dict[str, Any]], name: str, key: str) -> Any:
+    """A training arm's config value, as the demo recorded it in its result."""
+    return results.get(name, {}).get("config", {}).get(key)
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -267,7 +258,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         lines += [f"- {title}: " + "; ".join(parts)]
     lines += [""]
     ablation_groups = (
-        ("SFT vs MPO (same pair builder)", ["mpo", "sft", "dpo"]),
+        ("SFT vs MPO (same pair builder)", ["mpo", "sft"]),
         ("MPO threshold", ["mpo_t0", "mpo", "mpo_t1"]),
         ("GRPO with and without SSB", ["grpo", "grpo_nossb"]),
         ("What trains in GRPO", ["grpo", "grpo_llm", "grpo_vision"]),
@@ -308,7 +299,9 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     if not ("late_ssb" in results and "late_nossb" in results):
         return []
     ssb, plain = metrics_of(out, "late_ssb"), metrics_of(out, "late_nossb")
-    per_step = _rollouts_per_step(out, "late_ssb")
+    prompts = _setting(results, "late_ssb", "prompts_per_step")
+    group = _setting(results, "late_ssb", "group_size")
+    per_step = prompts * group if prompts and group else None
     target = training_stats(plain).get("probe_accuracy_max")
     if target is None or per_step is None:
         return []
@@ -324,16 +317,6 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
         f"{without if without is not None else 'not reached'} without.",
         "",
     ]
-
-
-def _rollouts_per_step(out: Path, name: str) -> int | None:
-    config = out / "runs" / name / "config.yaml"
-    if not config.is_file():
-        return None
-    import yaml
-
-    c = yaml.safe_load(config.read_text())
-    return int(c["prompts_per_step"]) * int(c["group_size"])
 
 
 def first_image(test: Path) -> str:
