@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from r1v2.errors import R1V2Error
 from r1v2.eval.benchmarks import Benchmark
 from r1v2.eval.harness import score_benchmark
 from r1v2.eval.judge import (
+    NOT_ASKED,
     JudgeClient,
     JudgeError,
     JudgeItem,
@@ -31,7 +33,10 @@ class FakeEndpoint:
 
     Actions, consumed one per request (the last one repeats): ("ok", text), ("slow", seconds,
     text), ("status", code), ("raw", bytes), ("trickle", seconds between bytes, text): a
-    verdict reply sent one byte at a time. Header names are recorded in lower case.
+    verdict reply whose body is sent one byte at a time, ("drip", seconds between bytes, text,
+    n): the first n bytes of the whole reply, status line first, one at a time, then the rest,
+    ("big", n bytes): a body of n bytes written in 64 KiB blocks (never held in memory whole).
+    Header names are recorded in lower case.
     """
 
     def __init__(self, script):
@@ -69,6 +74,25 @@ class FakeEndpoint:
                 if kind == "slow":
                     time.sleep(action[1])
                     action = ("ok", action[2])
+                if kind == "drip":
+                    body = reply_json(action[2])
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+                    data = head.encode() + body
+                    for i in range(action[3]):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(action[1])
+                    self.wfile.write(data[action[3] :])
+                    return
+                if kind == "big":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(action[1]))
+                    self.end_headers()
+                    block = b" " * (1 << 16)
+                    for _ in range(action[1] // len(block)):
+                        self.wfile.write(block)
+                    return
                 if kind == "trickle":
                     data = reply_json(action[2])
                     self.send_response(200)
@@ -137,7 +161,14 @@ def test_good_reply_and_request_shape(endpoint):
     prompt = body["messages"][0]["content"]
     assert "How long is the rod?" in prompt and "0.5 m" in prompt and "\\boxed{50 cm}" in prompt
     assert "{{" not in prompt and not prompt.startswith("#")
-    assert j.stats == {"requests": 1, "cache_hits": 0, "retries": 0, "undecided": 0}
+    assert j.stats == {
+        "requests": 1,
+        "cache_hits": 0,
+        "retries": 0,
+        "asked": 1,
+        "undecided": 0,
+        "not_asked": 0,
+    }
 
 
 def test_incorrect_and_last_word_wins(endpoint):
@@ -164,7 +195,7 @@ def test_trickling_reply_is_cut_at_the_total_deadline(endpoint):
     assert j.judge(ITEM) is True
     assert time.monotonic() - start < 2.5  # 0.5 s deadline + the client's backoff (<= 0.5 s)
     assert len(e.requests) == 2 and j.stats["retries"] == 1
-    assert j.last_errors == ["ReadTimeout: reply not complete within 0.5 s"]
+    assert j.last_errors == ["ReadTimeout: request not complete within 0.5 s"]
 
 
 def test_oversized_reply_is_refused(endpoint):
@@ -198,7 +229,9 @@ def test_one_retry_budget_for_http_and_reply_failures(endpoint):
         "requests": 2,
         "cache_hits": 0,
         "retries": 1,
+        "asked": 1,
         "undecided": 1,
+        "not_asked": 0,
     }
     assert j.last_errors == ["HTTP 500", "no verdict in reply: 'I am not sure.'"]
 
@@ -362,3 +395,120 @@ def test_judge_through_the_cli(endpoint, tmp_path, monkeypatch):
     assert (res["pass@1"], res["n_judged"], res["n_judge_undecided"]) == (0.5, 1, 0)
     assert len(e.requests) == 1 and e.requests[0][1]["authorization"] == "Bearer sk-env"
     assert main(argv) == 0 and len(e.requests) == 1  # the verdict came from OUT/judge_cache.jsonl
+
+
+# ---- hardening: the judge fails loudly and stays bounded ------------------------------------
+
+
+def test_judge_stops_after_failures_in_a_row(endpoint):
+    """max_failures=2, one request per item, one item at a time: HTTP 500 (1 failure), CORRECT
+    (the count starts again), 500, 500 (2 in a row: stopped); the fifth item is not asked.
+    A verdict already known is still given from the cache."""
+    e = endpoint([("status", 500), ("ok", "CORRECT"), ("status", 500), ("status", 500)])
+    j = client(e, retries=0, concurrency=1, max_failures=2)
+    items = [JudgeItem(f"q{i}", "1", "1") for i in range(5)]
+    assert j.judge_many(items) == [None, True, None, None, NOT_ASKED]
+    assert j.stopped and len(e.requests) == 4
+    assert j.judge(items[1]) is True and len(e.requests) == 4
+    s = j.summary()
+    assert (s["disabled_after_failures"], s["asked"], s["failed"], s["not_asked"]) == (2, 4, 3, 1)
+    with pytest.raises(R1V2Error, match="max_failures must be >= 1, got 0"):
+        client(e, max_failures=0)
+
+
+def write_eval_inputs(tmp_path, n):
+    """n questions whose reference the rules cannot grade ("\\frac{1}{": unbalanced), so every
+    judge_when mode sends each response to the judge; one response per question."""
+    bench, resp = tmp_path / "b.jsonl", tmp_path / "r.jsonl"
+    row = {"question": "?", "images": [], "answer": "\\frac{1}{", "kind": "math"}
+    rows = [{"id": f"q{i}", **row} for i in range(n)]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [{"id": f"q{i}", "run": 0, "response": "\\boxed{4}"} for i in range(n)]
+    resp.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return bench, resp
+
+
+@pytest.mark.parametrize("when, code", [("fallback", 2), ("always", 2), ("undecided", 0)])
+def test_judge_that_is_down_stops_the_asking(endpoint, tmp_path, capsys, when, code):
+    """An endpoint that refuses every connection, 8 items, --judge-max-failures 3 (one request
+    per item, one at a time): items 1-3 fail, the judge stops, items 4-8 are not asked. One
+    console line says so, results.json records it; exit code 2, except under "undecided",
+    whose judge only scores what the rules cannot grade (rules-only: counted wrong)."""
+    from r1v2.cli import main
+
+    e = endpoint([("ok", "CORRECT")])
+    e.close()  # nothing listens on its port any more
+    bench, resp = write_eval_inputs(tmp_path, 8)
+    out = tmp_path / "o"
+    argv = ["eval", "--responses", str(resp), "--bench", f"b:samples={bench}", "--out", str(out)]
+    argv += ["--judge-url", e.url, "--judge-model", "m", "--judge-when", when]
+    argv += ["--judge-retries", "0", "--judge-concurrency", "1", "--judge-max-failures", "3"]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    stopped = [line for line in err.splitlines() if "judge: stopped" in line]
+    assert len(stopped) == 1 and stopped[0].startswith(
+        "judge: stopped after 3 items in a row failed (last: ConnectError: "
+    )
+    assert stopped[0].endswith("); the rest of the run is scored by rules only")
+    doc = json.loads((out / "results.json").read_text())
+    judge = {k: doc["judge"][k] for k in ("disabled_after_failures", "failed", "asked")}
+    assert judge == {"disabled_after_failures": 3, "failed": 3, "asked": 3}
+    assert (doc["judge"]["not_asked"], doc["judge"]["requests"]) == (5, 3)
+    res = doc["benchmarks"]["b"]
+    assert (res["n_judged"], res["n_judge_undecided"], res["n_judge_stopped"]) == (3, 3, 5)
+    assert res["pass@1"] == 0.0 and res["n_unscored"] == 8
+    error = "r1v2 eval: error: the judge stopped after 3 failures in a row; judge_when="
+    assert (error in err) == (code == 2)
+
+
+def test_dripping_reply_ends_at_the_deadline(endpoint):
+    """A server sending its reply one byte every 0.5 s from the status line on (12 bytes over
+    6 s, then the rest) never trips the per-read timeout of 1 s; the request ends at its total
+    deadline of 1 s (elapsed < 1 s + 0.5 s margin), a failure, although a verdict would follow."""
+    e = endpoint([("drip", 0.5, "CORRECT", 12)])
+    j = client(e, timeout=1.0, retries=0)
+    start = time.monotonic()
+    assert j.judge(ITEM) is None
+    assert time.monotonic() - start < 1.0 + 0.5
+    assert j.last_errors == ["ReadTimeout: request not complete within 1 s"]
+
+
+def test_reply_over_the_cap_is_a_failure_not_memory(endpoint):
+    """A 64 MiB reply against the default 1 MiB cap: the request fails (ReplyTooLarge, the item
+    undecided), and Python's allocations while it is read peak below 8 MiB, not near 64 MiB."""
+    e = endpoint([("big", 64 << 20)])
+    j = client(e, retries=0)
+    tracemalloc.start()
+    try:
+        verdict = j.judge(ITEM)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert verdict is None and j.stats["undecided"] == 1
+    assert j.last_errors == ["ReplyTooLarge: reply larger than 1048576 bytes"]
+    assert peak < 8 << 20
+
+
+def test_clearly_wrong_answer_stays_wrong_under_fallback(endpoint):
+    """A judge that says CORRECT to everything. "fallback": \\boxed{Z99} against 1 and option B
+    against A are clearly wrong (read in full, compared like with like): not asked, still 0;
+    "two" against 2 (words: the rules cannot compare them) is asked and turned right.
+    "always": the judge overrules every rule score, so all three become right."""
+    e = endpoint([("ok", "CORRECT")])
+    samples = [
+        Sample("z", "What is 3 - 2?", (), "1", None, "math", {}),
+        Sample("mc", "Which is 3?", (), "A", ("3", "4"), "mc", {}),
+        Sample("w", "How many?", (), "2", None, "math", {}),
+    ]
+    bench = Benchmark("b", "samples", Path("b.jsonl"), samples, "accuracy", True)
+    responses = {("z", 0): "\\boxed{Z99}", ("mc", 0): "\\boxed{B}", ("w", 0): "\\boxed{two}"}
+    table = score_benchmark(bench, responses, [0], judge=client(e), judge_when="fallback")
+    rows = [row[0] for row in table]
+    assert [(x.rule, x.judged, x.score) for x in rows] == [
+        (0.0, False, 0.0),
+        (0.0, False, 0.0),
+        (0.0, True, 1.0),
+    ]
+    assert len(e.requests) == 1
+    table = score_benchmark(bench, responses, [0], judge=client(e), judge_when="always")
+    assert [(row[0].judged, row[0].score) for row in table] == [(True, 1.0)] * 3

@@ -88,12 +88,15 @@ class EvalConfig:
     )
     judge_when: Literal["undecided", "fallback", "always"] = option(
         "fallback",
-        "ask the judge where rules give None (undecided), also where they give 0 but "
-        "an answer is present, boxed or read by the rule-based fallback (fallback), or for "
-        "every response (always)",
+        "ask the judge where rules give None (undecided); also where they give 0 to an answer "
+        "read by the rule-based fallback or a boxed one they could not compare like with like, "
+        "words or units (fallback; a clearly wrong boxed answer, e.g. Z99 for 1, stays wrong); "
+        "or about every response, overruling any rule score (always)",
     )
     judge_timeout: float = option(
-        60.0, "seconds per connect/read/write of a judge request, and in total for its reply"
+        60.0,
+        "seconds per connect/read/write of a judge request, and in total per request from "
+        "sending it to the last byte of its reply",
     )
     judge_retries: int = option(
         3, "judge retries after a timeout, HTTP 429/5xx or a malformed reply"
@@ -104,6 +107,13 @@ class EvalConfig:
         "HTTP retries follow the openai client (0.5 s doubling to 8 s, Retry-After honoured)",
     )
     judge_concurrency: int = option(8, "judge requests in flight at most")
+    judge_max_failures: int = option(
+        5,
+        "stop asking the judge after this many items in a row left undecided (every retry "
+        "failed); the rest is scored by rules, the console and results.json say so, and the "
+        "exit code is 2 unless judge_when is undecided (there the judge only scores what the "
+        "rules cannot grade, which then counts as wrong as without a judge)",
+    )
     judge_prompt: str | None = option(
         None, "judge prompt file (None: the packaged judge_prompt.txt)"
     )
@@ -118,7 +128,13 @@ class EvalConfig:
             )
         if not self.bench:
             raise ConfigError("r1v2 eval needs at least one --bench NAME=PATH")
-        for name in ("runs", "batch_size", "max_new_tokens", "judge_concurrency"):
+        for name in (
+            "runs",
+            "batch_size",
+            "max_new_tokens",
+            "judge_concurrency",
+            "judge_max_failures",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -145,6 +161,7 @@ def build_judge(cfg: EvalConfig) -> JudgeClient | None:
         concurrency=cfg.judge_concurrency,
         cache_path=cfg.judge_cache or Path(cfg.out) / "judge_cache.jsonl",
         prompt_template=load_prompt(cfg.judge_prompt),
+        max_failures=cfg.judge_max_failures,
     )
 
 
@@ -259,7 +276,10 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
     judge = build_judge(cfg)
     results, scores = {}, {}
     for b in benches:
+        stopped_before = judge is not None and judge.stopped
         table = _score(b, tables[b.name], runs[b.name], judge, cfg)
+        if judge is not None and judge.stopped and not stopped_before:
+            err.print(_judge_stopped(judge), style="red", markup=False, soft_wrap=True)
         results[b.name] = summarize(b, table, runs[b.name])
         if b.name in caches:
             results[b.name]["responses_cache"] = caches[b.name]
@@ -270,6 +290,8 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         err.print(f"judge: {judge.stats}")
     settings = dataclasses.asdict(cfg)
     doc = results_document(results, model=cfg.model, responses=cfg.responses, settings=settings)
+    if judge is not None:
+        doc["judge"] = judge.summary()
     paths = write_reports(cfg.out, doc, scores)
     table = Table(title=f"r1v2 eval ({Path(cfg.model or cfg.responses or '').name})")
     for col in ("benchmark", "Pass@1 (%)", "samples", "runs", "rules unscored", "fallback"):
@@ -285,7 +307,22 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         )
     Console().print(table)
     err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if judge is not None and judge.stopped and cfg.judge_when != "undecided":
+        raise R1V2Error(
+            f"the judge stopped after {judge.max_failures} failures in a row; judge_when="
+            f"{cfg.judge_when} needs it (results are written, scored by rules where it was "
+            "not asked; judge_when=undecided accepts that)"
+        )
     return 0
+
+
+def _judge_stopped(judge: JudgeClient) -> str:
+    """The console line for a judge that stopped asking."""
+    s = judge.summary()
+    return (
+        f"judge: stopped after {s['disabled_after_failures']} items in a row failed "
+        f"(last: {s['last_error']}); the rest of the run is scored by rules only"
+    )
 
 
 def _warnings(name: str, result: dict) -> list[str]:

@@ -9,7 +9,8 @@ run), flushed after every batch: an interrupted evaluation resumes with only the
 be rescored on its own.
 
 Scoring: rules first (a response without ``\\boxed`` gets the rule-based fallback answer of
-:func:`r1v2.eval.scoring.rule_input`, counted as ``n_fallback``), then optionally the judge.
+:func:`r1v2.eval.scoring.rule_input`, counted as ``n_fallback``), then optionally the judge
+(:func:`needs_judge` says which responses it may overrule).
 A rule score of None means the rules could not score the response (its reference cannot be
 graded; counted as ``n_rule_unscored``); a final score still None after the judge counts as
 wrong in Pass@1 (every item is in the denominator) and is counted as ``n_unscored``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,11 @@ from r1v2.errors import R1V2Error
 from r1v2.eval import metrics
 from r1v2.eval.benchmarks import Benchmark, category
 from r1v2.eval.jsonl import complete_lines
-from r1v2.eval.judge import JudgeClient, JudgeItem
+from r1v2.eval.judge import NOT_ASKED, JudgeClient, JudgeItem
 from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
 from r1v2.eval.scoring import SCORERS, AnswerSource, Scorer, rule_input, yes_no
+from r1v2.rewards.accuracy import option_index
+from r1v2.rewards.answers import as_letter, clean, extract_answer, number_unit
 
 if TYPE_CHECKING:  # the engines import torch; scoring a responses file never needs it
     from r1v2.model.policy import SamplingConfig
@@ -227,6 +231,7 @@ class Scored:
     rule: float | None
     verdict: bool | None = None  # the judge's verdict; None when not asked or undecided
     judged: bool = False  # the judge was asked
+    judge_stopped: bool = False  # meant for the judge, which had stopped: the rules' score stands
     score: float | None = None
     source: AnswerSource | None = None  # where the rules' answer came from; None: no answer
 
@@ -237,26 +242,75 @@ class Scored:
             "score": self.score,
             "rule": self.rule,
             "judged": self.judged,
+            "judge_stopped": self.judge_stopped,
             "verdict": self.verdict,
             "missing": self.response is None,
             "answer_source": self.source,
         }
 
 
-def needs_judge(s: Scored, scorer: str, when: JudgeWhen) -> bool:
-    """Whether the judge is asked about ``s``.
+def needs_judge(s: Scored, sample: Sample, scorer: str, when: JudgeWhen) -> bool:
+    """Whether the judge is asked about ``s`` (and may overrule the rules' score).
 
-    "undecided": only where rules gave None; "fallback": also where they gave 0 and the
-    response has a final answer (boxed, or found by the rule-based fallback); "always": every
-    response. POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
+    "undecided": only where rules gave None. "fallback": also where they gave 0 to an answer
+    they may have misread: one found by the rule-based fallback (a heuristic reading of free
+    text), or a boxed answer they could not compare like with like (:func:`clearly_wrong` is
+    False: words, units). A boxed answer that is clearly wrong stays wrong, whatever the judge
+    would say. "always": every response, every rule score (1 included) is the judge's.
+    POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
     """
     if s.response is None or scorer == "yesno":
         return False
-    if when == "always":
+    if when == "always" or s.rule is None:
         return True
-    if s.rule is None:
-        return True
-    return when == "fallback" and s.rule == 0.0 and s.source is not None
+    if when == "undecided" or s.rule != 0.0 or s.source is None:
+        return False
+    return s.source == "fallback" or not clearly_wrong(s.response, sample)
+
+
+_COMMAND = re.compile(r"\\[A-Za-z]+")  # \frac, \sqrt, \pi: mathematics, not words
+_WORD = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2,}(?![A-Za-z0-9])")  # "cm", "two"; not "Z99"
+
+
+def _plain(text: str) -> bool:
+    """Mathematics without words or units: a number without a unit, ``Z99``, ``x = 3``,
+    ``\\frac{1}{2}``; not ``50 cm``, ``5 km/h``, ``two``, ``90^\\circ``. A one-letter unit
+    (``0.5 m``) reads as a variable, as it does for the rules."""
+    parsed = number_unit(text)
+    if parsed is not None:
+        return parsed[2] == ""
+    if "°" in text or "\\circ" in text:
+        return False
+    return _WORD.search(_COMMAND.sub(" ", text)) is None
+
+
+def clearly_wrong(response: str, sample: Sample) -> bool:
+    """Whether the rules read the boxed answer of ``response`` in full and compared it like
+    with like with the reference (call only where they scored it 0).
+
+    Clearly wrong: another option of a multiple-choice question (named by text, letter or
+    number); another letter against a letter reference; or, where neither side has words or
+    units (:func:`_plain`), different mathematics (``\\boxed{Z99}`` against ``1``, ``4`` against
+    ``5``). Not clearly wrong, so the judge may read it under "fallback": an answer naming no
+    option, words (``two`` against ``2``, a paraphrase), units (``50 cm`` against ``0.5 m``:
+    the rules drop units), a degree mark. Our rule: the paper leaves the judge's reach open.
+    """
+    raw = extract_answer(response)
+    if raw is None:
+        return False
+    pred = clean(raw)
+    refs = [clean(str(a)) for a in (sample.metadata.get("answers") or [sample.answer])]
+    if sample.choices:
+        options = [clean(c) for c in sample.choices]
+        index = option_index(pred, options)
+        if index is None:
+            return False
+        if all(option_index(r, options) is not None for r in refs):
+            return True
+        pred = options[index]  # the reference is an open answer: the option's text stands
+    elif all(as_letter(r, allow_lower=False) is not None for r in refs):
+        return as_letter(pred, allow_lower=False) is not None
+    return _plain(pred) and all(_plain(r) for r in refs)
 
 
 def judge_item(sample: Sample, response: str) -> JudgeItem:
@@ -296,7 +350,7 @@ def score_benchmark(
             (s, x)
             for s, row in zip(bench.samples, table)
             for x in row
-            if needs_judge(x, bench.scorer, judge_when)
+            if needs_judge(x, s, bench.scorer, judge_when)
         ]
         if on_judge_start is not None:
             on_judge_start(len(asked))
@@ -304,6 +358,9 @@ def score_benchmark(
             [judge_item(s, x.response or "") for s, x in asked], on_done=on_judged
         )
         for (_, x), v in zip(asked, verdicts):
+            if v is NOT_ASKED:  # the judge had stopped (too many failures in a row)
+                x.judge_stopped = True
+                continue
             x.judged, x.verdict = True, v
             if v is not None:
                 x.score = float(v)
@@ -334,6 +391,7 @@ def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) 
     out["n_judge_undecided"] = sum(
         1 for row in table for x in row if x.judged and x.verdict is None
     )
+    out["n_judge_stopped"] = sum(1 for row in table for x in row if x.judge_stopped)
     out["n_skipped_rows"] = len(bench.skipped)
     cats = [category(s) for s in bench.samples]
     if any(c is not None for c in cats):
