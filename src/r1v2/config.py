@@ -14,6 +14,7 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -179,13 +180,16 @@ def _coerce_dict(value: Any, args: tuple) -> tuple[bool, Any]:
     return True, out
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(d: dict, prefix: str = "", parents: tuple[int, ...] = ()) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    parents = (*parents, id(d))
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v and all(isinstance(kk, str) for kk in v):
+            if id(v) in parents:  # a YAML alias inside its own anchor: `a: &x {b: *x}`
+                raise ConfigError(f"config key '{key}' holds itself (a recursive YAML alias)")
             out[key] = v  # kept whole too: a dict-typed field takes it as is
-            for kk, vv in _flatten(v, key + ".").items():
+            for kk, vv in _flatten(v, key + ".", parents).items():
                 out[kk] = vv
         else:
             out[key] = v
@@ -232,8 +236,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip().removeprefix("--").replace("-", "_")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    except Exception:  # YAMLError, or PyYAML's constructors' own (2020-13-45, !!int x)
+        value = raw  # not a YAML scalar: the text itself (a str field takes it)
     return key, value
 
 
@@ -245,6 +249,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # `? [1]`: left to SafeLoader's own error
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -254,17 +260,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    from r1v2.data.text import decode_utf8
+
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    try:
+        text = decode_utf8(data, path)
+    except R1V2Error as e:  # UTF-16, binary data, invalid UTF-8: named with file and line
+        raise ConfigError(str(e)) from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: invalid YAML: {e}") from e
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+    except Exception as e:  # PyYAML's constructors fail on some tagged values with plain
+        # Python errors: 2020-13-45, `!!int x`, an empty `!!float` (an IndexError)
+        raise ConfigError(f"{path}: invalid YAML: {type(e).__name__}: {e}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):

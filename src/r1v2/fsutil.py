@@ -105,3 +105,28 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if old.exists():
         raise OutputDirError(f"{out}: written, but the previous folder (moved to {old}) stays")
+
+
+def check_writable_folder(out: str | Path, key: str = "out") -> Path:
+    """Refuse (one line naming ``key``) an output folder that is a file or lies under one, or
+    that cannot be written: a probe file is created and removed in it or, when it does not
+    exist yet, in its nearest existing ancestor (where the command will create it). Touches
+    nothing else, and runs before any work."""
+    import tempfile
+
+    out = Path(out)
+    ancestor = next((p for p in (out, *out.absolute().parents) if p.exists()), None)
+    if ancestor is None:
+        return out
+    if not ancestor.is_dir():
+        under = "" if ancestor == out else f" ({ancestor} is a file)"
+        raise OutputDirError(f"{key}={out} is a file, not a folder{under}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".r1v2-write-probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputDirError(
+            f"{key}={out}: cannot write in {ancestor}: {e.strerror or e}"
+        ) from None
+    return out

@@ -2,7 +2,10 @@
 
 Loads every row in skip mode (so all problems are found, not only the first), then prints
 counts by kind, how many samples have images, image statistics from the headers, and every
-problem as ``file:line: field 'name': reason``. Exits 1 when there is any problem.
+problem as ``file:line: field 'name': reason``. A file without any row is a problem too.
+Image paths that leave the data folder (``../..`` past it, absolute) are warnings by default
+(``images_outside=warn``; ``refuse`` makes them problems). Exits 1 when there is any problem;
+warnings alone exit 0.
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from r1v2.config import ConfigError, option
 from r1v2.data.images import DEFAULT_MAX_PIXELS
 from r1v2.data.loaders import LoadResult, load_samples
+from r1v2.data.schema import DataError
+
+EMPTY_FILE = "empty file"  # a problem category: a data file without a single row
 
 
 @dataclass
@@ -25,6 +31,11 @@ class DataCheckConfig:
     )
     decode_images: bool = option(
         False, "also decode every image fully (slower; finds files truncated after a valid header)"
+    )
+    images_outside: Literal["allow", "warn", "refuse"] = option(
+        "warn",
+        "image paths that leave the data folder (../.. past it, absolute): allow, warn (listed, "
+        "still loaded) or refuse (a problem)",
     )
 
     def validate(self) -> None:
@@ -59,7 +70,19 @@ def describe(result: LoadResult) -> dict[str, Any]:
         "formats": dict(Counter(i.format for i in result.images).most_common()),
         "problems": len(result.problems),
         "rows_skipped": len(result.skipped),
+        "warnings": len(result.warnings),
     }
+
+
+def empty_files(result: LoadResult) -> list[DataError]:
+    """A problem for each file without a single row (blank lines only, or nothing), unless the
+    file could not be read at all (that is a problem already)."""
+    reported = {e.file for e in result.problems}
+    return [
+        DataError("empty file: no rows", file=str(f), category=EMPTY_FILE)
+        for f, n in result.rows_per_file.items()
+        if n == 0 and str(f) not in reported
+    ]
 
 
 def _spread(values: list[int]) -> tuple[float, float, float] | None:
@@ -75,8 +98,13 @@ def run_data_check(cfg: DataCheckConfig) -> int:
     from rich.text import Text
 
     result = load_samples(
-        cfg.paths, on_bad="skip", max_pixels=cfg.max_pixels, decode_images=cfg.decode_images
+        cfg.paths,
+        on_bad="skip",
+        max_pixels=cfg.max_pixels,
+        decode_images=cfg.decode_images,
+        images_outside=cfg.images_outside,
     )
+    result.problems += empty_files(result)
     d = describe(result)
     console = Console(highlight=False)
     console.print(
@@ -103,6 +131,10 @@ def run_data_check(cfg: DataCheckConfig) -> int:
         console.print(images)
     else:
         console.print("no images: every loaded sample is text-only")
+    if result.warnings:
+        print(f"{d['warnings']} warning(s):")
+        for e in result.warnings:
+            print(str(e))
     if not result.problems:
         console.print("no problems found")
         return 0

@@ -13,6 +13,12 @@ row with an id wins, later ones are problems.
 
 A folder is searched recursively for ``*.jsonl`` and ``*.parquet`` files, skipping hidden
 names (starting with "."), in sorted order of their path relative to the folder.
+
+A file in UTF-16/32 or with binary data is one problem naming the file (and line), not a
+problem per line. Image paths that leave the data folder (``../..`` past it, or absolute; the
+data folder is the folder given, else the data file's own folder) are loaded as they are with
+``images_outside="allow"``, listed in ``LoadResult.warnings`` with ``"warn"``, and problems of
+their rows with ``"refuse"``.
 """
 
 from __future__ import annotations
@@ -46,8 +52,11 @@ from r1v2.data.schema import (
     parse_record,
     sample_to_record,
 )
+from r1v2.data.text import SNIFF_BYTES, json_loads, sniff
+from r1v2.errors import R1V2Error
 
 DATA_SUFFIXES = (".jsonl", ".parquet")
+OUTSIDE = "image outside the data folder"  # a problem category, with images_outside="refuse"
 
 
 @dataclass
@@ -66,6 +75,8 @@ class LoadResult:
     files: list[Path] = field(default_factory=list)
     rows: int = 0
     images: list[ImageInfo] = field(default_factory=list)
+    rows_per_file: dict[Path, int] = field(default_factory=dict)  # non-blank rows of each file
+    warnings: list[DataError] = field(default_factory=list)  # images_outside="warn"
 
     def skipped_by_reason(self) -> dict[str, list[str]]:
         """Skipped rows grouped by reason: ``{"file not found": ["a.jsonl:3", ...], ...}``."""
@@ -96,9 +107,15 @@ def find_data_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     A file named twice is read once. Raises :class:`DataError` for a path that does not exist,
     a file that is not ``.jsonl``/``.parquet``, or a folder without any.
     """
+    return [f for f, _ in _find(paths)]
+
+
+def _find(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """:func:`find_data_files`, each file with its data folder: the folder it was found in, or
+    its own folder when named itself."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    out: list[Path] = []
+    out: list[tuple[Path, Path]] = []
     seen: set[str] = set()
     for p in map(Path, paths):
         if p.is_dir():
@@ -132,7 +149,7 @@ def find_data_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> l
             key = os.path.realpath(f)
             if key not in seen:
                 seen.add(key)
-                out.append(f)
+                out.append((f, p if p.is_dir() else f.parent))
     return out
 
 
@@ -143,25 +160,35 @@ def load_samples(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_images: bool = True,
     decode_images: bool = False,
+    images_outside: Literal["allow", "warn", "refuse"] = "allow",
 ) -> LoadResult:
     """Load and validate samples from files and folders (see the module docstring).
 
     ``check_images=False`` touches no image file at all (fastest; problems surface when an image
     is opened). ``decode_images=True`` also decodes every image fully (slow).
+    ``images_outside``: what an image path that leaves the data folder is (module docstring).
     """
     if on_bad not in ("error", "skip"):
         raise ValueError(f"on_bad must be 'error' or 'skip', got {on_bad!r}")
-    result = LoadResult(files=find_data_files(paths))
+    if images_outside not in ("allow", "warn", "refuse"):
+        raise ValueError(f"images_outside must be allow, warn or refuse, got {images_outside!r}")
+    found = _find(paths)
+    result = LoadResult(files=[f for f, _ in found])
     seen_ids: dict[str, str] = {}  # id -> "file:line" of its first row
     probed: dict[ImageSource, ImageInfo | ImageError] = {}
-    for file in result.files:
+    for file, root in found:
         base_dir = file.parent
+        result.rows_per_file[file] = 0
         for line, record in read_rows(file):
             if line is not None:
                 result.rows += 1
+                result.rows_per_file[file] += 1
             if isinstance(record, DataError):
                 errors, sample, infos = [record], None, []
             else:
+                outside = [] if images_outside == "allow" else _outside(record, file, line, root)
+                if images_outside == "warn":
+                    result.warnings.extend(outside)
                 errors, sample, infos = _check_row(
                     record,
                     str(file),
@@ -171,6 +198,7 @@ def load_samples(
                     probed,
                     max_pixels if check_images else None,
                     decode_images,
+                    outside if images_outside == "refuse" else [],
                 )
             if errors:
                 if on_bad == "error":
@@ -192,10 +220,13 @@ def _check_row(
     probed: dict[ImageSource, ImageInfo | ImageError],
     max_pixels: int | None,
     decode: bool,
+    refused: list[DataError],
 ) -> tuple[list[DataError], Sample | None, list[ImageInfo]]:
-    """Every problem of one row, its Sample when there is none, and its images' headers."""
+    """Every problem of one row (``refused``: images outside the data folder, already found),
+    its Sample when there is none, and its images' headers."""
     values, problems = parse_record(record, base_dir)
     errors = [DataError(r, file=file, line=line, field=f, category=c) for f, c, r in problems]
+    errors += refused
     sid = values.get("id")
     if sid is not None:
         if sid in seen_ids:
@@ -236,6 +267,32 @@ def _check_row(
     return [], Sample(**values), infos
 
 
+def _outside(record: Any, file: Path, line: int, root: Path) -> list[DataError]:
+    """A problem for each image path of ``record`` that is absolute or leads out of ``root``
+    (checked on the path as written, ``..`` resolved, symlinks not followed)."""
+    raw = record.get("images") if isinstance(record, dict) else None
+    if not isinstance(raw, (list, tuple)):
+        return []
+    top = os.path.abspath(root)
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, dict) and not item.get("bytes"):  # a Hugging Face image struct
+            item = item.get("path")
+        if not isinstance(item, str) or not item.strip():
+            continue
+        if os.path.isabs(item):
+            reason = f"absolute image path: {item}"
+        else:
+            target = os.path.normpath(os.path.join(os.path.abspath(file.parent), item))
+            if target == top or target.startswith(top.rstrip(os.sep) + os.sep):
+                continue
+            reason = f"image path leaves the data folder ({root}): {item}"
+        out.append(
+            DataError(reason, file=str(file), line=line, field=f"images[{i}]", category=OUTSIDE)
+        )
+    return out
+
+
 def _probe(src: ImageSource, max_pixels: int, decode: bool) -> ImageInfo | ImageError:
     try:
         info = probe_image(src, max_pixels)
@@ -265,6 +322,14 @@ def _read_jsonl(file: Path) -> Iterator[tuple[int | None, Any]]:
         )
         return
     with f:
+        found = sniff(f.peek(SNIFF_BYTES)[:SNIFF_BYTES])
+        if found is not None:  # UTF-16/32 or binary: one problem for the file, not per line
+            reason, where = found
+            yield (
+                None,
+                DataError(reason, file=str(file), line=where, category=UNREADABLE_FILE),
+            )
+            return
         for line, raw in enumerate(f, 1):
             if line == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
@@ -284,7 +349,7 @@ def _read_jsonl(file: Path) -> Iterator[tuple[int | None, Any]]:
             if not text.strip():
                 continue
             try:
-                yield line, json.loads(text)
+                record = json_loads(text)
             except json.JSONDecodeError as e:
                 yield (
                     line,
@@ -295,6 +360,8 @@ def _read_jsonl(file: Path) -> Iterator[tuple[int | None, Any]]:
                         category=MALFORMED,
                     ),
                 )
+                continue
+            yield line, record
 
 
 def _read_parquet(file: Path) -> Iterator[tuple[int | None, Any]]:
@@ -331,7 +398,10 @@ def write_jsonl(
     """
     path = Path(path)
     out_dir = path.parent.absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
     img_dir = Path(images_dir) if images_dir is not None else out_dir / f"{path.stem}_images"
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -348,9 +418,24 @@ def write_jsonl(
                     ) from None
                 f.write(line + "\n")
         os.replace(tmp, path)
+    except OSError as e:  # no permission, disk full, an image folder that is a file
+        raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_error(path: Path, e: OSError) -> R1V2Error:
+    """A one-line error for an OSError while writing ``path``, naming the path that failed."""
+    ancestor = next((p for p in path.absolute().parents if p.exists()), None)
+    if path.is_dir():
+        reason = "it is a folder"
+    elif ancestor is not None and not ancestor.is_dir():
+        reason = f"{ancestor} is a file, not a folder"
+    else:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        reason = f"{e.strerror or e}{where}"
+    return R1V2Error(f"{path}: cannot write: {reason}")
 
 
 _EXTENSIONS = {

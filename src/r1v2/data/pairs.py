@@ -42,7 +42,7 @@ from r1v2.data.images import (
     open_image,
     probe_image,
 )
-from r1v2.data.loaders import find_data_files, read_rows, relative_image
+from r1v2.data.loaders import find_data_files, read_rows, relative_image, write_error
 from r1v2.data.schema import (
     DUPLICATE,
     EMPTY,
@@ -168,14 +168,13 @@ def _check_row(
         )
     else:
         seen[pid] = f"{file}:{line}"
-    if check_images:
-        for i, src in enumerate(values.get("images", ())):
+    images = values.get("images", ())  # none for a row that is not an object
+    if check_images and images:
+        for (fname, raw), src in zip(_image_fields(record, images, file.parent), images):
             try:
                 probe_image(src, max_pixels)
             except ImageError as e:
-                raw = _raw_images(record)[i]
                 name = raw if isinstance(raw, str) else describe_source(src)
-                fname = "image" if "image" in record else f"images[{i}]"
                 errors.append(
                     DataError(e.describe(name), field=fname, category=e.category, **where)
                 )
@@ -184,9 +183,17 @@ def _check_row(
     return [], PreferenceRecord(**values)
 
 
-def _raw_images(record: dict) -> list[str]:
-    raw = record.get("image")
-    return [raw] if "image" in record else list(record.get("images") or [])
+def _image_fields(record: dict, images: tuple, base: Path) -> list[tuple[str, Any]]:
+    """``(field name, value as written)`` of each of ``images``, the parsed images of the row:
+    from ``images`` when that list parsed to them (it wins, as in :func:`parse_pair_record`),
+    else from ``image``. (The fuzzing found a row with both fields naming the wrong one.)"""
+    try:
+        listed = bool(images) and _images(record.get("images"), base) == images
+    except _Bad:
+        listed = False
+    if listed:
+        return [(f"images[{i}]", v) for i, v in enumerate(record["images"])]
+    return [("image", record.get("image"))]
 
 
 Problem = tuple[str | None, str, str]  # (field, category, reason)
@@ -279,7 +286,7 @@ def _metadata(value: Any, _base: Path) -> dict[str, Any]:
     if isinstance(value, str):  # parquet: a JSON object in a string column
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # malformed, too deep, an over-long integer
             raise _Bad(WRONG_TYPE, "expected an object (or a string holding one)") from None
     if not isinstance(value, dict):
         raise _Bad(WRONG_TYPE, f"expected an object, got {_kind(value)}")
@@ -306,7 +313,10 @@ def write_pairs(pairs: Iterable[PreferenceRecord], path: str | os.PathLike) -> P
     to a temporary name, then moved into place."""
     path = Path(path)
     out_dir = path.parent.absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(path, e) from None
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -328,6 +338,8 @@ def write_pairs(pairs: Iterable[PreferenceRecord], path: str | os.PathLike) -> P
                 except ValueError as e:
                     raise R1V2Error(f"{path}: pair {p.id!r} cannot be written as JSON: {e}") from e
         os.replace(tmp, path)
+    except OSError as e:  # no permission, disk full, an image folder that is a file
+        raise write_error(path, e) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -225,7 +225,7 @@ def _metadata(value: Any, _base: Path) -> dict[str, Any]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # malformed, too deep, an over-long integer
             raise _Bad(
                 WRONG_TYPE, "expected an object (or a string holding a JSON object)"
             ) from None

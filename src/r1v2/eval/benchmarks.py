@@ -47,6 +47,7 @@ from typing import Any
 
 from r1v2.data.images import ImageError, ImageSource, describe_source, probe_image
 from r1v2.data.schema import Sample
+from r1v2.data.text import json_loads, read_text
 from r1v2.errors import R1V2Error
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -147,31 +148,40 @@ def read_rows(path: str | Path) -> Iterator[Row]:
             yield from _jsonl_rows(file)
 
 
+def _text(file: Path) -> str:
+    """The file as UTF-8 text; UTF-16, binary data and bad UTF-8 are BenchmarkErrors."""
+    try:
+        return read_text(file)
+    except R1V2Error as e:
+        raise BenchmarkError(str(e)) from None
+
+
 def _jsonl_rows(file: Path) -> Iterator[Row]:
-    with file.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{file}:{i}: malformed JSON: {e.msg}") from e
-            if not isinstance(data, dict):
-                raise BenchmarkError(
-                    f"{file}:{i}: expected a JSON object, got {type(data).__name__}"
-                )
-            yield Row(file, i, data)
+    for i, line in enumerate(_text(file).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json_loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkError(f"{file}:{i}: malformed JSON: {e.msg}") from e
+        if not isinstance(data, dict):
+            raise BenchmarkError(f"{file}:{i}: expected a JSON object, got {type(data).__name__}")
+        yield Row(file, i, data)
 
 
 def _json_rows(file: Path) -> Iterator[Row]:
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = json_loads(_text(file))
     except json.JSONDecodeError as e:
         raise BenchmarkError(f"{file}:{e.lineno}: malformed JSON: {e.msg}") from e
     if isinstance(data, dict):  # {"id": row, ...}, as some benchmark dumps are written
         data = [
             {"id": k, **v} if isinstance(v, dict) and "id" not in v else v for k, v in data.items()
         ]
+    if not isinstance(data, list):
+        raise BenchmarkError(
+            f"{file}: expected a list of rows (or an object of them), got {type(data).__name__}"
+        )
     for i, row in enumerate(data, 1):
         if not isinstance(row, dict):
             raise BenchmarkError(f"{file}:{i}: row {i} is not an object")
@@ -221,7 +231,11 @@ def image_source(value: Any, base_dir: Path, row: Row | None = None, name: str =
         value = value.split(",", 1)[-1]
     elif len(value) < 260:
         path = Path(value) if Path(value).is_absolute() else base_dir / value
-        if path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a name too long for the file system: not a file, maybe base64
+            is_file = False
+        if is_file:
             return _checked(path, fail)
     try:
         # Any real image is longer than a path; a short string is read as a missing file.
@@ -255,7 +269,7 @@ def _as_list(row: Row, name: str, value: Any) -> list:
             return []
         try:
             value = ast.literal_eval(text)
-        except (ValueError, SyntaxError) as e:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as e:
             raise row.error(name, f"cannot read a list from {text[:80]!r}") from e
     if not isinstance(value, (list, tuple)):
         raise row.error(name, f"expected a list, got {type(value).__name__}")
@@ -270,6 +284,8 @@ def _letter_answer(
     ``text_first`` tries the option texts before the letters (MathVista's answers are texts,
     and an option text may itself be a letter).
     """
+    if len(choices) > len(LETTERS):
+        raise row.error(name, f"{len(choices)} options, more than the letters A-Z")
     text = answer.strip()
     if text_first and text in choices:
         return LETTERS[choices.index(text)]
@@ -322,7 +338,9 @@ def mathvista(row: Row):
         else row.image("image")
     )
     choices = tuple(str(c) for c in _as_list(row, "choices", row.data.get("choices"))) or None
-    precision = row.get("precision", default=None)
+    precision = row.get("precision", default=None, kind=(int, float))
+    if precision is not None and not (math.isfinite(precision) and 0 <= precision <= 20):
+        raise row.error("precision", f"expected a number of decimal places, got {precision!r}")
     unit = row.get("unit", default="") or ""
     hints = []
     if unit and not choices:
@@ -358,7 +376,7 @@ def _mmmu_subject(row: Row, sample_id: str) -> str | None:
     return subject
 
 
-_MMMU_PLACEHOLDER = r"<image (\d+)>"
+_MMMU_PLACEHOLDER = r"<image ([0-9]{1,9})>"
 
 
 def mmmu(row: Row):
@@ -431,7 +449,7 @@ def mathvision(row: Row):
         else row.image("image")
     )
     images = [image] if image is not None else []
-    question = _renumber(row.get("question", kind=str), r"<image(\d+)>", {1: 1})
+    question = _renumber(row.get("question", kind=str), r"<image([0-9]{1,9})>", {1: 1})
     choices = tuple(str(o) for o in _as_list(row, "options", row.data.get("options"))) or None
     answer = str(row.get("answer"))
     if choices:
@@ -471,7 +489,7 @@ def olympiadbench(row: Row):
     images, position = _images(row, [f"image_{k}" for k in range(1, 6)])
     text = row.get("question", kind=str)
     context = row.get("context", default="") or ""
-    question = _renumber(f"{context}\n{text}".strip(), r"<image_(\d+)>", position)
+    question = _renumber(f"{context}\n{text}".strip(), r"<image_([0-9]{1,9})>", position)
     multiple = bool(row.get("is_multiple_answer", default=False)) and len(answers) > 1
     unit = row.get("unit", default="") or ""
     hints = []

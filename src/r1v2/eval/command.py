@@ -34,6 +34,7 @@ from r1v2.eval.harness import (
 from r1v2.eval.judge import JudgeClient, load_prompt
 from r1v2.eval.prompts import INSTRUCTIONS
 from r1v2.eval.report import pct, print_comparison, results_document, write_reports
+from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import Device, DtypeOrAuto
 from r1v2.train.progress import StepProgress
 
@@ -261,6 +262,7 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
     from rich.table import Table
 
     err = Console(stderr=True)
+    check_writable_folder(cfg.out, "out")
     benches = [load_benchmark(spec, limit=cfg.limit) for spec in cfg.bench]
     names = [b.name for b in benches]
     if len(set(names)) != len(names):

@@ -173,10 +173,9 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
     names = {b.name for b in benches}
     ids = {b.name: {s.id for s in b.samples} for b in benches}
     out: dict[str, dict[Key, str]] = {b.name: {} for b in benches}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise R1V2Error(f"cannot read responses file {path}: {e.strerror}") from e
+    from r1v2.eval.jsonl import read_lines
+
+    lines = read_lines(path)
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue

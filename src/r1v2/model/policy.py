@@ -176,6 +176,28 @@ def to_prompt(item: Any) -> Prompt:
     return Prompt(text, tuple(open_image(im) for im in images))
 
 
+def policy_kind(config: Any, path: str | Path) -> str:
+    """``"vlm"`` or ``"lm"``: how a checkpoint with this transformers ``config`` loads as a
+    policy. Raises R1V2Error for one that is neither, e.g. a vision encoder alone (an input of
+    ``r1v2 assemble``), instead of transformers' list of every supported config class."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING,
+    )
+
+    if hasattr(config, "vision_config") and type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
+        return "vlm"
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING:
+        return "lm"
+    kind = " ".join(getattr(config, "architectures", None) or [config.model_type])
+    hint = (
+        ": a vision encoder alone is an input of `r1v2 assemble`, not a policy"
+        if "vision" in f"{kind} {config.model_type}".lower()
+        else ""
+    )
+    raise R1V2Error(f"{path}: {kind} is neither a causal LM nor a vision-language model{hint}")
+
+
 class Policy:
     """A model plus its processor (VLM) or tokenizer (text-only LM).
 
@@ -226,8 +248,14 @@ class Policy:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise R1V2Error(f"{path / 'config.json'}: file not found (not a checkpoint)")
-        config = AutoConfig.from_pretrained(path)
-        if hasattr(config, "vision_config"):
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as e:  # broken JSON, a model type transformers lacks
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise R1V2Error(
+                f"{path / 'config.json'}: cannot read the model config: {reason}"
+            ) from e
+        if policy_kind(config, path) == "vlm":
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
             processor = AutoProcessor.from_pretrained(path)
         else:

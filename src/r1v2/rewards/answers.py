@@ -130,9 +130,14 @@ def clean(text: str) -> str:
     return s.rstrip(".").strip()
 
 
-_LETTER_BARE = re.compile(r"(?:(?:option|choice|answer)\s*:?\s*)?\(?([A-Za-z])\)?[.:]?", re.I)
+# re.A: with re.I alone, [A-Za-z] also matches the Kelvin sign and the long s, whose upper()
+# is no letter A-Z (the fuzzing found "\u212a" read as option 8425).
+_LETTER_BARE = re.compile(
+    r"(?:(?:option|choice|answer)\s*:?\s*)?\(?([A-Za-z])\)?[.:]?", re.I | re.A
+)
 _LETTER_TEXT = re.compile(
-    r"(?:(?:option|choice|answer)\s*:?\s*)?(?:\(([A-Za-z])\)|([A-Za-z])[.:)])\s*\S.*", re.I | re.S
+    r"(?:(?:option|choice|answer)\s*:?\s*)?(?:\(([A-Za-z])\)|([A-Za-z])[.:)])\s*\S.*",
+    re.I | re.S | re.A,
 )
 
 

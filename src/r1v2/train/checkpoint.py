@@ -7,9 +7,15 @@ Layout of one checkpoint (``OUTPUT_DIR/checkpoint-00000120/``)::
     rng-rank{R}.pt          Python / NumPy / torch (and CUDA) RNG states of each process
     meta.json               step, base model path, r1v2 version; written last
 
-A checkpoint is written into a hidden temporary folder and renamed into place, so a folder
-named ``checkpoint-*`` is always complete; a run killed mid-write leaves only a temporary
-folder, which the next save removes.
+A checkpoint is written into a hidden temporary folder, every file fsynced, meta.json last
+(the completion marker), then renamed into place and the parent folder fsynced; a run killed
+mid-write leaves only a temporary folder, which the next save removes. A write that fails
+(disk full) removes the temporary folder and stops the run with an :class:`R1V2Error`; the
+earlier checkpoints are untouched.
+
+A checkpoint damaged afterwards (a truncated copy, a lost file) is caught by
+:func:`check_checkpoint`, which reads every file; :func:`newest_intact_checkpoint` is what
+``resume=auto`` continues: the newest checkpoint that passes it.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from r1v2 import __version__
@@ -70,6 +79,73 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def read_meta(file: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json as a dict; an R1V2Error naming the file if it cannot be."""
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise R1V2Error(f"{file}: cannot read the checkpoint's meta.json: {e}") from e
+    except json.JSONDecodeError as e:
+        raise R1V2Error(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    if not isinstance(meta, dict):
+        raise R1V2Error(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Raise an R1V2Error naming the first file of checkpoint ``path`` that is missing or
+    cannot be read; return its meta. Reads meta.json, the safetensors header (which must
+    cover the whole file: a truncated file fails), trainer_state.pt (unpickled, tensors
+    memory-mapped) and the RNG file of every process the run had."""
+    path = Path(path)
+    if not (path / "meta.json").is_file():
+        raise R1V2Error(f"{path}: not a complete checkpoint (meta.json missing)")
+    meta = read_meta(path / "meta.json")
+    if not isinstance(meta.get("step"), int):
+        raise R1V2Error(f"{path / 'meta.json'}: no integer 'step' field")
+    ranks = meta.get("world_size", 1)
+    files = ["trainable.safetensors", "trainer_state.pt"]
+    files += [f"rng-rank{r}.pt" for r in range(ranks if isinstance(ranks, int) else 1)]
+    for name in files:
+        file = path / name
+        if not file.is_file():
+            raise R1V2Error(f"{file}: missing (the checkpoint is incomplete)")
+        if file.stat().st_size == 0:
+            raise R1V2Error(f"{file}: empty file (damaged checkpoint)")
+        try:
+            if name.endswith(".safetensors"):
+                with safe_open(str(file), "pt") as f:
+                    f.keys()
+            else:
+                torch.load(file, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as e:  # any failure to read it: torn, truncated, not this format
+            cause = (str(e).splitlines() or [""])[0][:200]
+            raise R1V2Error(
+                f"{file}: cannot be read (damaged or truncated: {type(e).__name__}: {cause})"
+            ) from e
+    return meta
+
+
+def newest_intact_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """``(the newest checkpoint that passes check_checkpoint or None, one line on each newer
+    checkpoint-* folder that does not)``; a folder without meta.json counts as broken."""
+    root = Path(output_dir)
+    found = (
+        sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)))
+        if root.is_dir()
+        else []
+    )
+    broken = []
+    for _, ckpt in reversed(found):
+        try:
+            check_checkpoint(ckpt)
+        except R1V2Error as e:
+            broken.append(str(e))
+            continue
+        return ckpt, broken
+    return None, broken
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The parameters that require grad, detached and contiguous on the CPU; sharded (FSDP)
     parameters gathered whole, so every process must call it."""
@@ -92,7 +168,8 @@ def save_checkpoint(
     world_size: int = 1,
     barrier=None,
 ) -> Path:
-    """Write checkpoint ``step`` atomically and prune all but the newest ``keep_last``.
+    """Write checkpoint ``step`` atomically and prune all but the newest ``keep_last`` up to
+    ``step``; a failed write raises an R1V2Error naming the checkpoint and the cause.
 
     With several processes every rank writes its RNG state; rank 0 writes the rest and renames.
     ``barrier`` (e.g. ``accelerator.wait_for_everyone``) orders those steps when given.
@@ -100,32 +177,79 @@ def save_checkpoint(
     root = Path(output_dir)
     final = root / f"checkpoint-{step:08d}"
     tmp = root / f".tmp-checkpoint-{step:08d}"
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+    with _write_errors(final, tmp, rank):
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
     if barrier is not None:
         barrier()
-    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    with _write_errors(final, tmp, rank):
+        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+        _fsync(tmp / f"rng-rank{rank}.pt")
     weights = trainable_state(model)  # on every rank: gathering sharded weights is collective
     if rank == 0:
-        save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save(trainer_state, tmp / "trainer_state.pt")
+        with _write_errors(final, tmp, rank):
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+            for name in ("trainable.safetensors", "trainer_state.pt"):
+                _fsync(tmp / name)
     if barrier is not None:
         barrier()
     if rank == 0:
         info = {"step": step, "world_size": world_size, "r1v2_version": __version__, **(meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old)
+        with _write_errors(final, tmp, rank):
+            (tmp / "meta.json").write_text(json.dumps(info, indent=2))  # the completion marker
+            _fsync(tmp / "meta.json")
+            _fsync(tmp)
+            if final.exists():
+                _remove(final)
+            os.replace(tmp, final)
+            _fsync(root)
+        # newer ones (left by a timeline this run resumed before) never push this one out
+        done = [c for c in list_checkpoints(root) if int(_NAME.match(c.name)[1]) <= step]
+        for old in done[:-keep_last] if keep_last > 0 else []:
+            _remove(old)
         for stale in root.glob(".tmp-checkpoint-*"):
             shutil.rmtree(stale, ignore_errors=True)
     if barrier is not None:
         barrier()
     return final
+
+
+@contextmanager
+def _write_errors(final: Path, tmp: Path, rank: int) -> Iterator[None]:
+    """A failed write (disk full, no permission; torch.save reports it as a RuntimeError,
+    safetensors as a SafetensorError) as an R1V2Error naming the checkpoint and the cause,
+    after removing the temporary folder. The earlier checkpoints are untouched.
+    With several processes the others are not told (they wait at the next barrier)."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as e:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise R1V2Error(
+            f"{final}: cannot write the checkpoint ({e}); stopping. Last complete checkpoint: "
+            f"{latest_checkpoint(final.parent) or 'none'}"
+        ) from e
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a folder to fsync it
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(ckpt: Path) -> None:
+    """Delete a checkpoint folder, its completion marker first: a removal cut short leaves a
+    folder without meta.json, never a complete-looking one with files missing."""
+    (ckpt / "meta.json").unlink(missing_ok=True)
+    shutil.rmtree(ckpt)
 
 
 def load_checkpoint(
@@ -139,7 +263,7 @@ def load_checkpoint(
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise R1V2Error(f"{path}: not a complete checkpoint (meta.json missing)")
-    meta = json.loads(meta_file.read_text())
+    meta = read_meta(meta_file)
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - set(params))

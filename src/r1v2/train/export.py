@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,14 +86,9 @@ def _find_checkpoint(path: Path) -> Path:
 
 def _read_meta(file: Path) -> dict:
     """meta.json as a dict with a ``"model"`` key (None when the run did not record one)."""
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise R1V2Error(f"{file}: cannot read the checkpoint's meta.json: {e}") from e
-    except json.JSONDecodeError as e:
-        raise R1V2Error(f"{file}: invalid JSON at line {e.lineno}: {e.msg}") from e
-    if not isinstance(meta, dict):
-        raise R1V2Error(f"{file}: expected a JSON object, got {type(meta).__name__}")
+    from r1v2.train.checkpoint import read_meta
+
+    meta = read_meta(file)
     model = meta.get("model")
     if model is not None and not isinstance(model, str):
         raise R1V2Error(f"{file}: field 'model' must be a path string, got {model!r}")

@@ -43,6 +43,7 @@ from r1v2.train.stage import (
     gather_lists,
     load_policy,
     load_pool,
+    load_probe,
     make_reward,
     mean_over_processes,
     prepare_output,
@@ -125,7 +126,8 @@ class GRPOConfig(ScoredSetup):
     keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
     resume: str = option(
         "auto",
-        "auto: continue from the newest checkpoint in output_dir (only when its config matches "
+        "auto: continue from the newest intact checkpoint in output_dir (a broken one is skipped "
+        "with a warning naming the file; only when its config matches "
         "this one; max_steps may grow); never: start fresh; or a checkpoint path",
     )
     overwrite: bool = option(
@@ -504,7 +506,6 @@ def setup(cfg: GRPOConfig) -> GRPORun:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from r1v2.data.loaders import load_samples
     from r1v2.model.freeze import set_trainable
     from r1v2.rollout import TransformersEngine
     from r1v2.train.reference import Reference
@@ -521,7 +522,7 @@ def setup(cfg: GRPOConfig) -> GRPORun:
     ckpt, replace_old = prepare_output(out, cfg.resume, cfg.overwrite)
     torch.manual_seed(cfg.seed)
     pool = load_pool(cfg.data)
-    probe_items = load_samples(cfg.probe_data).samples[: cfg.probe_size] if cfg.probe_data else []
+    probe_items = load_probe(cfg.probe_data, cfg.probe_size)  # refused here without scenes
     policy = load_policy(cfg, accelerator.device)
     report = set_trainable(policy.model, cfg.trainable)
     # pi_ref = the starting weights of the trainable part, taken before a checkpoint loads

@@ -70,6 +70,7 @@ from r1v2.train.stage import (
     gather_objects,
     load_policy,
     load_pool,
+    load_probe,
     mean_over_processes,
     prepare_output,
     probe_summary,
@@ -167,14 +168,18 @@ class MPOConfig(PairSettings):
 
     output_dir: str = option("runs/mpo", "where checkpoints, metrics.jsonl and final/ go")
     max_steps: int = option(
-        20, "optimizer steps to train; a round is `epochs` steps over its pairs"
+        30,
+        "optimizer steps to train; a round is `epochs` steps over its pairs. Toy VLM (seed 0, "
+        "200 probe samples): probe accuracy 30.5% -> 39.0% at 20 steps, 43.0% at 40, then "
+        "40.0% at 60 and 38.5% at 80 (hallucination 78.5% -> 69.0% at 40, 70.0% at 80)",
     )
     epochs: int = option(1, "optimizer steps (passes) over each round's pairs")
     save_steps: int = option(5, "write a checkpoint every this many steps (and at the end)")
     keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
     resume: str = option(
         "auto",
-        "auto: continue from the newest checkpoint in output_dir (only when its config matches "
+        "auto: continue from the newest intact checkpoint in output_dir (a broken one is skipped "
+        "with a warning naming the file; only when its config matches "
         "this one; max_steps may grow); never: start fresh; or a checkpoint path",
     )
     overwrite: bool = option(
@@ -606,7 +611,6 @@ def setup(cfg: MPOConfig) -> MPORun:
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from r1v2.data.loaders import load_samples
     from r1v2.model.freeze import set_trainable
     from r1v2.rollout import TransformersEngine
     from r1v2.train.reference import Reference
@@ -622,7 +626,7 @@ def setup(cfg: MPOConfig) -> MPORun:
             f"prompts_per_round={cfg.prompts_per_round} must divide by "
             f"{accelerator.num_processes} processes"
         )
-    probe_items = load_samples(cfg.probe_data).samples[: cfg.probe_size] if cfg.probe_data else []
+    probe_items = load_probe(cfg.probe_data, cfg.probe_size)  # refused here without scenes
     policy = load_policy(cfg, accelerator.device)
     report = set_trainable(policy.model, cfg.trainable)
     reference = Reference(policy.model)  # pi_0: the starting weights, before a checkpoint loads

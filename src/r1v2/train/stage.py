@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ import torch
 
 from r1v2.config import option, to_dict
 from r1v2.errors import R1V2Error
+from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import DTYPES, Device, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
-from r1v2.train.checkpoint import latest_checkpoint
+from r1v2.train.checkpoint import check_checkpoint, newest_intact_checkpoint
 
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
 
@@ -100,32 +102,68 @@ def load_pool(path: str) -> list[Any]:
     return pool
 
 
+# ---- inputs and the output folder, checked at setup before the model loads -------------------
+
+
+def load_probe(path: str | None, size: int) -> list[Any]:
+    """The first ``size`` samples of ``probe_data`` (none without it), each checked to carry the
+    scene the hallucination probe checks claims against (``metadata["scene"]``, as the synthetic
+    task writes it), so a run without one is refused at setup, not at its first probe."""
+    from r1v2.data.loaders import load_samples
+    from r1v2.data.synthetic.scene import Scene
+
+    if not path:
+        return []
+    items = load_samples(path).samples[:size]
+    if not items:
+        raise R1V2Error(f"probe_data={path}: no samples")
+    for s in items:
+        if "scene" not in s.metadata:
+            raise R1V2Error(
+                f"probe_data={path}: sample {s.id!r} has no 'scene' in its metadata (the "
+                "hallucination probe needs one: samples of `r1v2 data synth` have it)"
+            )
+        try:
+            Scene.from_any(s.metadata["scene"])
+        except R1V2Error as e:
+            raise R1V2Error(f"probe_data={path}: sample {s.id!r}: {e}") from None
+    return items
+
+
 # ---- output folder and resume ----------------------------------------------------------------
 
 
 def prepare_output(out: Path, resume: str, overwrite: bool) -> tuple[Path | None, bool]:
     """``(checkpoint to resume or None, whether out holds an earlier run to remove)``, decided
-    before anything loads. ``resume`` is ``auto`` (the newest checkpoint in ``out``),
-    ``never`` or a checkpoint path. A folder with files but nothing to continue is refused
-    unless ``overwrite``; the caller removes it (:func:`clear_folder`) only once everything
-    else has been validated."""
-    if out.exists() and not out.is_dir():
-        raise R1V2Error(f"output_dir={out} is a file, not a folder")
+    before anything loads. ``resume`` is ``auto`` (the newest intact checkpoint in ``out``:
+    newer broken ones are skipped with a warning naming the broken file), ``never`` or a
+    checkpoint path (refused, naming the file, if it is broken). A folder with files but
+    nothing to continue (broken checkpoints included) is refused unless ``overwrite``; the
+    caller removes it (:func:`clear_folder`) only once everything else has been validated."""
+    check_writable_folder(out, "output_dir")
     if resume not in ("auto", "never"):
         path = Path(resume)
         if not (path / "meta.json").is_file():
             raise R1V2Error(f"resume={resume}: not a checkpoint folder (no meta.json)")
+        try:
+            check_checkpoint(path)
+        except R1V2Error as e:
+            raise R1V2Error(f"resume={resume}: broken checkpoint: {e}") from e
         return path, False
-    latest = latest_checkpoint(out) if resume == "auto" else None
-    if latest is not None:
-        return latest, False
+    latest, broken = newest_intact_checkpoint(out) if resume == "auto" else (None, [])
     occupied = out.is_dir() and any(out.iterdir())
-    if occupied and not overwrite:
+    if latest is None and occupied and not overwrite:
         what = "an earlier run" if resume == "never" else "files but no checkpoint to resume"
         raise R1V2Error(
-            f"output_dir={out} holds {what}: use another output_dir, or overwrite=true to "
-            "replace it" + (" (resume=auto continues it)" if resume == "never" else "")
+            f"output_dir={out} holds {what}"
+            + (f" (every checkpoint is broken: {'; '.join(broken)})" if broken else "")
+            + ": use another output_dir, or overwrite=true to replace it"
+            + (" (resume=auto continues it)" if resume == "never" else "")
         )
+    for problem in broken:
+        print(f"warning: skipping a broken checkpoint: {problem}", file=sys.stderr)
+    if latest is not None:
+        return latest, False
     return None, occupied
 
 

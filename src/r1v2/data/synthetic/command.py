@@ -46,6 +46,9 @@ class SynthConfig:
 
 def run_synth(cfg: SynthConfig) -> int:
     """Generate the samples and say where they went."""
+    from r1v2.fsutil import check_writable_folder
+
+    check_writable_folder(cfg.out, "out")
     path = generate(
         cfg.n,
         cfg.seed,
