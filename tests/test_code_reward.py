@@ -1,0 +1,271 @@
+"""code_reward: extraction, the three kinds of tests, and the sandbox's protections.
+
+Every test that runs code starts real subprocesses (about 0.1 s each). The protections that
+depend on the machine (the uid drop, RLIMIT_NPROC, the network namespace) skip with the reason
+where :func:`sandbox_info` says they are not available.
+"""
+
+import os
+import socket
+import time
+
+import pytest
+
+from r1v2.rewards import code as code_mod
+from r1v2.rewards import code_reward, code_rewards
+from r1v2.rewards.code import MAX_OUTPUT_BYTES, extract_code, sandbox_info
+
+
+def block(src: str) -> str:
+    return f"Here is the program.\n```python\n{src}\n```\n"
+
+
+DOUBLE = block("n = int(input())\nprint(n * 2)")
+STDIO = [{"input": "3\n", "output": "6\n"}, {"input": "10\n", "output": "20\n"}]
+
+
+def test_extract_code_takes_the_last_python_block_after_think():
+    text = "<think>\n```python\nA\n```\n</think>\n```text\nB\n```\n```py\nC\n```\n```\nD\n```"
+    assert extract_code(text) == "C\n"  # tagged blocks win over untagged ones
+    assert extract_code("```\nD\n```") == "D\n"
+    assert extract_code("<think>```python\nA\n```</think> no code") is None
+    assert extract_code("```python\nunclosed") is None
+
+
+def test_correct_solution_scores_one_and_wrong_zero():
+    assert code_reward(DOUBLE, STDIO) == 1.0
+    assert code_reward(block("print(int(input()) * 3)"), STDIO) == 0.0
+    assert code_reward(block("raise SystemExit(1)"), [{"input": "", "output": ""}]) == 0.0
+
+
+def test_asserts_give_partial_credit():
+    tests = "assert f(1) == 2\nassert f(2) == 3\nassert f(3) == 5\n"
+    assert code_reward(block("def f(x):\n    return x + 1"), tests) == pytest.approx(2 / 3)
+    # setup statements run, an assert that raises fails only itself
+    tests = "import math\nassert g(4) == 2\nassert g(-1) == 0\nassert g(9) == math.sqrt(9)"
+    assert code_reward(block("import math\ng = math.sqrt"), tests) == pytest.approx(2 / 3)
+
+
+def test_stdio_ignores_trailing_whitespace_but_not_content():
+    code = block("print('6   ')\nprint()\nprint()")
+    assert code_reward(code, [{"input": "", "output": "6"}]) == 1.0
+    assert code_reward(block("print('1 2 \\n 3')"), [{"input": "", "output": "1 2\n3\n"}]) == 1.0
+    assert code_reward(block("print('1  2')"), [{"input": "", "output": "1 2"}]) == 0.0
+
+
+def test_stdin_is_readable_as_a_file():
+    code = block("import sys\nprint(sum(map(int, sys.stdin.read().split())))")
+    assert code_reward(code, [{"input": "1 2\n3\n", "output": "6"}]) == 1.0
+
+
+FUNCTIONAL = {
+    "func_name": "twoSum",
+    "cases": [
+        {"input": "[2, 7, 11, 15]\n9", "output": "[0, 1]"},
+        {"input": "[3, 2, 4]\n6", "output": "[1, 2]"},
+        {"input": "[3, 3]\n6", "output": "[0, 1]"},
+    ],
+}
+TWO_SUM = """
+    seen = {}
+    for i, x in enumerate(nums):
+        if target - x in seen:
+            return (seen[target - x], i)
+        seen[x] = i
+"""
+
+
+def test_functional_with_class_solution_and_top_level_function():
+    cls = block(
+        "class Solution:\n    def twoSum(self, nums, target):" + TWO_SUM.replace("\n", "\n    ")
+    )
+    assert code_reward(cls, FUNCTIONAL) == 1.0  # a returned tuple compares as a list
+    top = block("def twoSum(nums, target):" + TWO_SUM)
+    assert code_reward(top, FUNCTIONAL) == 1.0
+    wrong = block("def twoSum(nums, target):\n    return [0, 1]")
+    assert code_reward(wrong, FUNCTIONAL) == pytest.approx(2 / 3)
+    assert code_reward(block("def other(): pass"), FUNCTIONAL) == 0.0
+
+
+def test_functional_accepts_an_object_with_the_attributes():
+    class Tests:
+        func_name = "twoSum"
+        cases = FUNCTIONAL["cases"]
+
+    assert code_reward(block("def twoSum(nums, target):" + TWO_SUM), Tests()) == 1.0
+
+
+def test_only_code_after_think_counts():
+    wrong = "```python\nprint(0)\n```"
+    right = "```python\nprint(int(input()) * 2)\n```"
+    assert code_reward(f"<think>\n{right}\n</think>\n{wrong}", STDIO) == 0.0
+    assert code_reward(f"<think>\n{wrong}\n</think>\n{right}", STDIO) == 1.0
+    assert code_reward(f"<think>\n{right}\n</think>\nNo code, sorry.", STDIO) == 0.0
+
+
+def test_no_code_block_scores_zero():
+    assert code_reward("print(6)", STDIO) == 0.0
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [
+        42,
+        None,
+        [],
+        [{"input": 1, "output": "2"}],
+        [{"input": "1"}],
+        ["1"],
+        "x = 1",  # no assert
+        "assert (",  # does not parse
+        {"func_name": "f", "cases": []},
+        {"func_name": "", "cases": [{"input": "1", "output": "1"}]},
+        {"func_name": "f", "cases": [{"input": "not json", "output": "1"}]},
+        {"func_name": "f", "cases": [{"input": "1", "output": "nope"}]},
+    ],
+)
+def test_malformed_tests_give_none(tests):
+    assert code_reward(DOUBLE, tests) is None
+
+
+def test_infinite_loop_is_killed():
+    start = time.monotonic()
+    assert code_reward(block("while True:\n    pass"), STDIO, timeout_s=1.0) == 0.0
+    sleeper = block("import time\ntime.sleep(3600)")
+    assert code_reward(sleeper, "assert True\nassert True", timeout_s=1.0) == 0.0
+    # one loop per stdio case would be 2 x (1 s + start-up grace); the first timeout ends it
+    assert time.monotonic() - start < 15
+
+
+def test_a_test_that_loops_keeps_the_credit_of_the_earlier_ones():
+    code = block("def f(x):\n    while x == 3:\n        pass\n    return x")
+    tests = "assert f(1) == 1\nassert f(2) == 2\nassert f(3) == 3\nassert f(4) == 4"
+    assert code_reward(code, tests, timeout_s=1.0) == 0.5
+
+
+def test_fork_bomb_is_contained():
+    info = sandbox_info()
+    if not info["nproc_limit"]:
+        pytest.skip(
+            "RLIMIT_NPROC is not effective here (root without a working drop to 'nobody', "
+            f"or no user namespace): {info}"
+        )
+    bomb = block("import os\nwhile True:\n    os.fork()")
+    start = time.monotonic()
+    assert code_reward(bomb, [{"input": "", "output": "x"}], timeout_s=1.0) == 0.0
+    assert time.monotonic() - start < 15
+    assert code_reward(DOUBLE, STDIO) == 1.0  # the machine still forks
+
+
+def test_memory_hog_fails():
+    hog = block("x = bytearray(2 * 1024**3)\nprint('ok')")
+    assert code_reward(hog, [{"input": "", "output": "ok"}], memory_mb=512) == 0.0
+    small = block("x = bytearray(16 * 1024**2)\nprint('ok')")
+    assert code_reward(small, [{"input": "", "output": "ok"}], memory_mb=512) == 1.0
+
+
+def test_environment_secrets_are_not_inherited(monkeypatch):
+    monkeypatch.setenv("R1V2_SECRET", "hunter2")
+    code = block("import os\nprint(os.environ.get('R1V2_SECRET', 'absent'))")
+    assert code_reward(code, [{"input": "", "output": "absent"}]) == 1.0
+    scan = block(
+        "import os\n"
+        "found = 'clean'\n"
+        "for pid in os.listdir('/proc'):\n"
+        "    try:\n"
+        "        if b'hunter2' in open(f'/proc/{pid}/environ', 'rb').read():\n"
+        "            found = 'leak'\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print(found)"
+    )
+    assert code_reward(scan, [{"input": "", "output": "clean"}]) == 1.0
+
+
+def test_code_runs_unprivileged_when_root():
+    info = sandbox_info()
+    if not (info["root"] and info["drops_to_user"]):
+        pytest.skip(f"not root, or the switch to 'nobody' does not work here: {info}")
+    code = block(
+        "import os, heapq\n"
+        "print(os.getuid())\n"
+        "try:\n"
+        "    open('/etc/shadow').read()\n"
+        "    print('read')\n"
+        "except OSError:\n"
+        "    print('denied')"
+    )
+    assert code_reward(code, [{"input": "", "output": "65534\ndenied"}]) == 1.0
+
+
+def test_working_dir_is_fresh_and_removed(monkeypatch):
+    made = []
+    real_mkdtemp = code_mod.tempfile.mkdtemp
+
+    def mkdtemp(**kw):
+        made.append(real_mkdtemp(**kw))
+        return made[-1]
+
+    monkeypatch.setattr(code_mod.tempfile, "mkdtemp", mkdtemp)
+    code = block("import os\nopen('left_behind.txt', 'w').write('x')")
+    tests = (
+        "import os\n"
+        "assert os.path.basename(os.getcwd()).startswith('r1v2-code-')\n"
+        "assert sorted(os.listdir('.')) == ['left_behind.txt']\n"
+    )
+    assert code_reward(code, tests) == 1.0
+    assert code_reward(code, tests) == 1.0  # the file of the first run is not there
+    assert len(made) == 2 and made[0] != made[1]
+    assert not any(os.path.exists(d) for d in made)
+
+
+def test_huge_file_is_stopped_by_fsize():
+    big = block("open('f', 'wb').write(b'x' * (64 << 20))\nprint('done')")
+    assert code_reward(big, [{"input": "", "output": "done"}]) == 0.0
+    small = block("open('f', 'wb').write(b'x' * (1 << 20))\nprint('done')")
+    assert code_reward(small, [{"input": "", "output": "done"}]) == 1.0
+
+
+def test_huge_output_is_capped():
+    flood = block("import sys\nsys.stdout.write('x' * (100 << 20))")
+    res = code_mod._run({"mode": "stdio", "code": extract_code(flood)}, "", 10.0, 1024)
+    assert res.truncated and len(res.stdout) == MAX_OUTPUT_BYTES
+    assert code_reward(flood, [{"input": "", "output": "x" * 10}]) == 0.0
+
+
+def test_network_is_unreachable():
+    info = sandbox_info()
+    if not info["network_isolated"]:
+        pytest.skip(f"no network namespace (unshare) on this machine: {info}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        probe = socket.create_connection(("127.0.0.1", port), timeout=5)  # open from here
+        probe.close()
+        code = block(
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+            "    print('connected')\n"
+            "except OSError:\n"
+            "    print('blocked')"
+        )
+        assert code_reward(code, [{"input": "", "output": "blocked"}]) == 1.0
+
+
+def test_parallel_scoring_matches_sequential():
+    completions = [
+        DOUBLE,
+        block("print(0)"),
+        block("def f(x):\n    return x + 1"),
+        "no code",
+        block("def twoSum(nums, target):" + TWO_SUM),
+        DOUBLE,
+    ]
+    tests = [STDIO, STDIO, "assert f(1) == 2\nassert f(1) == 3", STDIO, FUNCTIONAL, []]
+    sequential = [code_reward(c, t) for c, t in zip(completions, tests)]
+    assert sequential == [1.0, 0.0, 0.5, 0.0, 1.0, None]
+    assert code_rewards(completions, tests, workers=2) == sequential
+    with pytest.raises(ValueError):
+        code_rewards(completions, tests[:2])
