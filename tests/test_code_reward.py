@@ -269,3 +269,52 @@ def test_parallel_scoring_matches_sequential():
     assert code_rewards(completions, tests, workers=2) == sequential
     with pytest.raises(ValueError):
         code_rewards(completions, tests[:2])
+
+
+# ---- wiring: the hybrid reward and the Sample loader ----------------------------------------
+
+
+def test_hybrid_reward_scores_code_samples_by_their_tests():
+    from r1v2.data.schema import Sample
+    from r1v2.rewards import HybridReward
+
+    tests = [{"input": "2 3\n", "output": "5\n"}, {"input": "1 1\n", "output": "2\n"}]
+    code = Sample("c", "add", (), "-", kind="code", metadata={"tests": tests})
+    maths = Sample("m", "1+1", (), "2", kind="math")
+    good = "reason </think>\n```python\na, b = map(int, input().split())\nprint(a + b)\n```"
+    half = "reason </think>\n```python\nprint(5)\n```"
+    drafted = "```python\na, b = map(int, input().split())\nprint(a + b)\n```"  # no </think>
+    reward = HybridReward({"accuracy": 1.0})
+    result = reward([good, half, drafted, r"x </think> \boxed{2}"], [code, code, code, maths])
+    assert result.components["accuracy"] == [1.0, 0.5, 0.0, 1.0]
+
+
+def test_a_code_sample_with_malformed_tests_is_a_row_problem(tmp_path):
+    import json
+
+    from r1v2.data.loaders import load_samples
+
+    rows = [
+        {
+            "id": "ok",
+            "question": "q",
+            "answer": "-",
+            "kind": "code",
+            "metadata": {"tests": "assert f(1) == 2"},
+        },
+        {
+            "id": "bad",
+            "question": "q",
+            "answer": "-",
+            "kind": "code",
+            "metadata": {"tests": [{"input": 1}]},
+        },
+        {"id": "none", "question": "q", "answer": "-", "kind": "code"},
+    ]
+    path = tmp_path / "code.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = load_samples(path, on_bad="skip")
+    assert [s.id for s in result.samples] == ["ok"]
+    messages = [str(p) for p in result.problems]
+    assert any(":2: field 'metadata.tests': malformed" in m for m in messages), messages
+    assert any(":3: field 'metadata.tests': missing" in m for m in messages), messages

@@ -10,7 +10,8 @@ On disk a sample is one JSONL line (or one parquet row) with these fields:
     answer    str, required; a JSON number is accepted and stored as Python's str() of it
               (4 -> "4", 2.5 -> "2.5", 3.0 -> "3.0"); true/false, NaN and infinities are not
     choices   list of str (multiple choice), non-empty; absent or null otherwise
-    kind      str, required, e.g. "math", "choice", "open", "code"
+    kind      str, required, e.g. "math", "choice", "open", "code" (a code sample carries its
+              tests in metadata.tests: see r1v2.rewards.code)
     metadata  object with str keys, optional (default {}); in parquet, where a free-form dict
               has no column type, it may also be a string holding a JSON object
 
@@ -161,6 +162,12 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
                 problems.append((e.field or key, e.category, e.reason))
         elif key not in REQUIRED:
             values[key] = _CHECKS[key](None, base_dir)  # an absent optional field, as if null
+    if values.get("kind") == "code" and "metadata" in values:
+        from r1v2.rewards.code import check_tests  # pure: no torch, no model
+
+        reason = check_tests(values["metadata"].get("tests"))
+        if reason is not None:
+            problems.append(("metadata.tests", INVALID, reason))
     return values, problems
 
 

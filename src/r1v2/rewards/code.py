@@ -381,6 +381,19 @@ def _parse_tests(tests: Any) -> _Tests | None:
     return _Tests("stdio", len(pairs), pairs) if pairs is not None else None
 
 
+TESTS_SHAPES = (
+    "a list of {input, output} stdin/stdout cases, a string of assert statements, or "
+    "{func_name, cases} (LiveCodeBench functional tests)"
+)
+
+
+def check_tests(tests: Any) -> str | None:
+    """Why ``tests`` cannot be scored (a one-line reason), or None when they can."""
+    if tests is None:
+        return f"missing: a code sample needs tests ({TESTS_SHAPES})"
+    return None if _parse_tests(tests) is not None else f"malformed: expected {TESTS_SHAPES}"
+
+
 def _normalise_output(text: str) -> list[str]:
     """LiveCodeBench's comparison: the text stripped, split into lines, each line stripped."""
     return [line.strip() for line in text.strip().split("\n")]

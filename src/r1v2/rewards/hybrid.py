@@ -7,6 +7,10 @@ r"""The hybrid reward of GRPO (RECIPE §3, eq. 7): r = w_acc r_rule + w_rm r_rm 
 - ``rm`` (r_rm): a :class:`RewardModel`'s unbounded score ``s`` mapped to
   ``min(sigmoid((s - center) / scale), cap)`` (RECIPE §5, "calibrated threshold"). The model is
   called once per batch.
+  A ``kind: code`` sample is scored by :func:`r1v2.rewards.code_reward` instead: its
+  ``metadata["tests"]`` run against the completion's last Python block in a sandbox, the pass
+  rate in [0, 1] (after ``</think>`` only, as for answers); the code samples of a batch run
+  ``code_workers`` at a time.
 - ``format`` (r_format): :func:`r1v2.rewards.format_reward`, in {0, 1}.
 
 Every component's value is returned per sample, so the trainer logs each one. A component
@@ -180,6 +184,8 @@ class HybridReward:
         accuracy_timeout: float = 5.0,
         question_fn: Callable[[Any], str] = _question,
         after_think: bool = True,
+        code_workers: int = 2,
+        code_timeout: float = 4.0,
     ) -> None:
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         HybridRewardConfig(weights=weights, rm_scale=rm_scale, rm_cap=rm_cap).validate()
@@ -193,6 +199,7 @@ class HybridReward:
         self.accuracy_timeout = accuracy_timeout
         self.question_fn = question_fn
         self.after_think = after_think
+        self.code_workers, self.code_timeout = max(1, code_workers), code_timeout
 
     @classmethod
     def from_config(
@@ -259,16 +266,44 @@ class HybridReward:
         if name == "rm":
             return self._rm(completions, samples)
         fn = self._accuracy if name == "accuracy" else self._format
+        code = self._code(completions, samples) if name == "accuracy" else {}
         values: list[float | None] = []
         n_errors, message = 0, None
-        for completion, sample in zip(completions, samples):
+        for i, (completion, sample) in enumerate(zip(completions, samples)):
             try:
-                values.append(fn(completion, sample))
+                value = code[i] if i in code else fn(completion, sample)
+                if isinstance(value, Exception):
+                    raise value
+                values.append(value)
             except Exception as e:  # counted; one bad sample must not stop the step
                 values.append(None)
                 n_errors += 1
                 message = message or f"{type(e).__name__}: {e}"
         return values, n_errors, message
+
+    def _code(self, completions: Sequence[str], samples: Sequence[Any]) -> dict[int, Any]:
+        """The code reward of every ``kind: code`` sample, run in parallel: {index: value or
+        the exception it raised}. A completion cut off before ``</think>`` scores 0."""
+        from r1v2.rewards.code import code_reward
+
+        index = [i for i, s in enumerate(samples) if _get(s, "kind") == "code"]
+        if not index:
+            return {}
+
+        def one(i: int) -> Any:
+            completion, sample = completions[i], samples[i]
+            if self.after_think and "</think>" not in completion:
+                return 0.0
+            tests = (_get(sample, "metadata") or {}).get("tests")
+            try:
+                return code_reward(completion, tests, timeout_s=self.code_timeout)
+            except Exception as e:  # returned, then counted as this sample's error
+                return e
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.code_workers) as pool:
+            return dict(zip(index, pool.map(one, index)))
 
     def _accuracy(self, completion: str, sample: Any) -> float | None:
         return accuracy_reward(
