@@ -14,6 +14,11 @@ pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
 GRPO from the assembled model, and SSB against no SSB where advantages vanish (continuing
 from the trained model, where most prompts of the pool are solved).
 
+The hallucination guard of MPO and GRPO rolls back: when a stage's probe hallucination rate
+stays above its start plus the tolerance, the stage ends with the weights of its best probe
+(by accuracy), so a stage that goes wrong (a weak reward model, say) hands on what it started
+from rather than what it broke.
+
 Every stage writes ``OUT/results/NAME.json`` when it finishes; a re-run skips the stages whose
 result is there, and a training stage that was interrupted resumes from its last checkpoint
 (``resume=auto``). Layout: ``OUT/toy`` (unless ``toy=`` names a build), ``OUT/runs/NAME``
@@ -52,8 +57,20 @@ class Budget:
 DEFAULT = Budget(
     toy={},
     eval_size=500,
-    mpo={"max_steps": 30, "probe_every": 10, "probe_size": 100, "save_steps": 10},
-    grpo={"max_steps": 150, "probe_every": 25, "probe_size": 100, "save_steps": 25},
+    mpo={
+        "max_steps": 30,
+        "probe_every": 10,
+        "probe_size": 100,
+        "save_steps": 10,
+        "guard.action": "rollback",
+    },
+    grpo={
+        "max_steps": 150,
+        "probe_every": 25,
+        "probe_size": 100,
+        "save_steps": 25,
+        "guard.action": "rollback",
+    },
     late={"max_steps": 60, "probe_every": 10, "probe_size": 200, "save_steps": 20},
 )
 FAST = Budget(
@@ -75,6 +92,7 @@ FAST = Budget(
         "probe_every": 1,
         "probe_size": 16,
         "save_steps": 1,
+        "guard.action": "rollback",
     },
     grpo={
         "max_steps": 3,
@@ -84,6 +102,7 @@ FAST = Budget(
         "probe_size": 16,
         "save_steps": 1,
         "ssb.capacity": 64,
+        "guard.action": "rollback",
     },
     late={"max_steps": 2, "prompts_per_step": 4, "group_size": 4, "probe_every": 1},
 )
