@@ -129,6 +129,9 @@ ARMS = (
     Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "MPO, threshold 0"),
     Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "MPO, threshold 1.0"),
     Arm("grpo_nossb", "grpo", "mpo", {"ssb.enabled": False}, "MPO + GRPO without SSB"),
+    Arm("grpo_assembled", "grpo", "assembled", {}, "GRPO from the assembled model"),
+    Arm("late_ssb", "grpo", "grpo", {}, "late GRPO with SSB"),
+    Arm("late_nossb", "grpo", "grpo", {"ssb.enabled": False}, "late GRPO without SSB"),
     Arm("grpo_llm", "grpo", "mpo", {"trainable": "llm+adapter"}, "MPO + GRPO, LLM + adapter"),
     Arm(
         "grpo_vision",
@@ -137,9 +140,6 @@ ARMS = (
         {"trainable": "adapter+vision"},
         "MPO + GRPO, adapter + vision",
     ),
-    Arm("grpo_assembled", "grpo", "assembled", {}, "GRPO from the assembled model"),
-    Arm("late_ssb", "grpo", "grpo", {}, "late GRPO with SSB"),
-    Arm("late_nossb", "grpo", "grpo", {"ssb.enabled": False}, "late GRPO without SSB"),
 )
 LATE = ("late_ssb", "late_nossb")
 
@@ -289,6 +289,9 @@ def stage_config(cfg: DemoConfig, arm: Arm, start_model: Path):
         "probe_data": str(toy / "data" / "test"),
         "progress": cfg.progress,
         "tensorboard": False,
+        # OUT/runs/NAME is the demo's own: a stage killed before its first checkpoint starts
+        # again (with a checkpoint, resume=auto continues it).
+        "overwrite": True,
     }
     if arm.kind == "mpo":
         from r1v2.train.mpo import MPOConfig
