@@ -137,8 +137,9 @@ class PairSettings(PolicySetup):
         0.5,
         "MPO threshold: least reward-model score gap score(chosen) - score(rejected) for a "
         "pair, on the reward model's own scale (paper: 7/10/15 on its RM, higher more stable). "
-        "Toy RM (faithful and hallucinated means 1.2 apart, std ~1): 0.5 keeps about a quarter "
-        "of the prompts; 0, 0.5 and 1 reached the same probe after 50 steps (README)",
+        "Toy RM (faithful and hallucinated means 1.2 apart, std ~1), demo seed 0, 30 steps, 500 "
+        "held-out samples: 0 kept 298 pairs -> 41.2% accuracy / 70.8% hallucination, 0.5 kept "
+        "93 -> 44.6% / 67.2%, 1.0 kept 59 -> 41.8% / 68.4% (from 34.0% / 77.4%; all stable)",
     )
     rules: list[Rule] = option(
         list(RULES),
