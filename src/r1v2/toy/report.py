@@ -116,9 +116,10 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
 
 
 def rollouts_to_reach(rows: list[dict[str, Any]], target: float, per_step: int) -> int | None:
-    """Rollouts generated until the probe first reached ``target`` (None: never)."""
+    """Rollouts generated until a probe after the first step reached ``target`` (None: never;
+    the step-0 probe is the starting model, reached with no rollouts of this run)."""
     for r in rows:
-        if r.get("probe_accuracy") is not None and r["probe_accuracy"] >= target:
+        if r["step"] > 0 and r.get("probe_accuracy") is not None and r["probe_accuracy"] >= target:
             return int(r["step"]) * per_step
     return None
 
@@ -194,6 +195,8 @@ def plot_thresholds(out: Path, results: dict[str, dict[str, Any]], path: Path) -
         if name not in results:
             continue
         threshold = _setting(results, name, "threshold")
+        if threshold is None:  # a result written without its config
+            continue
         stats = training_stats(metrics_of(out, name))
         points.append((threshold, stats.get("pairs_kept", 0.0), results[name]))
     if len(points) < 2:
@@ -302,7 +305,8 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     prompts = _setting(results, "late_ssb", "prompts_per_step")
     group = _setting(results, "late_ssb", "group_size")
     per_step = prompts * group if prompts and group else None
-    target = training_stats(plain).get("probe_accuracy_max")
+    trained = [r for r in plain if r["step"] > 0]
+    target = training_stats(trained).get("probe_accuracy_max")
     if target is None or per_step is None:
         return []
     with_ssb = rollouts_to_reach(ssb, target, per_step)
