@@ -130,3 +130,55 @@ def check_writable_folder(out: str | Path, key: str = "out") -> Path:
             f"{key}={out}: cannot write in {ancestor}: {e.strerror or e}"
         ) from None
     return out
+
+
+def check_output_file(
+    path: str | Path,
+    key: str,
+    *,
+    overwrite: bool,
+    inputs: Mapping[str, str | Path] | None = None,
+    sidecars: tuple[str, ...] = (),
+) -> Path:
+    """Refuse, in one line naming ``key``, an output file the command may not write; run it
+    before any work. Refused even with ``overwrite``: ``path`` is a folder, is one of
+    ``inputs`` (``{config field: path}``) or lies inside an input folder, or its folder is a
+    file or cannot be written. Refused without ``overwrite``: ``path`` exists, or one of its
+    ``sidecars`` (suffixes added to its name, e.g. ``".stats.json"``) does. Touches nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputDirError(f"{key}={path} is a folder: give a file name")
+    p = path.resolve()
+    for what, given in (inputs or {}).items():
+        s = Path(given).resolve()
+        if p == s:
+            raise OutputDirError(f"{key}={path} is the {what} input: use another path")
+        if s in p.parents:
+            raise OutputDirError(f"{key}={path} lies inside the {what} input folder {given}")
+    ancestor = next((a for a in path.absolute().parents if a.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise OutputDirError(f"{key}={path}: {ancestor} is a file, not a folder")
+    if ancestor is not None and not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{key}={path}: cannot write in {ancestor}: permission denied")
+    if not overwrite:
+        for name in (path, *(path.with_name(path.name + s) for s in sidecars)):
+            if name.exists():
+                which = f"{key}={path}" + ("" if name == path else f": {name}")
+                raise OutputDirError(
+                    f"{which} exists: use another path, or overwrite=true to replace it"
+                )
+    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling renamed into place: a kill or a
+    full disk mid-write leaves the previous file (or none), never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -33,7 +33,13 @@ from r1v2.eval.harness import (
 )
 from r1v2.eval.judge import JudgeClient, load_prompt
 from r1v2.eval.prompts import INSTRUCTIONS
-from r1v2.eval.report import pct, print_comparison, results_document, write_reports
+from r1v2.eval.report import (
+    check_report_folder,
+    pct,
+    print_comparison,
+    results_document,
+    write_reports,
+)
 from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import Device, DtypeOrAuto
 from r1v2.train.progress import StepProgress
@@ -120,6 +126,12 @@ class EvalConfig:
     )
     judge_cache: str | None = option(
         None, "judge verdict cache, JSONL (None: OUT/judge_cache.jsonl)"
+    )
+    overwrite: bool = option(
+        False,
+        "replace the reports (results.json, .md, .png, scores.jsonl) of another evaluation in "
+        "out; without it such a folder is refused (re-running the same evaluation may rewrite "
+        "its own). Caches are append-only and always kept",
     )
 
     def validate(self) -> None:
@@ -263,6 +275,9 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
 
     err = Console(stderr=True)
     check_writable_folder(cfg.out, "out")
+    settings = dataclasses.asdict(cfg)
+    identity = results_document({}, model=cfg.model, responses=cfg.responses, settings=settings)
+    check_report_folder(cfg.out, identity, overwrite=cfg.overwrite)  # before any work
     benches = [load_benchmark(spec, limit=cfg.limit) for spec in cfg.bench]
     names = [b.name for b in benches]
     if len(set(names)) != len(names):
@@ -290,7 +305,6 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
             err.print(f"[yellow]{line}[/yellow]")
     if judge is not None:
         err.print(f"judge: {judge.stats}")
-    settings = dataclasses.asdict(cfg)
     doc = results_document(results, model=cfg.model, responses=cfg.responses, settings=settings)
     if judge is not None:
         doc["judge"] = judge.summary()

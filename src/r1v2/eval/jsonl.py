@@ -7,10 +7,13 @@ from pathlib import Path
 
 
 def complete_lines(path: str | Path) -> list[str]:
-    """The lines of ``path`` that were written out in full; a partial last line is cut off.
+    """The lines of ``path`` that were written out in full; a partial last line is left out.
 
-    A process killed mid-write leaves a line without its newline: it is removed from the file,
-    so the next append starts on a fresh line. A missing file has no lines.
+    A process killed mid-write leaves a line without its newline. The file is only ever
+    appended to, never cut: the partial line is ended with a newline (if it still is the
+    last line when we look again), so the next append starts on a fresh line and readers skip
+    the fragment. Cutting it off instead could remove lines another process running on the
+    same cache appended after we read it. A missing file has no lines.
     """
     path = Path(path)
     if not path.exists():
@@ -18,9 +21,23 @@ def complete_lines(path: str | Path) -> list[str]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
+        _end_last_line(path)
     return data[:end].decode("utf-8", errors="replace").splitlines()
+
+
+def _end_last_line(path: Path) -> None:
+    """Append a newline to ``path`` if its last byte is not one (append mode: never truncates,
+    never writes anywhere but the end). A file we cannot append to is left as it is."""
+    try:
+        with path.open("a+b") as f:
+            f.seek(0, 2)
+            if f.tell() == 0:
+                return
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    except OSError:
+        pass
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -191,22 +192,86 @@ def bar_chart(doc: dict, path: str | Path) -> None:
     fig.savefig(str(path))
 
 
+REPORT_FILES = ("results.json", "results.md", "results.png", "scores.jsonl")
+# Fields that do not change what an evaluation measures: a re-run that differs only in these
+# is the same evaluation, and may rewrite its reports.
+_NOT_THE_RESULT = ("out", "overwrite")
+
+
+def evaluation_changes(doc: dict, other: dict) -> list[str]:
+    """What makes ``other`` (a results document read from disk) another evaluation than
+    ``doc``: ``"KEY: OLD -> NEW"`` for the model, the responses file and each setting both
+    record that differs (the output folder and ``overwrite`` aside); empty for the same
+    evaluation."""
+
+    def identity(d: dict) -> dict:
+        settings = d.get("settings")
+        kept = {
+            k: v
+            for k, v in (settings if isinstance(settings, dict) else {}).items()
+            if k not in _NOT_THE_RESULT
+        }
+        both = {"model": d.get("model"), "responses": d.get("responses"), **kept}
+        return json.loads(json.dumps(clean_json(both)))  # as results.json stores it
+
+    new, old = identity(doc), identity(other)
+    # a setting one side lacks (added or removed in another r1v2 version) is not compared
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if k in old and new[k] != old[k]]
+
+
+def check_report_folder(out_dir: str | Path, doc: dict, *, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder that holds the reports of another evaluation
+    (:func:`evaluation_changes` against ``doc``, the results document this run will write,
+    less its benchmarks) or report files without a readable results.json, unless
+    ``overwrite``. The same evaluation run again may rewrite its own reports."""
+    out = Path(out_dir)
+    present = [name for name in REPORT_FILES if (out / name).exists()]
+    if overwrite or not present:
+        return
+    try:
+        earlier = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if isinstance(earlier, dict) and isinstance(earlier.get("settings"), dict):
+        changes = evaluation_changes(doc, earlier)
+        if not changes:
+            return
+        shown = "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
+        what = f"the results of another evaluation ({shown})"
+    else:
+        what = "report files not from r1v2 eval (" + ", ".join(present) + ")"
+    raise R1V2Error(
+        f"out={out} holds {what}: use another out, or overwrite=true to replace them (the "
+        "response cache is kept either way)"
+    )
+
+
 def write_reports(
     out_dir: str | Path, doc: dict, scores: dict[str, list[dict]] | None = None
 ) -> dict[str, Path]:
-    """Write results.json, results.md, results.png (and scores.jsonl) into ``out_dir``."""
+    """Write results.json, results.md, results.png (and scores.jsonl) into ``out_dir``, each
+    through a temporary file renamed into place (an interrupted write leaves no torn file)."""
+    from r1v2.fsutil import write_atomic
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "md": out / "results.md", "png": out / "results.png"}
-    paths["json"].write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    paths["md"].write_text(markdown(doc))
-    bar_chart(doc, paths["png"])
+    write_atomic(paths["json"], json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    write_atomic(paths["md"], markdown(doc))
+    tmp = out / f".results.tmp-{os.getpid()}.png"
+    try:
+        bar_chart(doc, tmp)
+        os.replace(tmp, paths["png"])
+    finally:
+        tmp.unlink(missing_ok=True)
     if scores is not None:
         paths["scores"] = out / "scores.jsonl"
-        with paths["scores"].open("w") as f:
-            for bench, rows in scores.items():
-                for row in rows:
-                    f.write(json.dumps(clean_json({"bench": bench, **row})) + "\n")
+        lines = [
+            json.dumps(clean_json({"bench": bench, **row})) + "\n"
+            for bench, rows in scores.items()
+            for row in rows
+        ]
+        write_atomic(paths["scores"], "".join(lines))
     return paths
 
 

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from r1v2.fsutil import write_atomic
+
 
 def _clean(value: Any) -> Any:
     """JSON-safe scalars: tensors become floats, NaN/inf become None."""
@@ -32,7 +34,10 @@ class MetricsLogger:
     """Appends one JSON object per step to ``output_dir/metrics.jsonl`` (flushed each time).
 
     On resume the file is truncated to the steps before the resumed one (a torn last line
-    dropped), so a resumed run's log reads like an uninterrupted one.
+    dropped), so a resumed run's log reads like an uninterrupted one. A fresh run
+    (``resume_step=0``) refuses a folder whose ``metrics.jsonl`` holds rows of an earlier run
+    (the trainers' ``prepare_output`` refuses, or with overwrite=true empties, such a folder
+    before any work; this is the last line of defence).
     """
 
     def __init__(
@@ -46,13 +51,21 @@ class MetricsLogger:
     ):
         self.path = Path(output_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step == 0 and self.path.is_file() and self.path.read_text().strip():
+            from r1v2.errors import R1V2Error
+
+            raise R1V2Error(
+                f"{self.path} holds the metrics of an earlier run: a new run will not "
+                "overwrite them (use another output_dir, or overwrite=true to replace the run)"
+            )
         if self.path.exists():
             kept = [
                 line
                 for line in self.path.read_text().splitlines()
                 if _step_of(line) is not None and _step_of(line) <= resume_step
             ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            # through a temporary file: a kill here leaves the whole log, not a cut one
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:

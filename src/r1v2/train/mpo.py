@@ -937,11 +937,16 @@ def build_pairs_file(cfg: MPOPairsConfig) -> dict[str, float]:
     import json
 
     from r1v2.data.pairs import PreferenceRecord
+    from r1v2.fsutil import check_output_file, write_atomic
     from r1v2.rollout import TransformersEngine
 
-    out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise R1V2Error(f"out={out} exists: use another path, or overwrite=true to replace it")
+    out = check_output_file(
+        cfg.out,
+        "out",
+        overwrite=cfg.overwrite,
+        inputs={"data": cfg.data},
+        sidecars=(".stats.json",),
+    )
     if is_pairs_data(cfg.data):
         raise R1V2Error(f"data={cfg.data} holds pairs already: give a Sample prompt pool")
     pool = load_pool(cfg.data)
@@ -978,7 +983,7 @@ def build_pairs_file(cfg: MPOPairsConfig) -> dict[str, float]:
     ]
     write_pairs(records, out)
     stats = round_stats(counts, cfg.rules)
-    Path(str(out) + ".stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_atomic(Path(str(out) + ".stats.json"), json.dumps(stats, indent=2) + "\n")
     print(f"{len(records)} pairs from {len(items)} prompts -> {out}  ({json.dumps(stats)})")
     return stats
 

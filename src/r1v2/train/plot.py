@@ -10,10 +10,16 @@ Four panels against the step, one line per run (SSB against plain GRPO on one fi
 
 A panel whose metric no run logged says so instead of staying blank. ``r1v2 grpo`` also writes
 ``OUTPUT_DIR/metrics.png`` of its own run when it finishes.
+
+The figure goes to ``out`` (``out.png`` when ``out`` has no extension, as matplotlib would
+name it), written through a temporary file; a PNG carries the text chunk ``Software: r1v2
+plot``, so a later ``r1v2 plot`` may replace it, while any other existing file needs
+``overwrite=true``.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("probe_accuracy", "probe accuracy"),
     ("hallucination_rate", "probe hallucination rate"),
 )
+MARK = "r1v2 plot"  # the "Software" text chunk of the PNGs plot_runs writes
 
 
 @dataclass
@@ -35,7 +42,8 @@ class PlotConfig:
     """``r1v2 plot RUN [RUN ...]``: training curves of GRPO runs."""
 
     runs: list[str] = option(help="run folders (each with metrics.jsonl) or metrics.jsonl files")
-    out: str = option("curves.png", "PNG file to write")
+    out: str = option("curves.png", "PNG file to write (.png is added to a name without one)")
+    overwrite: bool = option(False, "replace an existing out file that r1v2 plot did not write")
     labels: list[str] | None = option(None, "legend labels, one per run (default: folder names)")
     window: int = option(20, "steps in the rolling mean of the per-step curves")
 
@@ -48,6 +56,42 @@ class PlotConfig:
             )
         if self.window < 1:
             raise R1V2Error(f"config field 'window' must be >= 1, got {self.window}")
+
+
+def figure_path(out: str | Path) -> Path:
+    """The file a figure for ``out`` goes to: ``out``, or ``out.png`` when it has no extension."""
+    out = Path(out)
+    return out if out.suffix else out.with_name(out.name + ".png")
+
+
+def written_by_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG that :func:`plot_runs` wrote (its ``Software`` text chunk)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == MARK
+    except Exception:  # not an image, unreadable: not ours
+        return False
+
+
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    """The figure's path, refused in one line before anything is read: an unknown image
+    format, a folder, or an existing file that ``r1v2 plot`` did not write (without
+    ``overwrite``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from r1v2.fsutil import check_output_file
+
+    path = figure_path(out)
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise R1V2Error(
+            f"out={out}: unknown image format {path.suffix!r} (use one of "
+            f"{', '.join('.' + f for f in sorted(formats))})"
+        )
+    return check_output_file(path, "out", overwrite=overwrite or written_by_plot(path))
 
 
 def rolling_mean(values: list[float], window: int) -> list[float]:
@@ -70,7 +114,8 @@ def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]
 def plot_runs(
     runs: list[str | Path], out: str | Path, labels: list[str] | None = None, window: int = 20
 ) -> Path:
-    """Write the four-panel figure of ``runs`` to ``out``; returns its path."""
+    """Write the four-panel figure of ``runs`` to ``out`` (see :func:`figure_path`), replacing
+    the file there; returns its path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -124,13 +169,20 @@ def plot_runs(
     if handles:
         fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.95))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(out))
-    return out
+    path = figure_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:  # a kill mid-write leaves the previous figure, not a torn one
+        fig.savefig(str(tmp), format=fmt, metadata={"Software": MARK} if fmt == "png" else None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def run(cfg: PlotConfig) -> int:
+    check_out(cfg.out, cfg.overwrite)  # before any metrics file is read
     path = plot_runs(cfg.runs, cfg.out, cfg.labels, cfg.window)
     print(f"wrote {path}")
     return 0

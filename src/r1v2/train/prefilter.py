@@ -21,6 +21,8 @@ from r1v2.errors import R1V2Error
 from r1v2.train.grpo import STD_FLOOR
 from r1v2.train.stage import ScoredSetup, load_policy, load_pool, make_reward
 
+STATS = ".stats.json"  # beside the filtered pool: <out>.stats.json
+
 
 @dataclass
 class PrefilterConfig(ScoredSetup):
@@ -30,6 +32,7 @@ class PrefilterConfig(ScoredSetup):
     prompt is judged as training would score it."""
 
     out: str = option("runs/toy/data/filtered/samples.jsonl", "filtered pool to write (JSONL)")
+    overwrite: bool = option(False, "replace an existing out file (and its .stats.json)")
     k: int = option(8, "rollouts per prompt (grpo's group_size; TRL: num_generations)")
     prompts_per_generate: int = option(16, "prompts per generate call")
     std_floor: float = option(
@@ -62,11 +65,19 @@ def classify(
 
 
 def prefilter(cfg: PrefilterConfig) -> dict:
-    """Filter the pool; writes ``cfg.out`` and ``<out>.stats.json``; returns the stats."""
+    """Filter the pool; writes ``cfg.out`` and ``<out>.stats.json``; returns the stats.
+
+    ``out`` is checked before any work: an existing file (or stats file) needs ``overwrite``;
+    the pool itself, or a file inside its folder, is refused. Both files are written through a
+    temporary name, so an interrupted run leaves no half file."""
     from r1v2.data.loaders import write_jsonl
+    from r1v2.fsutil import check_output_file, write_atomic
     from r1v2.rollout import TransformersEngine
     from r1v2.train.progress import StepProgress
 
+    check_output_file(
+        cfg.out, "out", overwrite=cfg.overwrite, inputs={"data": cfg.data}, sidecars=(STATS,)
+    )
     pool = load_pool(cfg.data)
     policy = load_policy(cfg)
     engine = TransformersEngine(policy)
@@ -100,7 +111,7 @@ def prefilter(cfg: PrefilterConfig) -> dict:
         "kept_fraction": counts["kept"] / len(pool),
         "k": cfg.k,
     }
-    Path(str(out) + ".stats.json").write_text(json.dumps(stats, indent=2))
+    write_atomic(Path(str(out) + STATS), json.dumps(stats, indent=2))
     print(f"kept {counts['kept']} of {len(pool)} prompts -> {out}  ({json.dumps(counts)})")
     return stats
 

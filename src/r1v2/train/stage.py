@@ -138,8 +138,9 @@ def prepare_output(out: Path, resume: str, overwrite: bool) -> tuple[Path | None
     before anything loads. ``resume`` is ``auto`` (the newest intact checkpoint in ``out``:
     newer broken ones are skipped with a warning naming the broken file), ``never`` or a
     checkpoint path (refused, naming the file, if it is broken). A folder with files but
-    nothing to continue (broken checkpoints included) is refused unless ``overwrite``; the
-    caller removes it (:func:`clear_folder`) only once everything else has been validated."""
+    nothing to continue (broken checkpoints included), or, for a checkpoint path outside
+    ``out``, any non-empty ``out``, is refused unless ``overwrite``; the caller removes it
+    (:func:`clear_folder`) only once everything else has been validated."""
     check_writable_folder(out, "output_dir")
     if resume not in ("auto", "never"):
         path = Path(resume)
@@ -149,7 +150,16 @@ def prepare_output(out: Path, resume: str, overwrite: bool) -> tuple[Path | None
             check_checkpoint(path)
         except R1V2Error as e:
             raise R1V2Error(f"resume={resume}: broken checkpoint: {e}") from e
-        return path, False
+        # A checkpoint of another folder continues into output_dir: one holding a run of its
+        # own (its metrics, checkpoints) would be cut and pruned, so it must be empty.
+        ours = out.resolve() in path.resolve().parents
+        occupied = out.is_dir() and any(out.iterdir())
+        if occupied and not ours and not overwrite:
+            raise R1V2Error(
+                f"output_dir={out} holds an earlier run and resume={resume} is a checkpoint of "
+                "another folder: use an empty output_dir, or overwrite=true to replace it"
+            )
+        return path, occupied and not ours
     latest, broken = newest_intact_checkpoint(out) if resume == "auto" else (None, [])
     occupied = out.is_dir() and any(out.iterdir())
     if latest is None and occupied and not overwrite:
@@ -230,9 +240,13 @@ def save_final(policy, out: Path, *, sharded: bool, rank: int) -> Path:
             shutil.rmtree(tmp)
         policy.model.save_pretrained(tmp, state_dict=state)
         policy.processor.save_pretrained(tmp)
+        old = out / f".old-{FINAL}"  # the previous final/ is moved aside, removed last
+        if old.exists():
+            shutil.rmtree(old)
         if target.exists():
-            shutil.rmtree(target)
+            target.rename(old)
         tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

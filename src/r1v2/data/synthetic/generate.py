@@ -19,7 +19,9 @@ arguments give the same bytes (JSONL and PNGs).
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +108,12 @@ def sample_at(
     choice = rng.random() < choice_fraction
     scene = sample_scene(rng, level, grid=grid)
     question = make_question(rng, scene, level, choice=choice)
-    return SynthSample(f"synth-s{seed}-{index:06d}", scene, question)
+    return SynthSample(sample_id(seed, index), scene, question)
+
+
+def sample_id(seed: int, index: int) -> str:
+    """The id (and image file stem) of sample ``index`` of ``seed``."""
+    return f"synth-s{seed}-{index:06d}"
 
 
 def iter_samples(
@@ -143,8 +150,10 @@ def generate(
 ) -> Path:
     """Write ``n`` samples to ``out_dir/samples.jsonl`` and their images to ``out_dir/images/``.
 
-    Returns the JSONL path. Refuses to replace an existing ``samples.jsonl`` unless
-    ``overwrite`` (images of other ids already in ``images/`` are left alone). ``progress``
+    Returns the JSONL path. Refuses, before drawing anything, to replace an existing
+    ``samples.jsonl`` or an image of one of the ``n`` ids unless ``overwrite`` (images of other
+    ids already in ``images/`` are left alone). Everything is drawn into temporary names and
+    moved into place at the end: an interrupted run leaves the folder as it was. ``progress``
     shows a progress bar.
     """
     if n < 1:
@@ -156,15 +165,35 @@ def generate(
     path = out / SAMPLES_FILE
     if path.exists() and not overwrite:
         raise R1V2Error(f"{path} exists; pass overwrite=true to replace it")
-    (out / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    images = out / IMAGES_DIR
+    if not overwrite and images.is_dir():
+        # the ids of seed s are the same whatever the levels or sizes: another set's images
+        ours = (images / f"{sample_id(seed, i)}.png" for i in range(n))
+        taken = next((p for p in ours if p.exists()), None)
+        if taken is not None:
+            raise R1V2Error(
+                f"{taken} exists (an image of an earlier set with seed {seed}); pass "
+                "overwrite=true to replace it, or use another out"
+            )
+    images.mkdir(parents=True, exist_ok=True)
+    staging = images / f".tmp-{os.getpid()}"  # this run's images until every one is drawn
+    tmp = out / f".{SAMPLES_FILE}.tmp-{os.getpid()}"
     samples = iter_samples(n, seed, levels=levels, choice_fraction=choice_fraction, grid=grid)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for sample in _with_progress(samples, n, progress):
-            image = f"{IMAGES_DIR}/{sample.id}.png"
-            render(sample.scene, image_size=image_size).save(out / image, format="PNG")
-            f.write(dumps(sample.record(image, image_size)) + "\n")
-    tmp.replace(path)
+    try:
+        staging.mkdir(exist_ok=True)
+        drawn = []
+        with tmp.open("w", encoding="utf-8", newline="\n") as f:
+            for sample in _with_progress(samples, n, progress):
+                name = f"{sample.id}.png"
+                render(sample.scene, image_size=image_size).save(staging / name, format="PNG")
+                f.write(dumps(sample.record(f"{IMAGES_DIR}/{name}", image_size)) + "\n")
+                drawn.append(name)
+        for name in drawn:
+            os.replace(staging / name, images / name)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return path
 
 
