@@ -1,19 +1,45 @@
 """code_reward: extraction, the three kinds of tests, and the sandbox's protections.
 
 Every test that runs code starts real subprocesses (about 0.1 s each). The protections that
-depend on the machine (the uid drop, RLIMIT_NPROC, the network namespace) skip with the reason
-where :func:`sandbox_info` says they are not available.
+depend on the machine (the uid drop, RLIMIT_NPROC, the namespaces, the private /tmp) skip with
+the reason where :func:`sandbox_info` says they are not available.
+
+Hostile cases (13), each asserting containment:
+
+1. an infinite loop (and a sleeper) is killed at the deadline: test_infinite_loop_is_killed
+2. a fork bomb dies against RLIMIT_NPROC: test_fork_bomb_is_contained
+3. children that outlive the timeout, in the process group or in a session of their own, are
+   gone when the reward returns: test_children_that_outlive_the_timeout_are_killed
+4. a memory bomb fails against RLIMIT_AS: test_memory_hog_fails
+5. a flood of output is cut at MAX_OUTPUT_BYTES: test_huge_output_is_capped
+6. a huge file is stopped by RLIMIT_FSIZE: test_huge_file_is_stopped_by_fsize
+7. writing outside the temporary folder: /tmp, /var/tmp, /dev/shm are private and the parent's
+   folders are not writable: test_writing_outside_the_working_dir_is_contained (and
+   test_working_dir_is_fresh_and_removed)
+8. reading an env var set in the parent, directly or through /proc/PID/environ:
+   test_environment_secrets_are_not_inherited
+9. a socket to 127.0.0.1: test_network_is_unreachable
+10. killing the parent process (its pid, the process group, every process):
+    test_killing_the_parent_is_contained
+11. reading root's files: test_code_runs_unprivileged_when_root
+12. a solution that never reads its (large) input: test_a_solution_that_never_reads_its_input
+13. a correct and a wrong solution: test_correct_solution_scores_one_and_wrong_zero
 """
 
+import json
 import os
+import secrets
+import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
 from r1v2.rewards import code as code_mod
 from r1v2.rewards import code_reward, code_rewards
-from r1v2.rewards.code import MAX_OUTPUT_BYTES, extract_code, sandbox_info
+from r1v2.rewards.code import MAX_OUTPUT_BYTES, extract_code, outputs_match, sandbox_info
 
 
 def block(src: str) -> str:
@@ -50,7 +76,17 @@ def test_stdio_ignores_trailing_whitespace_but_not_content():
     code = block("print('6   ')\nprint()\nprint()")
     assert code_reward(code, [{"input": "", "output": "6"}]) == 1.0
     assert code_reward(block("print('1 2 \\n 3')"), [{"input": "", "output": "1 2\n3\n"}]) == 1.0
-    assert code_reward(block("print('1  2')"), [{"input": "", "output": "1 2"}]) == 0.0
+    assert code_reward(block("print('a  b')"), [{"input": "", "output": "a b"}]) == 0.0
+    assert code_reward(block("print('1 2')"), [{"input": "", "output": "1 2\n3"}]) == 0.0
+
+
+def test_stdio_numbers_compare_as_decimals_like_livecodebench():
+    """A line that differs as text matches when both split into the same decimals."""
+    assert outputs_match("1.50  2\n", "1.5 2.0") and outputs_match("-0", "0")
+    assert not outputs_match("1.5 2", "1.5 2 0") and not outputs_match("1.51", "1.5")
+    assert not outputs_match("0.1 x", "0.10 x")  # a word: the line compares as text only
+    assert outputs_match("NaN", "NaN") and not outputs_match("sNaN", "1")
+    assert code_reward(block("print(3 / 2)"), [{"input": "", "output": "1.50"}]) == 1.0
 
 
 def test_stdin_is_readable_as_a_file():
@@ -254,6 +290,129 @@ def test_network_is_unreachable():
         assert code_reward(code, [{"input": "", "output": "blocked"}]) == 1.0
 
 
+def _processes_with(marker: str) -> list[int]:
+    """Pids of live processes whose command line contains ``marker``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_children_that_outlive_the_timeout_are_killed():
+    info = sandbox_info()
+    # A child in a session of its own leaves the process group: only a PID namespace ends it.
+    detach = [False, True] if info["pid_namespace"] else [False]
+    marker = f"{secrets.randbelow(10**6)}.{secrets.randbelow(10**6)}"  # a unique sleep length
+    code = block(
+        "import os, time\n"
+        f"for detach in {detach}:\n"
+        "    if os.fork() == 0:\n"
+        "        if detach:\n"
+        "            os.setsid()\n"
+        f"        os.execv('/bin/sleep', ['sleep', '{marker}'])\n"
+        "time.sleep(0.5)\n"
+        "print('children started', flush=True)\n"
+        "time.sleep(3600)"  # the parent outlives the timeout too
+    )
+    probe = subprocess.Popen(["sleep", marker])  # the check finds such a process
+    try:
+        assert _processes_with(f"sleep {marker}") == [probe.pid]
+    finally:
+        probe.kill()
+        probe.wait()
+    start = time.monotonic()
+    assert code_reward(code, [{"input": "", "output": "x"}], timeout_s=1.0) == 0.0
+    assert time.monotonic() - start < 15
+    time.sleep(0.5)
+    left = _processes_with(f"sleep {marker}")
+    for pid in left:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"children survived the sandbox: {left} ({info})"
+    if not info["pid_namespace"]:
+        pytest.skip(f"no PID namespace: a child that calls setsid() would survive ({info})")
+
+
+def test_writing_outside_the_working_dir_is_contained():
+    info = sandbox_info()
+    name = f"r1v2-escape-{secrets.token_hex(8)}"
+    shared = [f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}"]
+    parent = str(Path(__file__).parent / name)  # a folder of the parent's own, not /tmp
+    targets = shared + [parent]
+    code = block(
+        "import os\n"
+        f"for path in {targets!r}:\n"
+        "    try:\n"
+        "        with open(path, 'w') as f:\n"
+        "            f.write('escaped')\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "print('ran')"
+    )
+    try:
+        assert code_reward(code, [{"input": "", "output": "ran"}]) == 1.0
+        if info["private_tmp"]:
+            assert [p for p in shared if os.path.exists(p)] == []
+        if info["drops_to_user"]:
+            assert not os.path.exists(parent)
+    finally:
+        for path in targets:
+            if os.path.exists(path):
+                os.unlink(path)
+    if not (info["private_tmp"] and info["drops_to_user"]):
+        pytest.skip(f"no private /tmp or no uid drop here: only part was checked ({info})")
+
+
+def test_killing_the_parent_is_contained():
+    info = sandbox_info()
+    if not (info["pid_namespace"] or info["drops_to_user"]):
+        pytest.skip(f"no PID namespace and no uid drop: the code could kill our processes ({info})")
+    # A process of the parent's user stands in for the parent: the code is given its pid.
+    stand_in = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        code = block(
+            "import os, signal\n"
+            f"for pid in (os.getppid(), {stand_in.pid}, 0, -1, 1):\n"
+            "    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n"
+            "    except OSError:\n"
+            "        pass\n"
+            "try:\n"
+            "    os.killpg(os.getpgrp(), signal.SIGKILL)\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print('still here')"
+        )
+        score = code_reward(code, [{"input": "", "output": "still here"}])
+        assert score in (0.0, 1.0)  # it may kill itself; it reaches nothing of ours
+        assert stand_in.poll() is None
+        assert code_reward(DOUBLE, STDIO) == 1.0  # and the scorer still works
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def test_a_solution_that_never_reads_its_input():
+    big = "1 " * (2 << 20)  # 4 MB on stdin, far over a pipe's buffer
+    start = time.monotonic()
+    assert code_reward(block("print(42)"), [{"input": big, "output": "42"}]) == 1.0
+    assert code_reward(block("print(41)"), [{"input": big, "output": "42"}]) == 0.0
+    assert time.monotonic() - start < 15
+
+
+def test_prelude_runs_before_the_solution():
+    code = block("class Solution:\n    def f(self, xs: List[int]) -> int:\n        return sum(xs)")
+    tests = {"func_name": "f", "cases": [{"input": "[1, 2]", "output": "3"}]}
+    assert code_reward(code, tests) == 0.0  # List is not defined
+    assert code_reward(code, tests, prelude="from typing import *") == 1.0
+    stdio = [{"input": "", "output": "3.0"}]
+    assert code_reward(block("print(sqrt(9))"), stdio, prelude="from math import *") == 1.0
+
+
 def test_parallel_scoring_matches_sequential():
     completions = [
         DOUBLE,
@@ -290,8 +449,6 @@ def test_hybrid_reward_scores_code_samples_by_their_tests():
 
 
 def test_a_code_sample_with_malformed_tests_is_a_row_problem(tmp_path):
-    import json
-
     from r1v2.data.loaders import load_samples
 
     rows = [
@@ -318,3 +475,19 @@ def test_a_code_sample_with_malformed_tests_is_a_row_problem(tmp_path):
     messages = [str(p) for p in result.problems]
     assert any(":2: field 'metadata.tests': malformed" in m for m in messages), messages
     assert any(":3: field 'metadata.tests': missing" in m for m in messages), messages
+
+
+def test_data_check_names_a_code_sample_with_malformed_tests(tmp_path, capsys):
+    from r1v2.cli import main
+
+    good = {"input": "1\n", "output": "2\n"}
+    rows = [
+        {"id": "ok", "question": "q", "answer": "-", "kind": "code", "metadata": {"tests": [good]}},
+        {"id": "bad", "question": "q", "answer": "-", "kind": "code", "metadata": {"tests": "x"}},
+    ]
+    path = tmp_path / "code.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:2: field 'metadata.tests': malformed" in out, out
+    assert "1 samples loaded, 1 rows with problems" in out, out

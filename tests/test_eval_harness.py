@@ -96,11 +96,11 @@ def test_cache_key_follows_settings(tmp_path):
     (tmp_path / "model").mkdir()
     spec = f"aime={aime_file(tmp_path, n=2)}"
     run_eval(cfg_for(tmp_path, spec, runs=1), generate=FakeGenerate())
-    gen = FakeGenerate()
-    run_eval(cfg_for(tmp_path, spec, runs=1, temperature=1.0), generate=gen)
+    gen = FakeGenerate()  # another evaluation into the same out: its reports need overwrite
+    run_eval(cfg_for(tmp_path, spec, runs=1, temperature=1.0, overwrite=True), generate=gen)
     assert gen.completions == 2  # another temperature: nothing reused
     gen = FakeGenerate()
-    run_eval(cfg_for(tmp_path, spec, runs=2), generate=gen)
+    run_eval(cfg_for(tmp_path, spec, runs=2, overwrite=True), generate=gen)
     assert gen.completions == 2  # more runs: only run 1 is new
 
 

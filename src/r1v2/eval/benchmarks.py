@@ -27,9 +27,17 @@ Layouts (field names as published):
   (theorem proving) are skipped with a reason. category = subject.
 - ``aime2024``: ID, Problem, Solution, Answer (lower-case names are accepted too). Text only.
 - ``pope``: question_id, question, answer (yes/no), image, category.
+- ``livecodebench`` (alias ``lcb``; code generation): question_id, question_title,
+  question_content, platform, contest_id, contest_date, starter_code, difficulty,
+  public_test_cases, private_test_cases (JSON, or base64 of zlib of a pickle, read without ever
+  running it), metadata (func_name). Scored by running the tests (``r1v2.eval.livecodebench``);
+  category = difficulty. Options: a contest_date window, a platform, the time per test.
 - ``samples`` (alias ``synthetic``): the project's Sample JSONL/parquet, through
   ``r1v2.data.loaders.load_samples``; the synthetic task's output (a scene in metadata) enables
   the hallucination rate. category = metadata.category, else ``level N`` from metadata.level.
+
+A spec is ``NAME=PATH`` or ``LABEL:ADAPTER=PATH``; an adapter that takes options reads them in
+brackets after its name: ``livecodebench[start_date=2024-08-01,end_date=2025-01-31]=PATH``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -60,9 +69,11 @@ class BenchmarkError(R1V2Error):
 
 @dataclass(frozen=True)
 class Skip:
-    """A row the benchmark's protocol cannot score (e.g. a proof without a final answer)."""
+    """A row the benchmark's protocol cannot score (e.g. a proof without a final answer), or
+    one its options leave out (``id`` given: responses to it are ignored, not refused)."""
 
     reason: str
+    id: str | None = None
 
 
 @dataclass
@@ -74,8 +85,10 @@ class Benchmark:
     path: Path
     samples: list[Sample]
     scorer: str
-    instruct: bool  # whether prompts get the boxed-answer instruction
+    instruct: bool  # whether prompts get the benchmark's instruction (boxed answer, code)
     skipped: list[str] = field(default_factory=list)  # "file:line: reason"
+    options: dict[str, str] = field(default_factory=dict)  # as given in the spec
+    left_out: set[str] = field(default_factory=set)  # ids of rows the options left out
 
 
 @dataclass(frozen=True)
@@ -555,14 +568,31 @@ def pope(row: Row):
     )
 
 
+def livecodebench(row: Row, options: Any = None):
+    from r1v2.eval.livecodebench import Options, convert  # imports this module: loaded on use
+
+    return convert(row, options if options is not None else Options())
+
+
+def _livecodebench_options(raw: dict[str, str]) -> Any:
+    from r1v2.eval.livecodebench import parse_options
+
+    return parse_options(raw)
+
+
 @dataclass(frozen=True)
 class Adapter:
-    """How one benchmark layout becomes Samples, and how they are scored."""
+    """How one benchmark layout becomes Samples, and how they are scored.
+
+    An adapter with ``options`` parses the spec's bracketed ``key=value`` options with it and
+    passes the result to ``convert`` as its second argument.
+    """
 
     name: str
-    convert: Callable[[Row], Any] | None  # row -> Sample | Skip; None: a Sample file
+    convert: Callable[..., Any] | None  # row -> Sample | Skip; None: a Sample file
     scorer: str
     instruct: bool = True
+    options: Callable[[dict[str, str]], Any] | None = None
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -575,6 +605,7 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("olympiadbench", olympiadbench, "olympiad"),
         Adapter("aime2024", aime2024, "accuracy"),
         Adapter("pope", pope, "yesno"),
+        Adapter("livecodebench", livecodebench, "code", options=_livecodebench_options),
         # Sample files are shown as they are stored: the toy models know only their own words.
         Adapter("samples", None, "accuracy", instruct=False),
     ]
@@ -587,6 +618,7 @@ ALIASES = {
     "synth": "samples",
     "jsonl": "samples",
     "generic": "samples",
+    "lcb": "livecodebench",
 }
 
 
@@ -604,32 +636,65 @@ def adapter_for(name: str) -> Adapter:
     )
 
 
-def parse_bench(spec: str) -> tuple[str, Adapter, Path]:
-    """``NAME=PATH`` or ``LABEL:ADAPTER=PATH`` -> (label, adapter, path)."""
-    if "=" not in spec:
-        raise BenchmarkError(f"--bench {spec!r}: expected NAME=PATH (or LABEL:ADAPTER=PATH)")
-    name, path = spec.split("=", 1)
+_SPEC = re.compile(r"^([^=\[\]]*)(?:\[([^\]]*)\])?=(.*)$", re.DOTALL)
+_SPEC_FORM = "NAME=PATH (or LABEL:ADAPTER=PATH, with options NAME[key=value,...]=PATH)"
+
+
+def parse_bench_spec(spec: str) -> tuple[str, Adapter, Path, dict[str, str]]:
+    """``NAME=PATH``, ``LABEL:ADAPTER=PATH``, either with ``[key=value,...]`` after the name
+    -> (label, adapter, path, options). Options are checked by :func:`load_benchmark`."""
+    m = _SPEC.match(spec)
+    if m is None:
+        raise BenchmarkError(f"--bench {spec!r}: expected {_SPEC_FORM}")
+    name, raw, path = m.group(1), m.group(2), m.group(3)
     label, _, adapter = name.partition(":")
     if not label or not path:
-        raise BenchmarkError(f"--bench {spec!r}: expected NAME=PATH (or LABEL:ADAPTER=PATH)")
-    return label, adapter_for(adapter or label), Path(path)
+        raise BenchmarkError(f"--bench {spec!r}: expected {_SPEC_FORM}")
+    options: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise BenchmarkError(f"--bench {spec!r}: option {item!r} is not key=value")
+        if key in options:
+            raise BenchmarkError(f"--bench {spec!r}: option {key!r} given twice")
+        options[key] = value.strip()
+    return label, adapter_for(adapter or label), Path(path), options
+
+
+def parse_bench(spec: str) -> tuple[str, Adapter, Path]:
+    """``NAME=PATH`` or ``LABEL:ADAPTER=PATH`` -> (label, adapter, path); see
+    :func:`parse_bench_spec` for options."""
+    label, adapter, path, _ = parse_bench_spec(spec)
+    return label, adapter, path
 
 
 def load_benchmark(spec: str, *, limit: int | None = None) -> Benchmark:
-    """Load ``NAME=PATH`` (see :func:`parse_bench`); ``limit`` keeps the first N samples."""
-    label, adapter, path = parse_bench(spec)
+    """Load ``NAME=PATH`` (see :func:`parse_bench_spec`); ``limit`` keeps the first N samples."""
+    label, adapter, path, raw_options = parse_bench_spec(spec)
+    if raw_options and adapter.options is None:
+        raise BenchmarkError(f"--bench {spec!r}: the {adapter.name} adapter takes no options")
+    convert = adapter.convert
+    if adapter.options is not None:
+        parsed = adapter.options(raw_options)
+        convert = functools.partial(adapter.convert, options=parsed)
     if adapter.convert is None:
         samples = _load_sample_file(path)
         skipped: list[str] = []
+        left_out: set[str] = set()
     else:
-        samples, skipped = [], []
+        samples, skipped, left_out = [], [], set()
         seen: dict[str, str] = {}
         for row in read_rows(path):
             if limit is not None and len(samples) >= limit:
                 break
-            out = adapter.convert(row)
+            out = convert(row)
             if isinstance(out, Skip):
                 skipped.append(f"{row.where()}: {out.reason}")
+                if out.id is not None:
+                    left_out.add(out.id)
                 continue
             if out.id in seen:
                 raise BenchmarkError(
@@ -641,7 +706,17 @@ def load_benchmark(spec: str, *, limit: int | None = None) -> Benchmark:
         samples = samples[:limit]
     if not samples:
         raise BenchmarkError(f"{path}: no samples to evaluate for benchmark {label!r}")
-    return Benchmark(label, adapter.name, path, samples, adapter.scorer, adapter.instruct, skipped)
+    return Benchmark(
+        label,
+        adapter.name,
+        path,
+        samples,
+        adapter.scorer,
+        adapter.instruct,
+        skipped,
+        raw_options,
+        left_out - {s.id for s in samples},
+    )
 
 
 def _load_sample_file(path: Path) -> list:

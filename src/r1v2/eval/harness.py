@@ -14,15 +14,23 @@ Scoring: rules first (a response without ``\\boxed`` gets the rule-based fallbac
 A rule score of None means the rules could not score the response (its reference cannot be
 graded; counted as ``n_rule_unscored``); a final score still None after the judge counts as
 wrong in Pass@1 (every item is in the denominator) and is counted as ``n_unscored``.
+
+Code (``kind: code`` samples, LiveCodeBench): each response's code runs against the sample's
+tests in the sandbox (:func:`r1v2.eval.scoring.code_pass_rate`), ``code_workers`` at a time;
+it is correct for Pass@1 only when it passes them all, the judge is never asked, and the
+summary adds the mean pass rate (``mean_pass_rate``: the fraction of tests passed, averaged
+like Pass@1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -34,7 +42,15 @@ from r1v2.eval.benchmarks import Benchmark, category
 from r1v2.eval.jsonl import complete_lines
 from r1v2.eval.judge import NOT_ASKED, JudgeClient, JudgeItem
 from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
-from r1v2.eval.scoring import SCORERS, AnswerSource, Scorer, rule_input, yes_no
+from r1v2.eval.scoring import (
+    SCORERS,
+    AnswerSource,
+    Scorer,
+    code_correct,
+    code_pass_rate,
+    rule_input,
+    yes_no,
+)
 from r1v2.rewards.accuracy import option_index
 from r1v2.rewards.answers import as_letter, clean, extract_answer, number_unit
 
@@ -163,7 +179,8 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
 
     Returns ``{bench name: {(id, run): response}}``. Unknown ids, unknown benchmarks, ids found
     in several benchmarks without a ``bench`` field, duplicate (id, run) pairs and malformed
-    lines are errors naming file and line.
+    lines are errors naming file and line. A response to a row that a benchmark's options left
+    out (``Benchmark.left_out``: outside a date window) is ignored.
     """
     path = Path(path)
     owners: dict[str, list[str]] = {}
@@ -172,6 +189,7 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
             owners.setdefault(s.id, []).append(b.name)
     names = {b.name for b in benches}
     ids = {b.name: {s.id for s in b.samples} for b in benches}
+    left_out = {b.name: b.left_out for b in benches}
     out: dict[str, dict[Key, str]] = {b.name: {} for b in benches}
     from r1v2.eval.jsonl import read_lines
 
@@ -180,17 +198,7 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
         if not line.strip():
             continue
         where = f"{path}:{i}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise R1V2Error(f"{where}: malformed JSON: {e.msg}") from e
-        if not isinstance(entry, dict):
-            raise R1V2Error(f"{where}: expected a JSON object")
-        for name, kind in (("id", (str, int)), ("run", int), ("response", str)):
-            if name not in entry:
-                raise R1V2Error(f"{where}: field '{name}': missing")
-            if not isinstance(entry[name], kind) or isinstance(entry[name], bool):
-                raise R1V2Error(f"{where}: field '{name}': wrong type {type(entry[name]).__name__}")
+        entry = _response_entry(where, line)
         sample_id, run = str(entry["id"]), entry["run"]
         bench = entry.get("bench")
         if bench is not None and bench not in names:
@@ -198,6 +206,9 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
                 f"{where}: field 'bench': unknown benchmark {bench!r} (given: {', '.join(sorted(names))})"
             )
         candidates = [bench] if bench is not None else owners.get(sample_id, [])
+        known = any(sample_id in ids[n] for n in candidates)
+        if not known and any(sample_id in left_out[n] for n in ([bench] if bench else names)):
+            continue  # a row the benchmark's options left out
         if not candidates or sample_id not in ids[candidates[0]]:
             raise R1V2Error(
                 f"{where}: field 'id': unknown id {sample_id!r} (not in benchmark {', '.join(candidates or sorted(names))})"
@@ -211,6 +222,22 @@ def read_responses(path: str | Path, benches: Sequence[Benchmark]) -> dict[str, 
             raise R1V2Error(f"{where}: duplicate response for id {sample_id!r} run {run}")
         table[(sample_id, run)] = entry["response"]
     return out
+
+
+def _response_entry(where: str, line: str) -> dict:
+    """One responses line as a dict with a str/int ``id``, an int ``run``, a str ``response``."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise R1V2Error(f"{where}: malformed JSON: {e.msg}") from e
+    if not isinstance(entry, dict):
+        raise R1V2Error(f"{where}: expected a JSON object")
+    for name, kind in (("id", (str, int)), ("run", int), ("response", str)):
+        if name not in entry:
+            raise R1V2Error(f"{where}: field '{name}': missing")
+        if not isinstance(entry[name], kind) or isinstance(entry[name], bool):
+            raise R1V2Error(f"{where}: field '{name}': wrong type {type(entry[name]).__name__}")
+    return entry
 
 
 # ---- scoring ----------------------------------------------------------------------------------
@@ -233,6 +260,7 @@ class Scored:
     judge_stopped: bool = False  # meant for the judge, which had stopped: the rules' score stands
     score: float | None = None
     source: AnswerSource | None = None  # where the rules' answer came from; None: no answer
+    pass_rate: float | None = None  # code: the fraction of tests passed; None otherwise
 
     def to_json(self) -> dict:
         return {
@@ -245,6 +273,7 @@ class Scored:
             "verdict": self.verdict,
             "missing": self.response is None,
             "answer_source": self.source,
+            "pass_rate": self.pass_rate,
         }
 
 
@@ -258,8 +287,8 @@ def needs_judge(s: Scored, sample: Sample, scorer: str, when: JudgeWhen) -> bool
     would say. "always": every response, every rule score (1 included) is the judge's.
     POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
     """
-    if s.response is None or scorer == "yesno":
-        return False
+    if s.response is None or scorer == "yesno" or sample.kind == "code":
+        return False  # code is decided by its tests
     if when == "always" or s.rule is None:
         return True
     if when == "undecided" or s.rule != 0.0 or s.source is None:
@@ -327,17 +356,23 @@ def score_benchmark(
     on_scored: Callable[[int], None] | None = None,
     on_judge_start: Callable[[int], None] | None = None,
     on_judged: Callable[[], None] | None = None,
+    code_workers: int | None = None,
 ) -> list[list[Scored]]:
     """Scores ``[sample][run]`` of ``bench`` for the run ids ``runs``.
 
     A missing response scores 0.0 (an answer not given is wrong) and is flagged ``missing``. A
     response without ``\\boxed`` is scored on its fallback answer (``source`` "fallback").
-    Progress callbacks: ``on_scored(k)`` after each sample's k runs, ``on_judge_start(n)``
-    before n judge requests, ``on_judged()`` after each verdict.
+    ``kind: code`` samples run their tests, ``code_workers`` responses at a time (None: one
+    per CPU). Progress callbacks: ``on_scored(k)`` after k more (sample, run) pairs are
+    scored, ``on_judge_start(n)`` before n judge requests, ``on_judged()`` after each verdict.
     """
     scorer = SCORERS[bench.scorer]
+    code = _score_code(bench, responses, runs, code_workers, on_scored)
     table = []
     for s in bench.samples:
+        if s.kind == "code":
+            table.append([code[(s.id, r)] for r in runs])
+            continue
         row = []
         for r in runs:
             row.append(_score_rules(scorer, bench.scorer, s, r, responses.get((s.id, r))))
@@ -364,6 +399,42 @@ def score_benchmark(
             if v is not None:
                 x.score = float(v)
     return table
+
+
+def _score_code(
+    bench: Benchmark,
+    responses: dict[Key, str],
+    runs: Sequence[int],
+    workers: int | None,
+    on_scored: Callable[[int], None] | None,
+) -> dict[Key, Scored]:
+    """The Scored of every (code sample, run), the tests run ``workers`` responses at a time
+    (threads: each waits on its own sandboxed processes)."""
+    out: dict[Key, Scored] = {}
+    todo: list[tuple[Sample, int, str]] = []
+    for s in bench.samples:
+        if s.kind != "code":
+            continue
+        for r in runs:
+            text = responses.get((s.id, r))
+            if text is None:  # an answer not given is wrong
+                out[(s.id, r)] = Scored(s.id, r, None, 0.0, score=0.0, pass_rate=0.0)
+                if on_scored is not None:
+                    on_scored(1)
+            else:
+                todo.append((s, r, text))
+    if not todo:
+        return out
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
+        futures = {pool.submit(code_pass_rate, text, s): (s, r, text) for s, r, text in todo}
+        for future in as_completed(futures):
+            s, r, text = futures[future]
+            rate = future.result()
+            rule = code_correct(rate)
+            out[(s.id, r)] = Scored(s.id, r, text, rule, score=rule, pass_rate=rate)
+            if on_scored is not None:
+                on_scored(1)
+    return out
 
 
 def _score_rules(
@@ -395,6 +466,12 @@ def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) 
     cats = [category(s) for s in bench.samples]
     if any(c is not None for c in cats):
         out["categories"] = metrics.by_category(scores, cats, n_runs)
+    code = [i for i, s in enumerate(bench.samples) if s.kind == "code"]
+    if code:
+        rates = [[table[i][j].pass_rate for j in range(n_runs)] for i in code]
+        out["mean_pass_rate"], out["mean_pass_rate_std"] = metrics.mean_std(
+            [r for r in metrics.per_run_accuracy(rates, n_runs) if not math.isnan(r)]
+        )
     if bench.scorer == "yesno":
         out["pope"] = _pope(bench, table, runs)
     scenes = [s.metadata.get("scene") for s in bench.samples]

@@ -9,9 +9,11 @@ Three kinds of tests:
 
 - a list of ``{"input": str, "output": str}`` cases: the program reads ``input`` on stdin and
   its stdout is compared with ``output`` the way LiveCodeBench does (whole text stripped,
-  split into lines, each line stripped). One process per case; after a case times out the
-  remaining cases are counted as failed without running them (our choice, to bound the time a
-  looping program costs; LiveCodeBench stops at the first failure of any kind).
+  split into lines, each line stripped; the same number of lines, each equal as text or, split
+  at whitespace, as a list of decimal numbers: ``1.50`` matches ``1.5``). One process per
+  case; after a case times out the remaining cases are counted as failed without running them
+  (our choice, to bound the time a looping program costs; LiveCodeBench stops at the first
+  failure of any kind).
 - a string of Python statements: each top-level ``assert`` is one test, run after the
   solution in the same process, one by one, so 2 of 3 passing scores 2/3. Other top-level
   statements (imports, helpers) run as setup, their errors ignored.
@@ -20,6 +22,10 @@ Three kinds of tests:
   the JSON of the expected return value; tuples compare as lists. The solution may define
   ``class Solution`` with the method (LeetCode style, a fresh instance per case) or a
   top-level function.
+
+``prelude``: source run before the solution, in its namespace (LiveCodeBench puts a block of
+standard-library imports, ``typing`` included, before every solution: see
+``r1v2.eval.livecodebench``).
 
 In the assert and functional modes the solution runs with ``__name__ == "solution"``, so its
 ``if __name__ == "__main__":`` block does not run; ``timeout_s`` applies to the solution's own
@@ -46,6 +52,11 @@ The sandbox, per process (what works is detected once, at the first call; see
   ``--mount-proc`` the code sees only its own processes in ``/proc`` (not the parent's
   ``/proc/PID/environ``).
 - stdout read up to :data:`MAX_OUTPUT_BYTES`; a process that writes more is killed and fails.
+- a private ``/tmp``: in the mount namespace that ``--mount-proc`` makes, the runner bind-mounts
+  the temporary working directory over the world-writable directories (:data:`PRIVATE_DIRS`:
+  ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``) before it drops privileges, so what the
+  code writes there lands in the working directory and is removed with it, and it cannot read
+  what other processes left there. Where the mount fails (detected once), they stay shared.
 - no network, through ``unshare --net`` (as root) or ``unshare -rn`` (a user namespace,
   otherwise): a new network namespace with only a downed loopback. Where neither works, the
   code runs with network access and this is logged once (a warning).
@@ -79,6 +90,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from r1v2.rewards.answers import THINK_CLOSE
@@ -90,6 +102,8 @@ MAX_FILE_BYTES = 16 << 20  # RLIMIT_FSIZE: the largest file the code may write
 MAX_PROCESSES = 64  # RLIMIT_NPROC (tasks, threads included), where it is effective
 _STARTUP_GRACE_S = 2.0  # interpreter start-up under load, on top of the time budget
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
+# World-writable directories the runner covers with its working directory (a private /tmp).
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 
 # A fence: ``` and an info string, the body, then ``` at the start of a line.
 _BLOCK = re.compile(r"```([^\n`]*)\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
@@ -126,10 +140,33 @@ def drop(uid, gid):
 _PROBE_MODULES = "json, collections, heapq, math, fractions, decimal, re, socket, encodings.idna"
 _DROP_PROBE = _DROP + f"drop(int(sys.argv[1]), int(sys.argv[2]))\nimport {_PROBE_MODULES}\n"
 
+# Bind-mount the working directory over each existing directory of ``targets`` (in a mount
+# namespace of our own); the source is opened first, as /tmp itself may hold it.
+_PRIVATE = r"""
+def private_dirs(targets):
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    source = ("/proc/self/fd/%d" % fd).encode()
+    for target in targets:
+        if os.path.isdir(target) and libc.mount(source, target.encode(), None, 4096, None):
+            os._exit(3)  # 4096: MS_BIND. Detected as working: no run rather than a shared /tmp
+    os.close(fd)
+"""
+_PRIVATE_PROBE = (
+    "import os\n"
+    + _PRIVATE
+    + "import json, sys\nprivate_dirs(json.loads(sys.argv[1]))\n"
+    + "open('/tmp/r1v2-probe', 'w').close()\nassert os.listdir('.') == ['r1v2-probe']\n"
+)
+
 # The runner, passed with -c. It reads job.json from its working directory, deletes it, sets
-# the limits, drops privileges, then runs the solution (and the tests, in two modes).
+# the limits, makes /tmp private, drops privileges, then runs the solution (and the tests, in
+# two modes).
 _RUNNER = (
     _DROP
+    + _PRIVATE
     + r"""
 import json, resource, signal
 
@@ -138,6 +175,9 @@ with open("job.json") as f:
 os.unlink("job.json")
 for name, value in job["limits"].items():
     resource.setrlimit(getattr(resource, name), (value, value))
+if job["private"]:
+    private_dirs(job["private"])
+del private_dirs
 if job["drop"]:
     drop(*job["drop"])
 del drop
@@ -222,21 +262,34 @@ class _Sandbox:
     prefix: tuple[str, ...]  # the unshare command line before the interpreter, or ()
     drop: tuple[int, int] | None  # (uid, gid) the runner switches to, or None
     nproc: bool  # whether RLIMIT_NPROC is effective (and so set)
+    private: tuple[str, ...] = ()  # the directories the runner covers (PRIVATE_DIRS), or ()
 
 
 _sandbox_lock = threading.Lock()
 _sandbox_cached: _Sandbox | None = None
 
 
-def _probe(cmd: list[str]) -> bool:
+def _probe(cmd: list[str], cwd: str = "/") -> bool:
     """Whether ``cmd`` runs and exits 0 within 10 s."""
     try:
         done = subprocess.run(
-            cmd, env=_env("/"), cwd="/", capture_output=True, timeout=10, check=False
+            cmd, env=_env(cwd), cwd=cwd, capture_output=True, timeout=10, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
+
+
+def _probe_private(prefix: tuple[str, ...]) -> tuple[str, ...]:
+    """The PRIVATE_DIRS the runner can cover inside ``prefix``'s mount namespace, or ()."""
+    if "--mount-proc" not in prefix:
+        return ()
+    workdir = tempfile.mkdtemp(prefix="r1v2-code-probe-")
+    try:
+        cmd = [*prefix, sys.executable, "-I", "-c", _PRIVATE_PROBE, json.dumps(PRIVATE_DIRS)]
+        return PRIVATE_DIRS if _probe(cmd, cwd=workdir) else ()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _detect() -> _Sandbox:
@@ -273,7 +326,10 @@ def _detect() -> _Sandbox:
     if not prefix:
         log.warning("code sandbox: no network namespace (unshare): the code has network access")
     nproc = drop is not None or (not root and "--user" in prefix)
-    return _Sandbox(prefix=prefix, drop=drop, nproc=nproc)
+    private = _probe_private(prefix)
+    if not private:
+        log.warning("code sandbox: no private /tmp (mount namespace): the code shares /tmp")
+    return _Sandbox(prefix=prefix, drop=drop, nproc=nproc, private=private)
 
 
 def _get_sandbox() -> _Sandbox:
@@ -294,6 +350,7 @@ def sandbox_info() -> dict[str, Any]:
         "pid_namespace": "--pid" in box.prefix,
         "private_proc": "--mount-proc" in box.prefix,
         "nproc_limit": box.nproc,
+        "private_tmp": bool(box.private),
         "prefix": list(box.prefix),
     }
 
@@ -395,8 +452,33 @@ def check_tests(tests: Any) -> str | None:
 
 
 def _normalise_output(text: str) -> list[str]:
-    """LiveCodeBench's comparison: the text stripped, split into lines, each line stripped."""
+    """The text stripped, split into lines, each line stripped (LiveCodeBench's reading)."""
     return [line.strip() for line in text.strip().split("\n")]
+
+
+def _as_decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(token) for token in line.split()]
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def outputs_match(output: str, expected: str) -> bool:
+    """LiveCodeBench's stdout comparison: after :func:`_normalise_output`, the same number of
+    lines, each equal as text or as a list of decimals (``1.50 2`` matches ``1.5 2.0``)."""
+    got, want = _normalise_output(output), _normalise_output(expected)
+    if len(got) != len(want):
+        return False
+    for a, b in zip(got, want):
+        if a == b:
+            continue
+        da, db = _as_decimals(a), _as_decimals(b)
+        try:
+            if da is None or db is None or da != db:
+                return False
+        except InvalidOperation:  # a signalling NaN
+            return False
+    return True
 
 
 @dataclass
@@ -447,7 +529,7 @@ def _run(job: dict[str, Any], stdin: str | None, wall_s: float, memory_mb: int) 
     workdir = tempfile.mkdtemp(prefix="r1v2-code-")
     try:
         with open(os.path.join(workdir, "job.json"), "w") as f:
-            json.dump({**job, "limits": limits, "drop": box.drop}, f)
+            json.dump({**job, "limits": limits, "drop": box.drop, "private": box.private}, f)
         stdin_file = None
         if stdin is not None:
             stdin_file = os.path.join(workdir, "stdin.txt")
@@ -487,7 +569,7 @@ def _score_stdio(code: str, cases: list[tuple[str, str]], timeout_s: float, memo
         if res.returncode is None and not res.truncated:
             break  # timed out: the remaining cases count as failed (module docstring)
         out = res.stdout.decode("utf-8", errors="replace")
-        if res.returncode == 0 and _normalise_output(out) == _normalise_output(expected):
+        if res.returncode == 0 and outputs_match(out, expected):
             passed += 1
     return passed
 
@@ -507,13 +589,19 @@ def _score_in_process(code: str, tests: _Tests, timeout_s: float, memory_mb: int
 
 
 def code_reward(
-    completion: str, tests: Any, *, timeout_s: float = 4.0, memory_mb: int = 1024
+    completion: str,
+    tests: Any,
+    *,
+    timeout_s: float = 4.0,
+    memory_mb: int = 1024,
+    prelude: str = "",
 ) -> float | None:
     """The fraction of ``tests`` that the completion's last Python block passes (module doc).
 
     ``timeout_s``: the wall-clock limit of one test (of one process in the stdin/stdout mode).
-    ``memory_mb``: the address-space limit of the process (RLIMIT_AS). None when the tests are
-    malformed; 0.0 when the completion has no code block.
+    ``memory_mb``: the address-space limit of the process (RLIMIT_AS). ``prelude``: source run
+    before the solution (imports). None when the tests are malformed; 0.0 when the completion
+    has no code block.
     """
     parsed = _parse_tests(tests)
     if parsed is None:
@@ -521,6 +609,8 @@ def code_reward(
     code = extract_code(completion) if isinstance(completion, str) else None
     if code is None:
         return 0.0
+    if prelude:
+        code = prelude.rstrip("\n") + "\n" + code
     if parsed.mode == "stdio":
         passed = _score_stdio(code, parsed.payload, timeout_s, memory_mb)
     else:
