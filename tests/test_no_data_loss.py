@@ -394,14 +394,9 @@ def test_synth_interrupted_with_overwrite_leaves_the_old_set_whole(tmp_path, mon
     assert sorted(p.name for p in out.rglob("*") if p.is_dir()) == ["images"]
 
 
-# ---- r1v2 toy build (src/r1v2/toy/build.py: not this change's file) ----------------------------
+# ---- r1v2 toy build and demo summary --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="toy build removes a stage folder build.json does not record (shutil.rmtree in "
-    "toy/build.py, owned elsewhere); strict: fails loudly once fixed",
-)
 def test_toy_build_keeps_folders_it_did_not_build(tmp_path, monkeypatch):
     import r1v2.toy.build as build_mod
 
@@ -422,11 +417,34 @@ def test_toy_build_keeps_folders_it_did_not_build(tmp_path, monkeypatch):
     assert mine.is_file() and mine.read_text() == MINE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="demo summary --out replaces any existing file (Path.write_text in toy/demo.py, "
-    "owned elsewhere); strict: fails loudly once fixed",
-)
+def test_toy_build_killed_mid_stage_rebuilds_its_own_folders(tmp_path, monkeypatch):
+    """A stage begun by an earlier call (its folders half written) is rebuilt, not refused."""
+    import r1v2.toy.build as build_mod
+
+    out = tmp_path / "toy"
+    real = build_mod._build_data
+
+    def dies(cfg, out_dir):
+        (out_dir / "data" / "train").mkdir(parents=True)
+        (out_dir / "data" / "train" / "half.png").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "STAGES", ("data",))
+    cfg = resolve(
+        build_mod.ToyBuildConfig,
+        None,
+        [f"out={out}", "data.train_size=2", "data.test_size=2", "progress=false"],
+    )
+    monkeypatch.setattr(build_mod, "_build_data", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build_mod.build(cfg, log=lambda _: None)
+    monkeypatch.setattr(build_mod, "_build_data", real)
+    record = build_mod.build(cfg, log=lambda _: None)
+    assert record["stages"]["data"]["built"] is True
+    assert not (out / "data" / "train" / "half.png").exists()
+    assert (out / "data" / "train" / "samples.jsonl").is_file()
+
+
 def test_demo_summary_keeps_a_file_it_did_not_write(tmp_path, capsys):
     (tmp_path / "run" / "results").mkdir(parents=True)
     mine = tmp_path / "table.md"

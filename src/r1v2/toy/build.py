@@ -160,7 +160,14 @@ def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, 
             continue
         for d in dirs[stage]:
             if d.exists():
+                if stage not in stages:  # not built (nor begun) by a toy build here: keep it
+                    raise R1V2Error(
+                        f"{d} exists but {out / BUILD_FILE} does not record building it: "
+                        "move it away or give another out="
+                    )
                 shutil.rmtree(d)
+        stages[stage] = {"begun": hashes[stage]}  # no "hash" until it is done: never cached
+        _write_record(out, record)  # its folders are ours from here, even if this call dies
         start = time.perf_counter()
         metrics = runners[stage]()
         seconds = round(time.perf_counter() - start, 1)

@@ -399,8 +399,13 @@ class SummaryConfig:
 
     runs: list[str] = option(help="demo folders (each with results/), e.g. one per seed")
     out: str | None = option(None, "also write the table to this markdown file")
+    overwrite: bool = option(False, "replace an existing OUT file")
 
     def validate(self) -> None:
+        if self.out:
+            from r1v2.fsutil import check_output_file
+
+            check_output_file(self.out, "out", overwrite=self.overwrite)
         if not self.runs:
             raise R1V2Error("name at least one demo folder: r1v2 demo summary runs/demo-s0 ...")
         for folder in self.runs:
@@ -414,7 +419,9 @@ def run_summary(cfg: SummaryConfig) -> int:
     lines = seed_summary(cfg.runs)
     print("\n".join(lines))
     if cfg.out:
-        Path(cfg.out).write_text("\n".join(lines) + "\n")
+        from r1v2.fsutil import write_atomic
+
+        write_atomic(cfg.out, "\n".join(lines) + "\n")
         print(f"wrote {cfg.out}")
     return 0
 
