@@ -1,11 +1,20 @@
 """GRPO throughput: r1v2's trainer against TRL's ``GRPOTrainer``, same model, data and settings.
 
-Both trainers run, one after the other in this process, on
+Two paths, each with both trainers, one after the other in this process:
 
-- the same tiny random ``Qwen2ForCausalLM`` (word-level tokenizer over the synthetic task's
-  vocabulary, built by :func:`r1v2.toy.tiny.tiny_llm`),
-- the same prompts: synthetic samples as text only (the scene in words, then the question),
-  rendered by the same chat template,
+- ``text``: a tiny random ``Qwen2ForCausalLM`` (word-level tokenizer over the synthetic task's
+  vocabulary, built by :func:`r1v2.toy.tiny.tiny_llm`, 64 wide, 2 layers); the prompts are
+  synthetic samples as text only (the scene in words, then the question).
+- ``vlm``: TRL's vision-language path (an ``images`` column, the model's ``AutoProcessor``)
+  against ``r1v2 grpo`` on a random-weight InternVL of the toy's sizes (vision 96 wide, 3
+  layers, 64 px images, 16 image tokens each; LLM 96 wide, 2 layers; built as in
+  ``bench/prefix_sharing.py``), at two prompt shapes: ``toy`` (one image and the question,
+  about 30 prompt tokens) and ``long`` (four images and the scene written out before the
+  question, about 100). The script checks that both trainers render the same prompt tokens.
+
+On each path both trainers get
+
+- the same model and the same prompts, rendered by the same chat template,
 - the same group size G, prompts per step, max new tokens, sampling (temperature 1, no top-p/k),
   KL coefficient (k3 estimator against a frozen reference), clipping, one policy-update
   iteration per batch, AdamW at a constant learning rate, and
@@ -13,23 +22,25 @@ Both trainers run, one after the other in this process, on
   (``r1v2.rewards.format_reward``), weights 1 and 1, as in r1v2's hybrid reward without a
   reward model.
 
-The benchmark is text-only: it times the GRPO loop itself on a plain causal LM that both
-trainers load the same way (``config.json`` + tokenizer). TRL's vision-language path (an image
-column and a multimodal processor) is not used, and neither is r1v2's InternVL assembly.
-r1v2's Selective Sample Buffer is switched off (TRL has
-no counterpart; it would only reorder which samples are trained on, not how many).
+Every weight trains in both (TRL's default; r1v2 ``trainable=all``). r1v2 runs with its
+defaults otherwise (``share_prefix`` on: each prompt runs through the LLM once per group, in
+generation and in the update); its Selective Sample Buffer is switched off (TRL has no
+counterpart; it would only reorder which samples are trained on, not how many). The questions
+have no lettered choices, so both score answers the same way.
 
-Each trainer runs ``warmup + steps`` optimizer steps per run, ``repeats`` runs each in ABBA
-order (r1v2, TRL, TRL, r1v2, ...); the first ``warmup`` are not timed. A
-step's time is the trainer's own step (rollouts, rewards, advantages, reference and policy
-log-probs, backward, optimizer step), without logging or checkpoints: r1v2's ``step_seconds``
-metric, and for TRL the time from ``on_step_begin`` to ``on_step_end``. Completions/s is
-``prompts_per_step * G`` times the timed steps, over their summed times. Torch uses one CPU
-thread by default: on a machine shared with other jobs, two threads on two busy cores made every
-step tens of times slower for both trainers.
+Each trainer runs ``warmup + steps`` optimizer steps per run (``--steps`` on the text path,
+``--vlm-steps`` on the vision-language one), ``repeats`` runs each in ABBA order (r1v2, TRL,
+TRL, r1v2, ...); the first ``warmup`` are not timed. A step's time is the trainer's own step
+(rollouts, rewards, advantages, reference and policy log-probs, backward, optimizer step),
+without logging or checkpoints: r1v2's ``step_seconds`` metric, and for TRL the time from
+``on_step_begin`` to ``on_step_end``. Completions/s is ``prompts_per_step * G`` times the
+timed steps, over their summed times; generated tokens/s is that times the mean completion
+length (random weights sample different lengths in the two trainers). Torch uses one CPU
+thread by default: on a machine shared with other jobs, two threads on two busy cores made
+every step tens of times slower for both trainers.
 
-Run: ``python bench/grpo_vs_trl.py`` (under a minute on 2 CPU cores; ``--help`` for options).
-Needs ``trl`` (``pip install trl==1.16.0``).
+Run: ``python bench/grpo_vs_trl.py`` (about 5 minutes on 2 CPU cores; ``--paths text`` alone
+takes one; ``--help`` for options). Needs ``trl`` (``pip install trl==1.16.0``).
 """
 
 from __future__ import annotations
@@ -45,9 +56,10 @@ from pathlib import Path
 
 import torch
 
-# Every setting both trainers read. The command line overrides the first four.
+# Every setting both trainers read. The command line overrides the first five.
 SETTINGS = {
-    "steps": 20,  # timed optimizer steps per run
+    "steps": 20,  # timed optimizer steps per run, text path
+    "vlm_steps": 5,  # timed optimizer steps per run, vision-language path
     "warmup": 1,  # untimed optimizer steps before them
     "prompts_per_step": 4,
     "group_size": 8,  # G
@@ -60,11 +72,12 @@ SETTINGS = {
     "temperature": 1.0,
     "seed": 0,
     "pool": 64,  # distinct prompts in the data set
-    # the model
+    # the text path's model (the vision-language one has the toy's sizes)
     "hidden_size": 64,
     "num_layers": 2,
     "num_heads": 2,
 }
+SHAPES = ("toy", "long")  # prompt shapes of the vision-language path (bench/prefix_sharing.py)
 
 
 # ---- shared inputs ---------------------------------------------------------------------------
@@ -92,10 +105,47 @@ def build_inputs(root: Path, s: dict) -> tuple[Path, Path, list]:
     return model_dir, data, samples
 
 
+def build_vlm_inputs(root: Path, s: dict) -> tuple[Path, dict[str, Path]]:
+    """The toy-sized InternVL and one data folder per prompt shape (no lettered choices)."""
+    from prefix_sharing import build_data, build_model  # bench/, the script's own folder
+
+    model_dir = build_model(root / "vlm", s["seed"])
+    data = build_data(root / "vlm", s["seed"], n=s["pool"], choice_fraction=0.0)
+    return model_dir, data
+
+
+def check_same_prompts(model_dir: Path, samples: list, vlm: bool) -> float:
+    """Both trainers' prompt tokens for the first samples are equal; returns the mean prompt
+    length (tokens, image tokens included) over ``samples``."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    from r1v2.model.policy import Policy
+
+    policy = Policy.from_pretrained(model_dir)
+    batch = policy.encode(samples)
+    processor = policy.processor
+    for i, x in enumerate(samples[:4]):
+        ours = batch.input_ids[i][batch.attention_mask[i]].tolist()
+        messages = [{"role": "user", "content": x.question}]
+        if vlm:
+            messages = prepare_multimodal_messages(messages, x.open_images())
+        theirs = processor.apply_chat_template(
+            conversation=[messages], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"][0]
+        if ours != list(theirs):
+            raise SystemExit(f"sample {x.id}: r1v2 and TRL render different prompt tokens")
+    return float(batch.attention_mask.sum(dim=1).float().mean())
+
+
 # ---- r1v2 ------------------------------------------------------------------------------------
 
 
-def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict) -> dict:
+def timed_steps(s: dict, vlm: bool) -> int:
+    """Timed steps per run on the path."""
+    return s["vlm_steps"] if vlm else s["steps"]
+
+
+def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict, vlm: bool = False) -> dict:
     """Train with r1v2; returns the step times and the run's wall time."""
     from r1v2.config import resolve
     from r1v2.train.grpo import GRPOConfig, train
@@ -108,7 +158,7 @@ def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict) -> dict:
             ("model", str(model_dir)),
             ("data", str(data)),
             ("output_dir", str(out)),
-            ("max_steps", s["warmup"] + s["steps"]),
+            ("max_steps", s["warmup"] + timed_steps(s, vlm)),
             ("save_steps", 10**9),
             ("resume", "never"),
             ("device", "cpu"),
@@ -170,10 +220,11 @@ def fmt(completions, **_) -> list[float]:
     return [format_reward(_text(c)) for c in completions]
 
 
-def run_trl(model_dir: Path, samples: list, out: Path, s: dict) -> dict:
-    """Train with TRL's GRPOTrainer; returns the step times and the run's wall time."""
+def run_trl(model_dir: Path, samples: list, out: Path, s: dict, vlm: bool = False) -> dict:
+    """Train with TRL's GRPOTrainer (on its vision-language path with ``vlm``: an ``images``
+    column and the model's processor); returns the step times and the run's wall time."""
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from r1v2.model.tokenizer import load_tokenizer
@@ -189,13 +240,17 @@ def run_trl(model_dir: Path, samples: list, out: Path, s: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter() - self._t0)
 
-    dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": x.question}], "answer": x.answer} for x in samples]
-    )
+    rows = [
+        {"prompt": [{"role": "user", "content": x.question}], "answer": x.answer} for x in samples
+    ]
+    if vlm:  # TRL puts the images before the text of the user turn, as r1v2 does
+        for row, x in zip(rows, samples):
+            row["images"] = x.open_images()
+    dataset = Dataset.from_list(rows)
     n = s["prompts_per_step"] * s["group_size"]
     args = GRPOConfig(
         output_dir=str(out),
-        max_steps=s["warmup"] + s["steps"],
+        max_steps=s["warmup"] + timed_steps(s, vlm),
         per_device_train_batch_size=n,  # completions per step: prompts_per_step * G
         gradient_accumulation_steps=1,
         num_generations=s["group_size"],
@@ -236,7 +291,9 @@ def run_trl(model_dir: Path, samples: list, out: Path, s: dict) -> dict:
         reward_funcs=[accuracy, fmt],
         args=args,
         train_dataset=dataset,
-        processing_class=load_tokenizer(model_dir),
+        processing_class=AutoProcessor.from_pretrained(model_dir)
+        if vlm
+        else load_tokenizer(model_dir),
         callbacks=[timer],
     )
     trainer.train()
@@ -272,12 +329,45 @@ def throughput(result: dict, s: dict) -> float:
     )
 
 
+def compare(root: Path, name: str, model_dir: Path, data: Path, samples: list, s: dict, a):
+    """Both trainers on one path, ``a.repeats`` runs each in ABBA order (a drift in the
+    machine's load hits both alike); returns their merged results (r1v2, TRL)."""
+    vlm = name.startswith("vlm")
+    runs: dict[str, list[dict]] = {"r1v2": [], "trl": []}
+    for i in range(a.repeats):
+        for trainer in ("r1v2", "trl") if i % 2 == 0 else ("trl", "r1v2"):
+            out = root / f"{name}-{trainer}-{i}"
+            if trainer == "r1v2":
+                runs[trainer].append(run_r1v2(model_dir, data, out, s, vlm=vlm))
+            else:
+                runs[trainer].append(run_trl(model_dir, samples, out, s, vlm=vlm))
+    return merge(runs["r1v2"]), merge(runs["trl"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=SETTINGS["steps"], help="timed steps per trainer")
+    p.add_argument(
+        "--steps", type=int, default=SETTINGS["steps"], help="timed steps per run, text path"
+    )
+    p.add_argument(
+        "--vlm-steps",
+        type=int,
+        default=SETTINGS["vlm_steps"],
+        help="timed steps per run, vision-language path",
+    )
     p.add_argument("--group-size", type=int, default=SETTINGS["group_size"], help="G")
     p.add_argument("--prompts-per-step", type=int, default=SETTINGS["prompts_per_step"])
     p.add_argument("--max-new-tokens", type=int, default=SETTINGS["max_new_tokens"])
+    p.add_argument(
+        "--paths", nargs="+", default=["text", "vlm"], choices=["text", "vlm"], help="paths to run"
+    )
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        default=list(SHAPES),
+        choices=list(SHAPES),
+        help="prompt shapes of the vision-language path",
+    )
     p.add_argument(
         "--threads",
         type=int,
@@ -292,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     s = dict(
         SETTINGS,
         steps=a.steps,
+        vlm_steps=a.vlm_steps,
         group_size=a.group_size,
         prompts_per_step=a.prompts_per_step,
         max_new_tokens=a.max_new_tokens,
@@ -304,39 +395,54 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     import trl
 
+    from r1v2.data import load_samples
+
+    table = []  # (path, mean prompt tokens, r1v2 result, TRL result)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.keep or Path(tmp)
-        model_dir, data, samples = build_inputs(root, s)
-        runs: dict[str, list[dict]] = {"r1v2": [], "trl": []}
-        for i in range(a.repeats):
-            # ABBA order: a drift in the machine's load hits both trainers alike
-            order = ("r1v2", "trl") if i % 2 == 0 else ("trl", "r1v2")
-            for name in order:
-                out = root / f"{name}-{i}"
-                if name == "r1v2":
-                    runs[name].append(run_r1v2(model_dir, data, out, s))
-                else:
-                    runs[name].append(run_trl(model_dir, samples, out, s))
-        ours, theirs = merge(runs["r1v2"]), merge(runs["trl"])
+        if "text" in a.paths:
+            model_dir, data, samples = build_inputs(root, s)
+            tokens = check_same_prompts(model_dir, samples, vlm=False)
+            ours, theirs = compare(root, "text", model_dir, data, samples, s, a)
+            table.append(("text", tokens, ours, theirs))
+        if "vlm" in a.paths:
+            model_dir, folders = build_vlm_inputs(root, s)
+            for shape in a.shapes:
+                samples = load_samples(folders[shape]).samples
+                tokens = check_same_prompts(model_dir, samples, vlm=True)
+                ours, theirs = compare(
+                    root, f"vlm-{shape}", model_dir, folders[shape], samples, s, a
+                )
+                table.append((f"vlm/{shape}", tokens, ours, theirs))
 
     n = s["prompts_per_step"] * s["group_size"]
     print()
     print(
-        "GRPO throughput, text-only (one plain causal LM both trainers load the same way; "
-        f"TRL's vision-language path is not used); torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, trl {trl.__version__}, CPU, {torch.get_num_threads()} threads"
+        f"GRPO throughput, r1v2 vs TRL GRPOTrainer; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, trl {trl.__version__}, CPU, {torch.get_num_threads()} "
+        f"thread(s); {n} completions per step"
     )
     print("settings: " + ", ".join(f"{k}={v}" for k, v in s.items()) + f", repeats={a.repeats}")
-    print(f"{'trainer':<8} {'completions/s':>14} {'s/step':>8} {'mean len':>9} {'run wall s':>11}")
-    for name, r in (("r1v2", ours), ("trl", theirs)):
-        per_step = sum(r["step_seconds"]) / len(r["step_seconds"])
-        print(
-            f"{name:<8} {throughput(r, s):>14.1f} {per_step:>8.3f} "
-            f"{r['completion_len']:>9.1f} {r['wall']:>11.1f}"
-        )
-    ratio = throughput(ours, s) / throughput(theirs, s)
     print(
-        f"ratio r1v2/trl: {ratio:.2f}x ({n} completions per step, {len(ours['step_seconds'])} timed steps each)"
+        f"{'path':<9} {'prompt tok':>10} {'trainer':<7} {'completions/s':>13} {'gen tok/s':>9} "
+        f"{'s/step':>7} {'mean len':>8} {'timed':>5} {'ratio r1v2/trl':>14}"
+    )
+    for path, tokens, ours, theirs in table:
+        ratio = throughput(ours, s) / throughput(theirs, s)
+        token_ratio = (throughput(ours, s) * ours["completion_len"]) / (
+            throughput(theirs, s) * theirs["completion_len"]
+        )
+        for trainer, r in (("r1v2", ours), ("trl", theirs)):
+            per_step = sum(r["step_seconds"]) / len(r["step_seconds"])
+            note = f"{ratio:.2f}x ({token_ratio:.2f}x tok)" if trainer == "r1v2" else ""
+            print(
+                f"{path:<9} {tokens:>10.1f} {trainer:<7} {throughput(r, s):>13.1f} "
+                f"{throughput(r, s) * r['completion_len']:>9.0f} {per_step:>7.3f} "
+                f"{r['completion_len']:>8.1f} {len(r['step_seconds']):>5} {note:>14}"
+            )
+    print(
+        "ratio: completions/s of r1v2 over TRL's (in parentheses: generated tokens/s); "
+        "prompt tok: mean prompt length, image tokens included"
     )
     return 0
 

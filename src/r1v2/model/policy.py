@@ -11,7 +11,9 @@ and its processor) or a plain causal LM (and its tokenizer). It
 Samples of one prompt share its vision features: the vision encoder and the adapter run once
 per prompt, their output is merged into the prompt's token embeddings at the image-token
 positions, and those embeddings are repeated ``G`` times for the language model (in
-generation and in the log-prob pass alike).
+generation and in the log-prob pass alike). With ``share_prefix`` the language model, too,
+runs each prompt once: its KV cache is expanded to the prompt's samples, which are decoded
+(generation) or scored (log-probs, gradients included) against it.
 
 Sample order is group-major: sample ``i`` belongs to prompt ``i // G``.
 """
@@ -372,6 +374,7 @@ class Policy:
         group_size: int = 1,
         batch_size: int | None = None,
         streamer: Any = None,
+        share_prefix: bool = False,
     ) -> Rollout:
         """Sample ``group_size`` completions per prompt.
 
@@ -379,6 +382,9 @@ class Policy:
         the prompts' vision features are computed once either way. Sampling draws from
         torch's global RNG (seed it for reproducible samples). ``streamer`` (a transformers
         ``TextStreamer``) receives the new tokens as they are generated (one sequence).
+        ``share_prefix``: prefill each prompt once per call and decode its samples from its
+        expanded KV cache (:meth:`_shared_cache`); the same random draws, so the same samples
+        up to float rounding of the logits.
         """
         sampling = sampling or SamplingConfig()
         sampling.validate()
@@ -389,7 +395,8 @@ class Policy:
         chunks = []
         for sl in iter_chunks(n, batch_size):
             rows = torch.arange(sl.start, sl.stop, device=self.device) // group_size  # [n_c]
-            chunks.append(self._generate(embeds[rows], mask[rows], sampling, streamer))
+            cache = self._shared_cache(embeds, mask, rows) if share_prefix else None
+            chunks.append(self._generate(embeds[rows], mask[rows], sampling, streamer, cache))
         width = max(c.shape[1] for c in chunks)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         row = 0
@@ -403,8 +410,23 @@ class Policy:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Rollout(batch, group_size, ids, completion_mask, finished, texts)
 
-    def _generate(self, embeds, mask, sampling: SamplingConfig, streamer=None) -> torch.Tensor:
-        """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]``."""
+    def _shared_cache(self, embeds, mask, rows: torch.Tensor):
+        """The KV cache of the first ``Tp - 1`` tokens of the prompts ``rows`` ``[B]`` name,
+        computed once per distinct prompt and expanded to the ``B`` sequences (None when no
+        prompt repeats: nothing to share). ``generate`` then runs only each sequence's last
+        prompt token, whose logits give the first sampled token as without the cache."""
+        prompts, local = rows.unique(return_inverse=True)  # [P'], [B]
+        if len(prompts) == len(rows) or embeds.shape[1] < 2:
+            return None
+        cache = prefill(self.model, embeds[prompts, :-1], mask[prompts, :-1]).cache
+        cache.batch_select_indices(local)  # [P', ...] -> [B, ...]
+        return cache
+
+    def _generate(
+        self, embeds, mask, sampling: SamplingConfig, streamer=None, cache=None
+    ) -> torch.Tensor:
+        """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]`` (``cache``: the KV
+        cache of their first tokens, from :meth:`_shared_cache`)."""
         config = GenerationConfig(
             max_new_tokens=sampling.max_new_tokens,
             do_sample=sampling.do_sample,
@@ -421,6 +443,7 @@ class Policy:
             generation_config=config,
             synced_gpus=self.synced_gpus,
             streamer=streamer,
+            cache=cache,
         )
 
     # ---- scoring -------------------------------------------------------------------------
@@ -436,6 +459,7 @@ class Policy:
         micro_batch_size: int | None = None,
         temperature: float = 1.0,
         model: torch.nn.Module | None = None,
+        share_prefix: bool = False,
     ) -> torch.Tensor:
         """Per-token log-probs ``[N, Tc]`` (float32) of completions given their prompts.
 
@@ -444,8 +468,11 @@ class Policy:
         under ``softmax(logits / temperature)``; entries where the mask is False are 0. Runs
         under the caller's grad mode: with grad enabled the result carries the graph to every
         trainable parameter (the shared image features included). Vision features are computed
-        once per prompt for the whole call; the language model runs in micro-batches of
-        ``micro_batch_size`` sequences (None: all at once).
+        once per prompt for the whole call (only for the prompts ``prompt_index`` names); the
+        language model runs in micro-batches of ``micro_batch_size`` sequences (None: all at
+        once). ``share_prefix``: the language model runs each prompt once per micro-batch and
+        scores its completions against its expanded KV cache (:meth:`_score_shared`); the
+        same log-probs and gradients up to float rounding.
 
         ``prompt_index`` (``[N]`` ints) maps each completion to its prompt instead of
         ``group_size`` (batches mixing fresh and replayed samples). ``model`` scores with another
@@ -462,6 +489,11 @@ class Policy:
         elif prompt_index.shape != (n,) or int(prompt_index.max()) >= len(prompts):
             raise R1V2Error(f"prompt_index must be [{n}] indices into {len(prompts)} prompts")
         model = model if model is not None else self.model
+        # Only the prompts named (e.g. one micro-batch's); a sharded model keeps the batch, so
+        # that every process runs the vision encoder alike (each forward is a collective).
+        used, index = prompt_index.unique(return_inverse=True)  # [P'], [N]
+        if len(used) < len(prompts) and not self.synced_gpus:
+            prompts, prompt_index = prompts.select(used.tolist()), index
         prompt_index = prompt_index.to(device)
         embeds = self.prompt_embeds(prompts, model=model)  # [P, Tp, H]
         prompt_mask = prompts.attention_mask.to(device)  # [P, Tp]
@@ -470,9 +502,15 @@ class Policy:
         out = []
         for sl in iter_chunks(n, micro_batch_size):
             rows = prompt_index[sl]  # [n_c]
-            out.append(
-                self._score(model, embeds[rows], prompt_mask[rows], ids[sl], cmask[sl], temperature)
-            )
+            distinct, local = rows.unique(return_inverse=True)  # [P_c], [n_c]
+            # share when some prompt repeats (sharded: always, every process calls alike)
+            if share_prefix and (len(distinct) < len(rows) or self.synced_gpus):
+                e, m = embeds[distinct], prompt_mask[distinct]
+                logps = self._score_shared(model, e, m, local, ids[sl], cmask[sl], temperature)
+            else:
+                e, m = embeds[rows], prompt_mask[rows]
+                logps = self._score(model, e, m, ids[sl], cmask[sl], temperature)
+            out.append(logps)
         return torch.cat(out, dim=0)  # [N, Tc]
 
     def _score(self, model, prompt_embeds, prompt_mask, ids, cmask, temperature: float):
@@ -496,6 +534,51 @@ class Policy:
             logits = logits / temperature
         logps = token_logprobs(logits, ids)  # [B, Tc]
         return logps.masked_fill(~cmask, 0.0)
+
+    def _score_shared(self, model, prompt_embeds, prompt_mask, rows, ids, cmask, temperature):
+        """:meth:`_score` with each prompt run once: log-probs ``[B, Tc]`` of completions ``ids``
+        ``[B, Tc]`` whose prompts are ``rows`` ``[B]`` into ``prompt_embeds`` ``[P, Tp, H]``.
+
+        One forward of the ``P`` prompts keeps its KV cache (under grad, with its graph); the
+        cache is expanded to the ``B`` completions (an index, whose backward sums the ``G``
+        copies' gradients into the one prompt forward) and the completions run against it.
+        The last prompt position's logits score completion token 0; completion position
+        ``t`` scores token ``t + 1``.
+        """
+        tc = ids.shape[1]
+        if tc == 0:
+            return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+        out = prefill(model, prompt_embeds, prompt_mask)  # logits [P, 1, V]
+        first = token_logprobs(out.logits[rows], ids[:, :1], temperature=temperature)  # [B, 1]
+        cache = out.cache
+        cache.batch_select_indices(rows)  # [P, ...] -> [B, ...], differentiable
+        mask = torch.cat([prompt_mask[rows], cmask], dim=1)  # [B, Tp + Tc]
+        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
+        tp = prompt_mask.shape[1]
+        completion_embeds = model.get_input_embeddings()(ids)  # [B, Tc, H]
+        rest = model(
+            inputs_embeds=completion_embeds.to(prompt_embeds.dtype),
+            attention_mask=mask.long(),  # the cache's Tp positions, then the Tc new ones
+            position_ids=position_ids[:, tp:],
+            cache=cache,
+            use_cache=True,
+        ).logits[:, :-1]  # [B, Tc - 1, V]: position t predicts token t + 1 (the last: unused)
+        rest = token_logprobs(rest, ids[:, 1:], temperature=temperature)  # [B, Tc - 1]
+        return torch.cat([first, rest], dim=1).masked_fill(~cmask, 0.0)  # [B, Tc]
+
+
+def prefill(model, embeds: torch.Tensor, mask: torch.Tensor):
+    """One forward of left-padded prompt embeddings ``[P, Tp, H]`` (``mask`` ``[P, Tp]``
+    bool) that keeps the KV cache: the output's ``.cache`` and the last position's
+    ``.logits`` ``[P, 1, V]``. Positions count real tokens only, as everywhere here."""
+    position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [P, Tp]
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=mask.long(),
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
 
 
 def completion_masks(

@@ -32,11 +32,22 @@ class RolloutEngine(Protocol):
 
 
 class TransformersEngine:
-    """Samples with transformers ``generate`` on the policy's model (shares its weights)."""
+    """Samples with transformers ``generate`` on the policy's model (shares its weights).
 
-    def __init__(self, policy: Policy, *, batch_size: int | None = None):
+    ``share_prefix``: each prompt is prefilled once per ``generate`` call and its KV cache
+    expanded to its ``group_size`` samples, instead of prefilling every sample's copy of it
+    (:meth:`r1v2.model.policy.Policy.generate`). The random draws are the same, so a seed
+    gives the same samples up to float rounding of the logits (greedy: the same). Off by
+    default here (a policy's ``generate`` need not take it); ``r1v2 grpo`` turns it on with
+    its ``share_prefix`` field.
+    """
+
+    def __init__(
+        self, policy: Policy, *, batch_size: int | None = None, share_prefix: bool = False
+    ):
         self.policy = policy
         self.batch_size = batch_size
+        self.share_prefix = share_prefix
 
     def generate(
         self,
@@ -48,8 +59,9 @@ class TransformersEngine:
         was_training = self.policy.model.training
         self.policy.model.eval()  # no dropout while sampling
         try:
+            shared = {"share_prefix": True} if self.share_prefix else {}
             return self.policy.generate(
-                items, sampling, group_size=group_size, batch_size=self.batch_size
+                items, sampling, group_size=group_size, batch_size=self.batch_size, **shared
             )
         finally:
             self.policy.model.train(was_training)
