@@ -194,7 +194,7 @@ def test_training_lowers_bt_loss_on_training_pairs(vlm):
     torch.manual_seed(0)
     model = ValueHeadModel(base)
     before = bt_loss(*score_pairs(model, processor, pairs)).item()
-    cfg = RewardModelConfig(steps=20, batch_size=4, lr=1e-3, warmup=2)
+    cfg = RewardModelConfig(steps=20, batch_size=4, lr=1e-3, warmup=2, nll_weight=0.0)
     losses = fit(model, processor, pairs, cfg, seed=0, progress=False)
     after = bt_loss(*score_pairs(model, processor, pairs)).item()
     assert len(losses) == 20
@@ -202,11 +202,34 @@ def test_training_lowers_bt_loss_on_training_pairs(vlm):
     assert after < 0.35
 
 
+def test_nll_term_is_the_chosen_mean_token_nll(vlm):
+    """fit's first loss = BT + w * mean over chosen rows of -(mean completion log-prob),
+    computed here from the pooled values; a 'last' head refuses the term."""
+    pairs = make_pairs(4, seed=13)
+    base, processor = load_base(vlm)
+    model = ValueHeadModel(base, pooling="logprob")
+    order = list(range(4))
+    random.Random("rm-order:0").shuffle(order)
+    batch = [pairs[i] for i in order[:2]]
+    with torch.no_grad():
+        from r1v2.toy.reward import _batch
+
+        pooled = model.pooled(**_batch(model, processor, batch), use_cache=False)[:, 0]  # [4]
+        scores = model.head(pooled[:, None]).squeeze(-1)
+    want = bt_loss(scores[:2], scores[2:]).item() - 0.5 * pooled[:2].mean().item()
+    cfg = RewardModelConfig(steps=1, batch_size=2, lr=0.0, head_lr=0.0, warmup=0, nll_weight=0.5)
+    losses = fit(model, processor, pairs, cfg, seed=0, progress=False)
+    assert losses[0] == pytest.approx(want, rel=1e-5)
+    assert pooled[:2].mean().item() < 0  # a log-probability: the NLL term is positive
+    with pytest.raises(ValueError, match="'logprob' head"):
+        fit(ValueHeadModel(base), processor, pairs, cfg, seed=0, progress=False)
+
+
 def test_saved_checkpoint_scores_equal_trained_module(vlm, tmp_path):
     pairs = make_pairs(4, seed=12)
     base, processor = load_base(vlm)
     model = ValueHeadModel(base)
-    cfg = RewardModelConfig(steps=3, batch_size=2, warmup=1)
+    cfg = RewardModelConfig(steps=3, batch_size=2, warmup=1, nll_weight=0.0)
     fit(model, processor, pairs, cfg, seed=0, progress=False)
     chosen, rejected = score_pairs(model, processor, pairs)
     save_value_head(tmp_path / "rm", model, processor)
@@ -259,7 +282,9 @@ def test_train_reward_model_deterministic_by_seed(vlm, tmp_path):
         (dict(pooling="max"), "config field pooling: 'max' is not one of last, logprob"),
         (dict(pairs=0, steps=0), "config field(s) steps, pairs must be >= 1"),
         (dict(repetitive_fraction=1.5), "config field repetitive_fraction must be in [0, 1]"),
-        (dict(cross_weight=-1.0), "warmup and cross_weight must be >= 0"),
+        (dict(cross_weight=-1.0), "warmup, cross_weight and nll_weight must be >= 0"),
+        (dict(nll_weight=-1.0), "warmup, cross_weight and nll_weight must be >= 0"),
+        (dict(pooling="last"), "nll_weight needs pooling=logprob (set nll_weight=0 for a 'last'"),
     ],
 )
 def test_train_reward_model_refuses_bad_settings_before_loading(tmp_path, bad, message):

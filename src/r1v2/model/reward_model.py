@@ -116,6 +116,18 @@ class ValueHeadModel(torch.nn.Module):
     ) -> torch.Tensor:
         """input_ids, attention_mask (, completion_mask): [B, T] (+ ``pixel_values`` for a VLM)
         -> scores [B]."""
+        pooled = self.pooled(input_ids, attention_mask, completion_mask, **inputs)
+        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)  # [B]
+
+    def pooled(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        completion_mask: torch.Tensor | None = None,
+        **inputs: Any,
+    ) -> torch.Tensor:
+        """The head's input: [B, 1] mean completion log-probabilities (``"logprob"``) or
+        [B, H] last-token hidden states (``"last"``)."""
         if self.pooling == "logprob":
             if completion_mask is None:
                 raise ValueError("a 'logprob' value head needs completion_mask [B, T]")
@@ -128,7 +140,7 @@ class ValueHeadModel(torch.nn.Module):
             hidden = out.last_hidden_state  # [B, T, H]
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             pooled = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # [B, H]
-        return self.head(pooled.to(self.head.weight.dtype)).squeeze(-1)  # [B]
+        return pooled
 
 
 def save_value_head(path: str | Path, model: ValueHeadModel, processor: Any = None) -> Path:

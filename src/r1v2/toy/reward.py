@@ -19,7 +19,8 @@ completion form (the reference trace after the prompt's ``<think>``):
 
 Training (:func:`train_reward_model`): the assembled VLM at ``vlm_dir`` is loaded, wrapped in
 :class:`r1v2.model.reward_model.ValueHeadModel` and trained with the Bradley-Terry loss
-``-log sigmoid(s_chosen - s_rejected)`` for a fixed number of steps (AdamW, linear warm-up then
+``-log sigmoid(s_chosen - s_rejected)``, plus ``nll_weight`` times the chosen responses' mean
+token NLL (a ``"logprob"`` head only), for a fixed number of steps (AdamW, linear warm-up then
 linear decay, gradient norm clipped at 1); :class:`RewardModelConfig` holds every setting. By
 default the adapter, the whole LLM and the head train and the vision encoder stays frozen (its
 per-cell features are pretrained). Pairs come from
@@ -27,6 +28,14 @@ per-cell features are pretrained). Pairs come from
 ``iter_samples(eval_pairs, seed=EVAL_SEED_OFFSET + seed)``, so they are other scenes. Two
 training aids are off by default: ``cross_weight`` (:func:`bt_loss_all_pairs` across the prompts of a
 batch) and ``prefix_fraction`` (pairs cut right after the first false claim).
+
+The NLL term (``nll_weight``, default 1) is what makes the reward model robust across seeds.
+The Bradley-Terry loss alone only nudges the few tokens where a pair differs, and the score
+can be no better at reading the scene than the assembled VLM it starts from: 300 steps gave
+88.1%, 77.1% and 77.9% against hallucinated responses for the toy builds of seeds 0, 1 and 2
+(one-cell misreadings near chance, 60% on seed 1; 600 steps, a 3x learning rate or training
+the vision encoder too did not help: 79.4%, 69.4%, 76.1% on seed 1). Teaching the scoring
+model the faithful traces themselves (the NLL term) took seed 1 to 96.7% (cells 91.4%).
 
 The head (``pooling``) is the choice that matters. Default ``"logprob"``: the score is a scale
 and an offset on the mean log-probability of the completion's tokens under the VLM's own LM
@@ -414,6 +423,11 @@ class RewardModelConfig:
     prefix_fraction: float = option(
         0.0, "share of hallucinated training pairs cut right after the first false claim"
     )
+    nll_weight: float = option(
+        1.0,
+        "weight of the chosen responses' mean token NLL added to the loss (a 'logprob' head "
+        "only: it teaches the scoring model to read the scene, 0: off)",
+    )
 
     def validate(self, prefix: str = "") -> None:
         check_at_least_one(self, ("steps", "batch_size", "pairs", "eval_pairs"), prefix)
@@ -430,8 +444,16 @@ class RewardModelConfig:
                 raise R1V2Error(
                     f"config field {prefix}{name} must be in [0, 1], got {getattr(self, name)}"
                 )
-        if self.warmup < 0 or self.cross_weight < 0:
-            raise R1V2Error(f"config fields {prefix}warmup and {prefix}cross_weight must be >= 0")
+        if self.warmup < 0 or self.cross_weight < 0 or self.nll_weight < 0:
+            raise R1V2Error(
+                f"config fields {prefix}warmup, {prefix}cross_weight and {prefix}nll_weight "
+                "must be >= 0"
+            )
+        if self.nll_weight and self.pooling != "logprob":
+            raise R1V2Error(
+                f"config field {prefix}nll_weight needs {prefix}pooling=logprob "
+                f"(set {prefix}nll_weight=0 for a {self.pooling!r} head)"
+            )
 
 
 def fit(
@@ -445,13 +467,17 @@ def fit(
 ) -> list[float]:
     """Train ``model``'s parameters that require grad with the BT loss; returns the loss per step.
 
-    The loss of a batch is ``bt_loss(matched pairs) + cfg.cross_weight * bt_loss_all_pairs``.
+    The loss of a batch is ``bt_loss(matched pairs) + cfg.cross_weight * bt_loss_all_pairs
+    + cfg.nll_weight * mean NLL of the chosen completions`` (a ``"logprob"`` head's pooled
+    value is the mean token log-probability, so the NLL is its negative).
 
     ``cfg.steps`` AdamW steps (no weight decay) of ``cfg.batch_size`` pairs, cycling through
     ``pairs`` in a shuffled order drawn from ``seed``; the head learns at ``cfg.head_lr``, the
     base at ``cfg.lr``, both with transformers' ``linear`` schedule (warm-up from 0 over
     ``cfg.warmup`` steps, then linear decay to 0); gradient norm clipped at 1.
     """
+    if cfg.nll_weight and model.pooling != "logprob":
+        raise ValueError(f"nll_weight needs a 'logprob' head, not {model.pooling!r}")
     head_params = list(model.head.parameters())
     head_ids = {id(p) for p in head_params}
     base_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
@@ -475,9 +501,12 @@ def fit(
                 order += epoch
             batch = [pairs[i] for i in order[:batch_size]]
             del order[:batch_size]
-            scores = model(**_batch(model, processor, batch), use_cache=False)  # [2B]
+            pooled = model.pooled(**_batch(model, processor, batch), use_cache=False)  # [2B, F]
+            scores = model.head(pooled).squeeze(-1)  # [2B]
             chosen, rejected = scores[:batch_size], scores[batch_size:]  # [B], [B]
             loss = bt_loss(chosen, rejected)
+            if cfg.nll_weight:  # "logprob" only (validated): pooled = mean log p(completion)
+                loss = loss - cfg.nll_weight * pooled[:batch_size, 0].mean()
             if cfg.cross_weight:
                 loss = loss + cfg.cross_weight * bt_loss_all_pairs(chosen, rejected)
             optimizer.zero_grad(set_to_none=True)

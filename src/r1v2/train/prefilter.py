@@ -10,8 +10,10 @@ rewards, or a reward std below the floor.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +66,33 @@ def classify(
     return "all_equal"
 
 
+def score_prompts(cfg: PrefilterConfig, pool: list) -> Iterator[tuple[Any, str, float | None]]:
+    """``(sample, verdict, accuracy)`` for each prompt of ``pool``, in order: the verdict of
+    its ``cfg.k`` rollouts (:func:`classify`) and their mean accuracy term (None when the
+    reward has no accuracy term or none of them was scored). Rollouts and rewards are GRPO's
+    own (``cfg``'s policy, sampling and reward settings), seeded by ``cfg.seed``."""
+    from r1v2.rollout import TransformersEngine
+    from r1v2.train.progress import StepProgress
+
+    policy = load_policy(cfg)
+    engine = TransformersEngine(policy)
+    reward_fn = make_reward(cfg, policy)
+    progress = StepProgress(len(pool), enabled=cfg.progress, label="prompts")
+    for start in range(0, len(pool), cfg.prompts_per_generate):
+        items = pool[start : start + cfg.prompts_per_generate]
+        torch.manual_seed(cfg.seed * 1_000_003 + start)
+        texts = engine.generate(items, cfg.generation, group_size=cfg.k).texts
+        result = reward_fn(texts, [items[i // cfg.k] for i in range(len(texts))])
+        acc = result.components.get("accuracy")
+        for j, item in enumerate(items):
+            rows = slice(j * cfg.k, (j + 1) * cfg.k)
+            verdict = classify(result.total[rows], acc[rows] if acc else None, cfg.std_floor)
+            scored = [a for a in acc[rows] if a is not None] if acc else []
+            yield item, verdict, (sum(scored) / len(scored) if scored else None)
+        progress.update(min(start + len(items), len(pool)), {})
+    progress.close()
+
+
 def prefilter(cfg: PrefilterConfig) -> dict:
     """Filter the pool; writes ``cfg.out`` and ``<out>.stats.json``; returns the stats.
 
@@ -72,33 +101,17 @@ def prefilter(cfg: PrefilterConfig) -> dict:
     temporary name, so an interrupted run leaves no half file."""
     from r1v2.data.loaders import write_jsonl
     from r1v2.fsutil import check_output_file, write_atomic
-    from r1v2.rollout import TransformersEngine
-    from r1v2.train.progress import StepProgress
 
     check_output_file(
         cfg.out, "out", overwrite=cfg.overwrite, inputs={"data": cfg.data}, sidecars=(STATS,)
     )
     pool = load_pool(cfg.data)
-    policy = load_policy(cfg)
-    engine = TransformersEngine(policy)
-    reward_fn = make_reward(cfg, policy)
     counts = {"kept": 0, "all_correct": 0, "all_wrong": 0, "all_equal": 0, "unscored": 0}
     kept = []
-    progress = StepProgress(len(pool), enabled=cfg.progress, label="prompts")
-    for start in range(0, len(pool), cfg.prompts_per_generate):
-        items = pool[start : start + cfg.prompts_per_generate]
-        torch.manual_seed(cfg.seed * 1_000_003 + start)
-        texts = engine.generate(items, cfg.generation, group_size=cfg.k).texts
-        result = reward_fn(texts, [items[i // cfg.k] for i in range(len(texts))])
-        for j, item in enumerate(items):
-            rows = slice(j * cfg.k, (j + 1) * cfg.k)
-            acc = result.components.get("accuracy")
-            verdict = classify(result.total[rows], acc[rows] if acc else None, cfg.std_floor)
-            counts[verdict] += 1
-            if verdict == "kept":
-                kept.append(item)
-        progress.update(min(start + len(items), len(pool)), {})
-    progress.close()
+    for item, verdict, _ in score_prompts(cfg, pool):
+        counts[verdict] += 1
+        if verdict == "kept":
+            kept.append(item)
     if not kept:
         raise R1V2Error(
             f"prefilter kept no prompt of {len(pool)} ({counts}); every prompt's rollouts got "
