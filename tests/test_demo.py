@@ -191,6 +191,12 @@ def test_demo_fast_end_to_end(tmp_path):
     assert (out / "plots" / "thresholds.png").is_file()
     late = json.loads((out / "results" / "late_ssb.json").read_text())["config"]
     assert late["model"] == str(out / "runs/grpo/final")  # continues from the trained model
+    assert late["data"] == str(out / "late_pool")  # on the prompts that model already solves
+    pool = json.loads((out / "results" / "late_pool.json").read_text())
+    lines = (out / "late_pool" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == pool["kept"] >= min(late["prompts_per_step"], pool["scored"])
+    assert pool["kept"] == max(pool["solved"], late["prompts_per_step"])
+    assert f"The pool: the {pool['kept']} of {pool['scored']} training prompts" in report
 
     # A toy build with other settings is never rebuilt over: one line, exit code 2.
     other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))

@@ -11,8 +11,10 @@ The pipeline, each stage with its progress display and a one-line result::
 
 ``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT on the same
 pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
-GRPO from the assembled model, and SSB against no SSB where advantages vanish (continuing
-from the trained model, where most prompts of the pool are solved).
+GRPO from the assembled model, and SSB against no SSB where advantages vanish: both continue
+from the trained model on ``OUT/late_pool``, the training prompts it already solves in at
+least 3 of 4 rollouts (:func:`build_late_pool`), so most groups are all correct, as late in
+training.
 
 The hallucination guard of MPO and GRPO rolls back: when a stage's probe hallucination rate
 stays above its start plus the tolerance, the stage ends with the weights of its best probe
@@ -52,6 +54,7 @@ class Budget:
     mpo: dict[str, Any]  # MPOConfig values shared by every MPO arm
     grpo: dict[str, Any]  # GRPOConfig values shared by every GRPO arm
     late: dict[str, Any]  # GRPOConfig values of the vanishing-advantage arms
+    late_pool: int  # training prompts scored (group_size rollouts each) for the late pool
 
 
 DEFAULT = Budget(
@@ -72,6 +75,7 @@ DEFAULT = Budget(
         "guard.action": "rollback",
     },
     late={"max_steps": 60, "probe_every": 10, "probe_size": 200, "save_steps": 20},
+    late_pool=400,
 )
 FAST = Budget(
     toy={
@@ -105,6 +109,7 @@ FAST = Budget(
         "guard.action": "rollback",
     },
     late={"max_steps": 2, "prompts_per_step": 4, "group_size": 4, "probe_every": 1},
+    late_pool=8,
 )
 
 
@@ -142,6 +147,8 @@ ARMS = (
     ),
 )
 LATE = ("late_ssb", "late_nossb")
+LATE_POOL = "late_pool"
+LATE_SOLVED = 0.75  # a late-pool prompt: the trained model solves >= this share of its rollouts
 
 
 @dataclasses.dataclass
@@ -160,7 +167,8 @@ class DemoConfig:
         False,
         "add the paper's comparisons in miniature, each arm on the main run's budget: GRPO "
         "without SSB, SFT vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
-        "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish",
+        "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
+        "(from the final model, on the training prompts it already solves)",
     )
     threads: int | None = option(
         None,
@@ -302,6 +310,8 @@ def stage_config(cfg: DemoConfig, arm: Arm, start_model: Path):
     from r1v2.train.grpo import GRPOConfig
 
     sizes = budget.late if arm.name in LATE else budget.grpo
+    if arm.name in LATE:
+        shared["data"] = str(out / LATE_POOL)
     values = {**shared, "reward.rm_path": str(toy / "rm"), **budget.grpo, **sizes, **arm.values}
     return _config(GRPOConfig, values)
 
@@ -324,6 +334,61 @@ def train_arm(cfg: DemoConfig, arm: Arm, start_model: Path) -> dict[str, Any]:
         **result,
         "config": to_dict(stage_cfg),
     }
+
+
+def build_late_pool(cfg: DemoConfig, model: Path) -> dict[str, Any]:
+    """``OUT/late_pool``: the prompts the trained model already solves, as late in training.
+
+    The first ``late_pool`` training prompts get ``group_size`` rollouts each from ``model``,
+    scored by GRPO's own reward (:func:`r1v2.train.prefilter.score_prompts`); the pool keeps
+    those whose mean accuracy is at least :data:`LATE_SOLVED`. Most of their groups are then
+    all correct (tied: zero advantage), the regime where SSB has something to do. A pool
+    smaller than one step's prompts is topped up with the next most-solved prompts.
+    """
+    from r1v2.data.loaders import write_jsonl
+    from r1v2.train.prefilter import PrefilterConfig, score_prompts
+    from r1v2.train.stage import load_pool
+
+    grpo = {**cfg.budget.grpo, **cfg.budget.late}
+    group = grpo.get("group_size", 8)
+    per_step = grpo.get("prompts_per_step", 8)
+    toy = cfg.toy_dir
+    values = {
+        "model": str(model),
+        "data": str(toy / "data" / "train"),
+        "reward.rm_path": str(toy / "rm"),
+        "seed": cfg.seed,
+        "k": group,
+        "progress": cfg.progress,
+        "out": str(Path(cfg.out) / LATE_POOL / "samples.jsonl"),
+    }
+    pcfg = _config(PrefilterConfig, values)
+    pool = load_pool(pcfg.data)[: cfg.budget.late_pool]
+    scored = [(item, verdict, acc or 0.0) for item, verdict, acc in score_prompts(pcfg, pool)]
+    ranked = sorted(range(len(scored)), key=lambda i: -scored[i][2])  # stable: pool order
+    solved = [i for i in ranked if scored[i][2] >= LATE_SOLVED]
+    keep = sorted(solved if len(solved) >= per_step else ranked[:per_step])
+    write_jsonl([scored[i][0] for i in keep], pcfg.out)
+    verdicts = [scored[i][1] for i in keep]
+    return {
+        "pool": pcfg.out,
+        "scored": len(scored),
+        "kept": len(keep),
+        "solved": len(solved),
+        "solved_share": LATE_SOLVED,
+        "all_correct": verdicts.count("all_correct"),
+        "tied": sum(v != "kept" for v in verdicts),
+        "mean_accuracy": sum(scored[i][2] for i in keep) / len(keep),
+        "group_size": group,
+    }
+
+
+def _pool_line(result: dict[str, Any]) -> str:
+    return (
+        f"{result['kept']} of {result['scored']} training prompts solved in >= "
+        f"{result['solved_share']:.0%} of {result['group_size']} rollouts "
+        f"({result['tied']} of them tied: every rollout scored alike)"
+    )
 
 
 def one_line(result: dict[str, Any]) -> str:
@@ -357,6 +422,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     )
     arms = MAIN + (ARMS if cfg.ablations else ())
     for arm in arms:
+        if arm.name in LATE and LATE_POOL not in results:
+            results[LATE_POOL] = stage(
+                out, LATE_POOL, lambda: build_late_pool(cfg, model_path(cfg, "grpo")), _pool_line
+            )
         start = model_path(cfg, arm.start)
         results[arm.name] = stage(
             out, arm.name, lambda arm=arm, start=start: train_arm(cfg, arm, start), one_line

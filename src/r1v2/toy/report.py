@@ -312,8 +312,23 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     with_ssb = rollouts_to_reach(ssb, target, per_step)
     without = rollouts_to_reach(plain, target, per_step)
     stats = {n: training_stats(metrics_of(out, n)) for n in ("late_ssb", "late_nossb")}
+    pool = results.get("late_pool")
+    where = ""
+    if pool:
+        solved = (
+            "that the final model solves"
+            if pool["kept"] == pool["solved"]
+            else f"most solved by the final model ({pool['solved']} solved"
+        )
+        where = (
+            f"The pool: the {pool['kept']} of {pool['scored']} training prompts {solved} in "
+            f">= {pool['solved_share']:.0%} of {pool['group_size']} rollouts"
+            f"{'' if pool['kept'] == pool['solved'] else ')'} (mean accuracy "
+            f"{pool['mean_accuracy']:.0%}; {pool['tied']} of them tied, every rollout scored "
+            "alike). "
+        )
     return [
-        f"Vanishing advantages: effective ratio before replay "
+        f"{where}Vanishing advantages: effective ratio before replay "
         f"{_num(stats['late_nossb'].get('effective_ratio'), '.2f')} without SSB; with SSB "
         f"{_num(stats['late_ssb'].get('effective_ratio'), '.2f')} after replay. Rollouts to "
         f"reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
