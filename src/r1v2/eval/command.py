@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from r1v2.config import ConfigError, option
+from r1v2.config import ConfigError, check_range, option
 from r1v2.errors import R1V2Error
 from r1v2.eval.benchmarks import ADAPTERS, Benchmark, load_benchmark
 from r1v2.eval.harness import (
@@ -32,10 +32,11 @@ from r1v2.eval.harness import (
     summarize,
 )
 from r1v2.eval.judge import JudgeClient, load_prompt
+from r1v2.eval.livecodebench import OPTIONS as LIVECODEBENCH_OPTIONS
 from r1v2.eval.prompts import INSTRUCTIONS
 from r1v2.eval.report import (
     check_report_folder,
-    pct,
+    headline,
     print_comparison,
     results_document,
     write_reports,
@@ -50,7 +51,9 @@ class EvalConfig:
     bench: list[str] = option(
         [],
         f"benchmarks, each NAME=PATH or LABEL:ADAPTER=PATH; repeat the flag for several. "
-        f"Adapters: {', '.join(ADAPTERS)}",
+        f"Adapters: {', '.join(ADAPTERS)}. Options go in brackets after the name: "
+        "'livecodebench[start_date=2024-08-01,end_date=2025-01-31]=PATH' (quoted for the "
+        f"shell); livecodebench's options: {', '.join(LIVECODEBENCH_OPTIONS)}",
     )
     model: str | None = option(
         None, "checkpoint folder that generates the responses (or give responses)"
@@ -141,17 +144,16 @@ class EvalConfig:
             )
         if not self.bench:
             raise ConfigError("r1v2 eval needs at least one --bench NAME=PATH")
-        for name in (
-            "runs",
-            "batch_size",
-            "max_new_tokens",
-            "judge_concurrency",
-            "judge_max_failures",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"config field '{name}' must be >= 1, got {getattr(self, name)}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature must be >= 0 and top_p in (0, 1]")
+        for name in ("runs", "batch_size", "max_new_tokens", "limit"):
+            check_range(name, getattr(self, name), 1)
+        check_range("judge_concurrency", self.judge_concurrency, 1)
+        check_range("judge_max_failures", self.judge_max_failures, 1)
+        check_range("temperature", self.temperature, 0)
+        check_range("top_p", self.top_p, 0, 1, low_open=True)
+        check_range("top_k", self.top_k, 0)
+        check_range("judge_timeout", self.judge_timeout, 0, low_open=True)
+        check_range("judge_retries", self.judge_retries, 0)
+        check_range("judge_backoff", self.judge_backoff, 0)
         if self.judge_url is not None and not self.judge_model:
             raise ConfigError("judge_url needs judge_model (the model name the endpoint serves)")
 
@@ -310,17 +312,11 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         doc["judge"] = judge.summary()
     paths = write_reports(cfg.out, doc, scores)
     table = Table(title=f"r1v2 eval ({Path(cfg.model or cfg.responses or '').name})")
-    for col in ("benchmark", "Pass@1 (%)", "samples", "runs", "rules unscored", "fallback"):
+    columns, rows = headline(doc)
+    for col in columns:
         table.add_column(col, justify="left" if col == "benchmark" else "right")
-    for name, r in doc["benchmarks"].items():
-        table.add_row(
-            name,
-            pct(r["pass@1"], r["pass@1_std"]),
-            str(r["n_samples"]),
-            str(r["n_runs"]),
-            str(r["n_rule_unscored"]),
-            str(r["n_fallback"]),
-        )
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)
     err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if judge is not None and judge.stopped and cfg.judge_when != "undecided":

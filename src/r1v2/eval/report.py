@@ -68,8 +68,32 @@ def system_name(doc: dict) -> str:
     return Path(src).name or src
 
 
+def tests_passed(result: dict) -> str:
+    """A code benchmark's mean pass rate (the fraction of tests passed, averaged over its
+    responses, ± std across runs) as a percentage; "-" for a benchmark without code."""
+    if "mean_pass_rate" not in result:
+        return "-"
+    return pct(result["mean_pass_rate"], result.get("mean_pass_rate_std"))
+
+
+def headline(doc: dict) -> tuple[list[str], list[list[str]]]:
+    """The console's table: (columns, one row per benchmark). "tests passed (%)" is there only
+    when a benchmark is scored by running code."""
+    benches: dict[str, dict] = doc["benchmarks"]
+    code = any("mean_pass_rate" in r for r in benches.values())
+    columns = ["benchmark", "Pass@1 (%)", *(["tests passed (%)"] if code else [])]
+    columns += ["samples", "runs", "rules unscored", "fallback"]
+    rows = []
+    for name, r in benches.items():
+        row = [name, pct(r["pass@1"], r["pass@1_std"]), *([tests_passed(r)] if code else [])]
+        row += [str(r[k]) for k in ("n_samples", "n_runs", "n_rule_unscored", "n_fallback")]
+        rows.append(row)
+    return columns, rows
+
+
 def markdown(doc: dict) -> str:
-    """results.md: the headline table, then details, categories, POPE and hallucination."""
+    """results.md: the headline table, then details, categories, code (tests passed), POPE
+    and hallucination."""
     benches: dict[str, dict] = doc["benchmarks"]
     names = list(benches)
     n_runs = sorted({b["n_runs"] for b in benches.values()})
@@ -139,6 +163,19 @@ def markdown(doc: dict) -> str:
                     for c, v in cats.items()
                 ],
             )
+    code = [n for n, b in benches.items() if "mean_pass_rate" in b]
+    if code:
+        lines += [
+            "",
+            "## Code: tests passed",
+            "",
+            "The fraction of tests passed (%), averaged over a benchmark's responses, ± std "
+            "across runs; Pass@1 counts a response only when it passes every test.",
+            "",
+        ]
+        lines += _table(
+            ["Benchmark", "Tests passed (%)"], [[n, tests_passed(benches[n])] for n in code]
+        )
     pope = {n: b["pope"] for n, b in benches.items() if "pope" in b}
     if pope:
         lines += ["", "## POPE", ""]
@@ -291,7 +328,11 @@ def load_results(path: str | Path) -> dict:
     return doc
 
 
-_COMPARED = [("pass@1", "pass@1_std"), ("hallucination_rate", "hallucination_rate_std")]
+_COMPARED = [
+    ("pass@1", "pass@1_std"),
+    ("mean_pass_rate", "mean_pass_rate_std"),  # code benchmarks only
+    ("hallucination_rate", "hallucination_rate_std"),
+]
 
 
 def compare_rows(a: dict, b: dict) -> list[tuple[str, str, str, str]]:

@@ -14,9 +14,9 @@ tolerance, math-verify) plus what its benchmark's protocol adds:
   all be matched, in any order, by the comma-separated parts of the boxed answer.
 - ``yesno``: POPE's yes/no (see :func:`yes_no`).
 - ``code``: the response's last Python block run against the sample's tests in the sandbox
-  (:func:`r1v2.rewards.code_reward`); correct only when it passes every test (pass rate 1.0).
-  The harness scores every ``kind: code`` sample this way, whatever its benchmark's scorer,
-  several at a time, and also reports the mean pass rate.
+  (:func:`r1v2.rewards.code.sample_code_reward`, as in training); correct only when it passes
+  every test (pass rate 1.0). The harness scores every ``kind: code`` sample this way,
+  whatever its benchmark's scorer, several at a time, and also reports the mean pass rate.
 
 A response without a final answer, or with one the rules cannot parse or verify in time, scores
 0.0; None means only that the *reference* cannot be graded (the harness counts it, asks the
@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from r1v2.data.schema import Sample
+from r1v2.errors import R1V2Error
 from r1v2.rewards.accuracy import accuracy_reward
 from r1v2.rewards.answers import (
     THINK_CLOSE,
@@ -43,7 +44,7 @@ from r1v2.rewards.answers import (
     extract_answer,
     fallback_answer,
 )
-from r1v2.rewards.code import code_reward
+from r1v2.rewards.code import sample_code_reward
 
 Scorer = Callable[[str, Sample], "float | None"]
 AnswerSource = Literal["boxed", "fallback"]  # where the rules' answer came from
@@ -152,22 +153,14 @@ def score_yesno(response: str, sample: Sample) -> float | None:
     return float(yes_no(response) == sample.answer.strip().lower())
 
 
-CODE_TIMEOUT_S = 4.0  # seconds per test when the sample's metadata sets no timeout_s
-CODE_MEMORY_MB = 1024  # the solution's address-space limit when metadata sets no memory_mb
-
-
 def code_pass_rate(response: str, sample: Sample) -> float | None:
     """The fraction of ``metadata["tests"]`` the response's code passes; None when the tests
-    are malformed. ``metadata`` may set ``timeout_s`` (per test), ``memory_mb`` and ``prelude``
-    (source run before the solution, e.g. LiveCodeBench's imports)."""
-    meta = sample.metadata
-    return code_reward(
-        response,
-        meta.get("tests"),
-        timeout_s=float(meta.get("timeout_s") or CODE_TIMEOUT_S),
-        memory_mb=int(meta.get("memory_mb") or CODE_MEMORY_MB),
-        prelude=meta.get("prelude") or "",
-    )
+    are malformed. The sample's ``timeout_s``, ``memory_mb`` and ``prelude`` apply
+    (:func:`r1v2.rewards.code.sample_code_reward`, which training uses too)."""
+    try:
+        return sample_code_reward(response, sample.metadata)
+    except R1V2Error as e:
+        raise R1V2Error(f"sample {sample.id}: {e}") from None
 
 
 def code_correct(rate: float | None) -> float | None:

@@ -87,16 +87,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from r1v2.errors import R1V2Error
 from r1v2.rewards.answers import THINK_CLOSE
 
 log = logging.getLogger(__name__)
 
+TIMEOUT_S = 4.0  # seconds per test, when neither the caller nor the sample sets one
+MEMORY_MB = 1024  # the solution's address-space limit, when neither sets one
 MAX_OUTPUT_BYTES = 1 << 20  # stdout read per process; more kills the process
 MAX_FILE_BYTES = 16 << 20  # RLIMIT_FSIZE: the largest file the code may write
 MAX_PROCESSES = 64  # RLIMIT_NPROC (tasks, threads included), where it is effective
@@ -592,8 +595,8 @@ def code_reward(
     completion: str,
     tests: Any,
     *,
-    timeout_s: float = 4.0,
-    memory_mb: int = 1024,
+    timeout_s: float = TIMEOUT_S,
+    memory_mb: int = MEMORY_MB,
     prelude: str = "",
 ) -> float | None:
     """The fraction of ``tests`` that the completion's last Python block passes (module doc).
@@ -618,13 +621,54 @@ def code_reward(
     return passed / parsed.n
 
 
+def _setting(metadata: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+    """``metadata[name]`` as a positive ``kind``; ``default`` when absent or null."""
+    value = metadata.get(name)
+    if value is None:
+        return default
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (math.isfinite(value) and value > 0):
+        raise R1V2Error(f"metadata.{name}: expected a positive number, got {value!r}")
+    if kind is int and value != int(value):
+        raise R1V2Error(f"metadata.{name}: expected a whole number, got {value!r}")
+    return kind(value)
+
+
+def sample_code_reward(
+    completion: str,
+    metadata: Mapping[str, Any] | None,
+    *,
+    timeout_s: float = TIMEOUT_S,
+    memory_mb: int = MEMORY_MB,
+) -> float | None:
+    """:func:`code_reward` of a ``kind: code`` sample, with the settings its metadata carries.
+
+    ``metadata["tests"]`` are the tests; ``metadata`` may also set ``timeout_s`` (per test),
+    ``memory_mb`` and ``prelude`` (source run before the solution: LiveCodeBench's imports),
+    which win over the keyword defaults. Training (``HybridReward``) and eval
+    (``r1v2.eval.scoring``) both score code samples through this function, so they honour the
+    same per-sample settings. A setting that is not a positive number raises R1V2Error.
+    """
+    meta = metadata or {}
+    prelude = meta.get("prelude") or ""
+    if not isinstance(prelude, str):
+        raise R1V2Error(f"metadata.prelude: expected a string, got {type(prelude).__name__}")
+    return code_reward(
+        completion,
+        meta.get("tests"),
+        timeout_s=_setting(meta, "timeout_s", float, timeout_s),
+        memory_mb=_setting(meta, "memory_mb", int, memory_mb),
+        prelude=prelude,
+    )
+
+
 def code_rewards(
     completions: Sequence[str],
     tests_list: Sequence[Any],
     *,
     workers: int = 2,
-    timeout_s: float = 4.0,
-    memory_mb: int = 1024,
+    timeout_s: float = TIMEOUT_S,
+    memory_mb: int = MEMORY_MB,
 ) -> list[float | None]:
     """:func:`code_reward` of each (completion, tests) pair, ``workers`` at a time, in order.
 

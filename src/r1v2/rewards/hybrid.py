@@ -7,10 +7,12 @@ r"""The hybrid reward of GRPO (RECIPE §3, eq. 7): r = w_acc r_rule + w_rm r_rm 
 - ``rm`` (r_rm): a :class:`RewardModel`'s unbounded score ``s`` mapped to
   ``min(sigmoid((s - center) / scale), cap)`` (RECIPE §5, "calibrated threshold"). The model is
   called once per batch.
-  A ``kind: code`` sample is scored by :func:`r1v2.rewards.code_reward` instead: its
-  ``metadata["tests"]`` run against the completion's last Python block in a sandbox, the pass
-  rate in [0, 1] (after ``</think>`` only, as for answers); the code samples of a batch run
-  ``code_workers`` at a time.
+  A ``kind: code`` sample is scored by :func:`r1v2.rewards.code.sample_code_reward` instead:
+  its ``metadata["tests"]`` run against the completion's last Python block in a sandbox, the
+  pass rate in [0, 1] (after ``</think>`` only, as for answers), with the sample's own
+  ``timeout_s``, ``memory_mb`` and ``prelude`` when its metadata sets them, as in eval
+  (``code_timeout`` and 1024 MB otherwise); the code samples of a batch run ``code_workers``
+  at a time.
 - ``format`` (r_format): :func:`r1v2.rewards.format_reward`, in {0, 1}.
 
 Every component's value is returned per sample, so the trainer logs each one. A component
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from typing import Any
 from r1v2.config import option
 from r1v2.errors import R1V2Error
 from r1v2.rewards.accuracy import accuracy_reward
+from r1v2.rewards.code import TIMEOUT_S, sample_code_reward
 from r1v2.rewards.fmt import format_reward
 from r1v2.rewards.rm_interface import RewardModel, RMInput
 
@@ -185,7 +189,7 @@ class HybridReward:
         question_fn: Callable[[Any], str] = _question,
         after_think: bool = True,
         code_workers: int = 2,
-        code_timeout: float = 4.0,
+        code_timeout: float = TIMEOUT_S,
     ) -> None:
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
         HybridRewardConfig(weights=weights, rm_scale=rm_scale, rm_cap=rm_cap).validate()
@@ -284,8 +288,6 @@ class HybridReward:
     def _code(self, completions: Sequence[str], samples: Sequence[Any]) -> dict[int, Any]:
         """The code reward of every ``kind: code`` sample, run in parallel: {index: value or
         the exception it raised}. A completion cut off before ``</think>`` scores 0."""
-        from r1v2.rewards.code import code_reward
-
         index = [i for i, s in enumerate(samples) if _get(s, "kind") == "code"]
         if not index:
             return {}
@@ -294,13 +296,11 @@ class HybridReward:
             completion, sample = completions[i], samples[i]
             if self.after_think and "</think>" not in completion:
                 return 0.0
-            tests = (_get(sample, "metadata") or {}).get("tests")
+            meta = _get(sample, "metadata")
             try:
-                return code_reward(completion, tests, timeout_s=self.code_timeout)
+                return sample_code_reward(completion, meta, timeout_s=self.code_timeout)
             except Exception as e:  # returned, then counted as this sample's error
                 return e
-
-        from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=self.code_workers) as pool:
             return dict(zip(index, pool.map(one, index)))
