@@ -8,13 +8,18 @@ embeddings, rope theta 1e6) and an InternViT-300M-shaped encoder (hidden 1024, 2
 downsample 0.5, so one image tile is 256 image tokens. The tokenizer is r1v2's word-level one
 over a made-up vocabulary of the same size: only shapes and lengths matter with random weights.
 Generation and log-probs go through r1v2's own :class:`r1v2.model.policy.Policy` (and
-:class:`r1v2.rollout.TransformersEngine`), so the numbers are r1v2's.
+r1v2's rollout engines), so the numbers are r1v2's.
 
 Measured, on one device, for ``P`` prompts x ``G`` samples with one image tile each:
 
-- ``rollout/<engine>``: completion tokens/s of each rollout engine in :data:`ENGINES` (today
-  transformers ``generate``), sampling at temperature 1 with ``min_new_tokens =
-  max_new_tokens`` so every completion has the same length;
+- ``rollout/<engine>``: completion tokens/s of each rollout engine in :data:`ENGINES`
+  (``transformers``: transformers ``generate`` through :class:`r1v2.rollout.TransformersEngine`,
+  every sample prefilling its own copy of the prompt; ``continuous``: transformers' continuous
+  batching through :class:`r1v2.rollout.ContinuousBatchingEngine`, each prompt prefilled once
+  and forked to its G samples, the manager built and its cache sized for each call), sampling
+  at temperature 1 with EOS held off (``min_new_tokens`` for ``generate``, no EOS for
+  continuous batching) so every completion has ``max_new_tokens`` tokens. The step rows use
+  the first engine's rollout;
 - ``reference``: per-token log-probs of the batch under a frozen copy of the model (the KL
   reference of eq. 8), no gradients;
 - ``update/<trainable>``: one GRPO update (the micro-batch loop of
@@ -73,7 +78,7 @@ from PIL import Image
 from r1v2.algos.grpo import group_advantages, loss_normalizer, policy_loss
 from r1v2.model.freeze import MODES, model_parts, set_trainable
 from r1v2.model.policy import Policy, PromptBatch, SamplingConfig
-from r1v2.rollout import RolloutEngine, TransformersEngine
+from r1v2.rollout import ContinuousBatchingEngine, RolloutEngine, TransformersEngine
 
 GIB = 1024**3
 
@@ -297,10 +302,19 @@ def transformers_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngi
     return TransformersEngine(policy)
 
 
+def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
+    """transformers' continuous batching through r1v2's ContinuousBatchingEngine. Fixed
+    lengths: the manager drops ``min_new_tokens``, so EOS is switched off instead."""
+    return ContinuousBatchingEngine(policy, ignore_eos=True)
+
+
 # name -> factory(policy, sampling) -> engine; a vLLM engine would be added here.
 ENGINES: dict[str, Callable[[Policy, SamplingConfig], RolloutEngine]] = {
     "transformers": transformers_engine,
+    "continuous": continuous_engine,
 }
+# Engines that run each prompt's prefill once for its G samples (FLOPs count it once).
+PREFILL_ONCE = {"continuous"}
 
 
 # ---- measuring -----------------------------------------------------------------------------
@@ -440,8 +454,10 @@ class Bench:
         )
         batch = Batch(out.prompts, out.prompt_index, out.completion_ids, out.completion_mask)
         prompt_tokens, completion_tokens = batch.tokens()
-        # Prefill runs every sample's prompt (embeddings repeated G times); frozen: c = 2.
-        flops = self.flops(batch, {"llm": 2, "adapter": 2, "vision": 2}, prompt_tokens)
+        # Prefill runs every sample's prompt (embeddings repeated G times), or each prompt
+        # once (PREFILL_ONCE); frozen: c = 2.
+        prefill = prompt_tokens // s.group_size if engine_name in PREFILL_ONCE else prompt_tokens
+        flops = self.flops(batch, {"llm": 2, "adapter": 2, "vision": 2}, prefill)
         flops["llm"] += 2 * self.params["llm"] * completion_tokens
         lengths = batch.mask.sum(dim=1)
         row = {
@@ -674,6 +690,10 @@ def notes(meta: dict, rows: list[dict]) -> list[str]:
         f"(about {100 * meta['attention_extra']:.0f}% more here) is not counted",
         "r1v2 re-encodes all P images in each micro-batch of the update (Policy.logprobs per "
         "micro-batch); the vision FLOPs above count each image once",
+        f"rollout engines: {', '.join(meta['engines'])}; continuous batching prefills each "
+        "prompt once for its G samples; transformers uses CUDA graphs and its decode fast path "
+        "for it only with flash attention (here: "
+        f"{'available' if meta.get('flash_attn') else 'not installed, so neither'})",
         "step rows = generation + reference + update timings; their tokens/s/GPU is the "
         "definition of EasyR1's/verl's perf/throughput (all tokens / (step time x GPUs))",
         f"field reference: EasyR1's baselines give {lo:,}-{hi:,} tokens/s/GPU at "
@@ -693,6 +713,18 @@ def notes(meta: dict, rows: list[dict]) -> list[str]:
 
 
 # ---- main ----------------------------------------------------------------------------------
+
+
+def flash_attn_available() -> bool:
+    """Whether transformers finds a flash attention 2 or 3 package (what continuous batching
+    needs for its CUDA graphs and decode fast path)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    try:
+        from transformers.utils import is_flash_attn_3_available
+    except ImportError:  # an older transformers
+        return bool(is_flash_attn_2_available())
+    return bool(is_flash_attn_2_available() or is_flash_attn_3_available())
 
 
 def peak_for(device: torch.device) -> tuple[float, str]:
@@ -803,6 +835,7 @@ def main(argv=None) -> int:
         "shapes": dataclasses.asdict(s),
         "params": bench.params,
         "attn_implementation": policy.model.config._attn_implementation,
+        "flash_attn": flash_attn_available(),
         "rope_parameters": getattr(policy.model.config.text_config, "rope_parameters", None),
         "vision_tokens_per_tile": bench.vision_tokens,
         "fixed_lengths": fixed,
@@ -821,7 +854,7 @@ def main(argv=None) -> int:
         * s.hidden
         * (sum(batch.tokens()) / batch.ids.shape[0])
         / (6 * bench.params["llm"]),
-        "engines": list(ENGINES),
+        "engines": list(args.engines),
         "reference": REFERENCE,
         "wall_seconds": time.perf_counter() - started,
     }

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import GenerationConfig
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from r1v2.algos.logprobs import token_logprobs
 from r1v2.config import option
@@ -418,7 +419,7 @@ class Policy:
         prompts, local = rows.unique(return_inverse=True)  # [P'], [B]
         if len(prompts) == len(rows) or embeds.shape[1] < 2:
             return None
-        cache = prefill(self.model, embeds[prompts, :-1], mask[prompts, :-1]).cache
+        cache = kv_cache(prefill(self.model, embeds[prompts, :-1], mask[prompts, :-1]))
         cache.batch_select_indices(local)  # [P', ...] -> [B, ...]
         return cache
 
@@ -443,7 +444,7 @@ class Policy:
             generation_config=config,
             synced_gpus=self.synced_gpus,
             streamer=streamer,
-            cache=cache,
+            **{CACHE_KWARG: cache},
         )
 
     # ---- scoring -------------------------------------------------------------------------
@@ -550,7 +551,7 @@ class Policy:
             return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         out = prefill(model, prompt_embeds, prompt_mask)  # logits [P, 1, V]
         first = token_logprobs(out.logits[rows], ids[:, :1], temperature=temperature)  # [B, 1]
-        cache = out.cache
+        cache = kv_cache(out)
         cache.batch_select_indices(rows)  # [P, ...] -> [B, ...], differentiable
         mask = torch.cat([prompt_mask[rows], cmask], dim=1)  # [B, Tp + Tc]
         position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
@@ -560,16 +561,28 @@ class Policy:
             inputs_embeds=completion_embeds.to(prompt_embeds.dtype),
             attention_mask=mask.long(),  # the cache's Tp positions, then the Tc new ones
             position_ids=position_ids[:, tp:],
-            cache=cache,
             use_cache=True,
+            **{CACHE_KWARG: cache},
         ).logits[:, :-1]  # [B, Tc - 1, V]: position t predicts token t + 1 (the last: unused)
         rest = token_logprobs(rest, ids[:, 1:], temperature=temperature)  # [B, Tc - 1]
         return torch.cat([first, rest], dim=1).masked_fill(~cmask, 0.0)  # [B, Tc]
 
 
+# transformers renamed ``past_key_values`` (keyword and output field) to ``cache`` in 5.x
+# (5.24 has ``cache``, 5.17 ``past_key_values``): use the name the installed version has.
+CACHE_KWARG = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
+
+def kv_cache(output) -> Any:
+    """The KV cache a forward with ``use_cache=True`` returned, under either field name."""
+    return getattr(output, CACHE_KWARG)
+
+
 def prefill(model, embeds: torch.Tensor, mask: torch.Tensor):
     """One forward of left-padded prompt embeddings ``[P, Tp, H]`` (``mask`` ``[P, Tp]``
-    bool) that keeps the KV cache: the output's ``.cache`` and the last position's
+    bool) that keeps the KV cache (:func:`kv_cache` of the output) and the last position's
     ``.logits`` ``[P, 1, V]``. Positions count real tokens only, as everywhere here."""
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [P, Tp]
     return model(

@@ -1,5 +1,13 @@
-"""Rollout engines: prompts in, sampled completions out (transformers now; vLLM can slot in)."""
+"""Rollout engines: prompts in, sampled completions out (transformers ``generate`` or its
+continuous batching; vLLM can slot in)."""
 
-from r1v2.rollout.engine import RolloutEngine, TransformersEngine
+from r1v2.rollout.continuous import ContinuousBatchingEngine
+from r1v2.rollout.engine import ENGINES, RolloutEngine, TransformersEngine, build_engine
 
-__all__ = ["RolloutEngine", "TransformersEngine"]
+__all__ = [
+    "ENGINES",
+    "ContinuousBatchingEngine",
+    "RolloutEngine",
+    "TransformersEngine",
+    "build_engine",
+]

@@ -1,9 +1,14 @@
 """Generation engines behind one small interface, so the training loops do not care which runs.
 
 An engine turns prompts into a :class:`r1v2.model.policy.Rollout` (``G`` completions per
-prompt, group-major) and is told when the trained weights change. The transformers engine
-samples with the policy's own model, so it never needs a weight sync; a served engine (vLLM)
-would copy the weights in :meth:`RolloutEngine.sync_weights`.
+prompt, group-major) and is told when the trained weights change. Both engines here sample
+with the policy's own model, so they never need a weight sync; a served engine (vLLM) would
+copy the weights in :meth:`RolloutEngine.sync_weights` and be added to :data:`ENGINES`.
+
+- ``transformers``: :class:`TransformersEngine`, transformers ``generate`` (padded batches,
+  a dynamic KV cache; prefix sharing with ``share_prefix``).
+- ``continuous``: :class:`r1v2.rollout.continuous.ContinuousBatchingEngine`, transformers'
+  continuous batching (paged KV cache, finished sequences replaced as they end).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from r1v2.errors import R1V2Error
 from r1v2.model.policy import Policy, PromptBatch, Rollout, SamplingConfig
 
 
@@ -68,3 +74,20 @@ class TransformersEngine:
 
     def sync_weights(self) -> None:
         """Nothing to copy: generation runs on the policy's own modules."""
+
+
+# The names a config's ``engine`` field takes (r1v2 grpo); build_engine makes them.
+ENGINES = ("transformers", "continuous")
+
+
+def build_engine(name: str, policy: Policy, *, share_prefix: bool = False) -> RolloutEngine:
+    """The engine called ``name`` (one of :data:`ENGINES`) on ``policy``. ``share_prefix``
+    applies to the transformers engine; continuous batching always prefills a prompt once
+    for its samples."""
+    if name == "transformers":
+        return TransformersEngine(policy, share_prefix=share_prefix)
+    if name == "continuous":
+        from r1v2.rollout.continuous import ContinuousBatchingEngine
+
+        return ContinuousBatchingEngine(policy)
+    raise R1V2Error(f"unknown rollout engine {name!r}: expected one of {', '.join(ENGINES)}")
