@@ -467,6 +467,13 @@ def test_a_code_sample_with_malformed_tests_is_a_row_problem(tmp_path):
             "metadata": {"tests": [{"input": 1}]},
         },
         {"id": "none", "question": "q", "answer": "-", "kind": "code"},
+        {
+            "id": "slow",
+            "question": "q",
+            "answer": "-",
+            "kind": "code",
+            "metadata": {"tests": "assert True", "timeout_s": 0, "memory_mb": 1.5, "prelude": 3},
+        },
     ]
     path = tmp_path / "code.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -475,6 +482,9 @@ def test_a_code_sample_with_malformed_tests_is_a_row_problem(tmp_path):
     messages = [str(p) for p in result.problems]
     assert any(":2: field 'metadata.tests': malformed" in m for m in messages), messages
     assert any(":3: field 'metadata.tests': missing" in m for m in messages), messages
+    # the settings scoring reads are refused at load time too, each by its field
+    for field in ("timeout_s", "memory_mb", "prelude"):
+        assert any(f":4: field 'metadata.{field}'" in m for m in messages), messages
 
 
 def test_data_check_names_a_code_sample_with_malformed_tests(tmp_path, capsys):

@@ -163,11 +163,10 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
         elif key not in REQUIRED:
             values[key] = _CHECKS[key](None, base_dir)  # an absent optional field, as if null
     if values.get("kind") == "code" and "metadata" in values:
-        from r1v2.rewards.code import check_tests  # pure: no torch, no model
+        from r1v2.rewards.code import check_code_metadata  # pure: no torch, no model
 
-        reason = check_tests(values["metadata"].get("tests"))
-        if reason is not None:
-            problems.append(("metadata.tests", INVALID, reason))
+        for field, reason in check_code_metadata(values["metadata"]):
+            problems.append((field, INVALID, reason))
     return values, problems
 
 

@@ -634,6 +634,34 @@ def _setting(metadata: Mapping[str, Any], name: str, kind: type, default: Any) -
     return kind(value)
 
 
+def _prelude(metadata: Mapping[str, Any]) -> str:
+    prelude = metadata.get("prelude") or ""
+    if not isinstance(prelude, str):
+        raise R1V2Error(f"metadata.prelude: expected a string, got {type(prelude).__name__}")
+    return prelude
+
+
+def check_code_metadata(metadata: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, reason)`` for each part of a code sample's metadata that cannot be used:
+    its tests (:func:`check_tests`) and the settings :func:`sample_code_reward` reads, so
+    ``r1v2 data check`` and the loaders refuse what scoring would refuse later."""
+    problems = []
+    reason = check_tests(metadata.get("tests"))
+    if reason is not None:
+        problems.append(("metadata.tests", reason))
+    checks = (
+        ("timeout_s", lambda: _setting(metadata, "timeout_s", float, None)),
+        ("memory_mb", lambda: _setting(metadata, "memory_mb", int, None)),
+        ("prelude", lambda: _prelude(metadata)),
+    )
+    for name, check in checks:
+        try:
+            check()
+        except R1V2Error as e:
+            problems.append((f"metadata.{name}", str(e).partition(": ")[2]))
+    return problems
+
+
 def sample_code_reward(
     completion: str,
     metadata: Mapping[str, Any] | None,
@@ -650,9 +678,7 @@ def sample_code_reward(
     same per-sample settings. A setting that is not a positive number raises R1V2Error.
     """
     meta = metadata or {}
-    prelude = meta.get("prelude") or ""
-    if not isinstance(prelude, str):
-        raise R1V2Error(f"metadata.prelude: expected a string, got {type(prelude).__name__}")
+    prelude = _prelude(meta)
     return code_reward(
         completion,
         meta.get("tests"),
