@@ -13,7 +13,7 @@ The pipeline, each stage with its progress display and a one-line result::
 pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
 GRPO from the assembled model, and SSB against no SSB where advantages vanish: both continue
 from the trained model on ``OUT/late_pool``, the training prompts it already solves in at
-least 3 of 4 rollouts (:func:`build_late_pool`), so most groups are all correct, as late in
+least 75% of its rollouts (:func:`build_late_pool`), so most groups are all correct, as late in
 training.
 
 The hallucination guard of MPO and GRPO rolls back: when a stage's probe hallucination rate
