@@ -184,6 +184,8 @@ def test_date_window_and_platform(tmp_path):
         ("start_date=2024-13-01", "option start_date='2024-13-01' is not a date"),
         ("start_date=2024-02-01,end_date=2024-01-01", "start_date 2024-02-01 is after end_date"),
         ("timeout=0", "option timeout='0' must be a positive float"),
+        ("timeout=inf", "option timeout='inf' must be a positive float"),
+        ("timeout=nan", "option timeout='nan' must be a positive float"),
         ("start_date", "option 'start_date' is not key=value"),
         ("platform=a,platform=b", "option 'platform' given twice"),
     ],

@@ -33,6 +33,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import pickle
 import zlib
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ def parse_options(raw: dict[str, str]) -> Options:
             value = kind(raw[name])
         except ValueError:
             value = None
-        if value is None or not value > 0:
+        if value is None or not (value > 0 and math.isfinite(value)):
             raise BenchmarkError(
                 f"livecodebench: option {name}={raw[name]!r} must be a positive {kind.__name__}"
             )
