@@ -349,9 +349,8 @@ def build_late_pool(cfg: DemoConfig, model: Path) -> dict[str, Any]:
     from r1v2.train.prefilter import PrefilterConfig, score_prompts
     from r1v2.train.stage import load_pool
 
-    grpo = {**cfg.budget.grpo, **cfg.budget.late}
-    group = grpo.get("group_size", 8)
-    per_step = grpo.get("prompts_per_step", 8)
+    late = stage_config(cfg, next(a for a in ARMS if a.name in LATE), model)
+    group, per_step = late.group_size, late.prompts_per_step
     toy = cfg.toy_dir
     values = {
         "model": str(model),
