@@ -259,14 +259,15 @@ def convert(row: Row, options: Options) -> Sample | Skip:
     if not cases:
         raise row.error("public_test_cases", "no test cases (public or private)")
     wanted = "functional" if func_name else "stdin"
-    for field_name, (_, _, testtype) in zip(_case_fields(len(public), len(cases)), cases):
+    fields = _case_fields(len(public), len(cases))
+    for field_name, (_, _, testtype) in zip(fields, cases):
         if testtype != wanted:
             why = "metadata names func_name" if func_name else "metadata has no func_name"
             raise row.error(f"{field_name}.testtype", f"{testtype!r}, but {why}")
     if func_name is not None:
         if not isinstance(func_name, str) or not func_name.isidentifier():
             raise row.error("metadata.func_name", f"not a Python name: {func_name!r}")
-        for field_name, (inp, out, _) in zip(_case_fields(len(public), len(cases)), cases):
+        for field_name, (inp, out, _) in zip(fields, cases):
             _check_json(row, f"{field_name}.input", [ln for ln in inp.split("\n") if ln.strip()])
             _check_json(row, f"{field_name}.output", [out])
     pairs = [{"input": inp, "output": out} for inp, out, _ in cases]

@@ -405,11 +405,39 @@ class Policy:
             ids[row : row + c.shape[0], : c.shape[1]] = c.cpu()
             row += c.shape[0]
         completion_mask, finished = completion_masks(ids, self.eos_ids)
+        return self.make_rollout(batch, group_size, ids, completion_mask, finished)
+
+    def make_rollout(
+        self,
+        batch: PromptBatch,
+        group_size: int,
+        ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        finished: torch.Tensor,
+    ) -> Rollout:
+        """The :class:`Rollout` of new token ids ``[N, T]`` and their ``completion_mask``
+        ``[N, T]`` / ``finished`` ``[N]``: the pad id outside the mask, trimmed to the longest
+        completion, decoded."""
         ids = ids.masked_fill(~completion_mask, self.pad_id)
-        keep = int(completion_mask.sum(dim=1).max()) if n else 0
+        keep = int(completion_mask.sum(dim=1).max()) if len(ids) else 0
         ids, completion_mask = ids[:, :keep], completion_mask[:, :keep]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         return Rollout(batch, group_size, ids, completion_mask, finished, texts)
+
+    def generation_config(self, sampling: SamplingConfig, **extra: Any) -> GenerationConfig:
+        """transformers' GenerationConfig for ``sampling`` with this policy's EOS and pad ids
+        (``extra`` overrides or adds fields)."""
+        sample = sampling.do_sample
+        values = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "do_sample": sample,
+            "temperature": sampling.temperature if sample else None,
+            "top_p": sampling.top_p if sample else None,
+            "top_k": sampling.top_k if sample else None,
+            "eos_token_id": self.eos_ids,
+            "pad_token_id": self.pad_id,
+        }
+        return GenerationConfig(**{**values, **extra})
 
     def _shared_cache(self, embeds, mask, rows: torch.Tensor):
         """The KV cache of the first ``Tp - 1`` tokens of the prompts ``rows`` ``[B]`` name,
@@ -428,15 +456,7 @@ class Policy:
     ) -> torch.Tensor:
         """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]`` (``cache``: the KV
         cache of their first tokens, from :meth:`_shared_cache`)."""
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=sampling.do_sample,
-            temperature=sampling.temperature if sampling.do_sample else None,
-            top_p=sampling.top_p if sampling.do_sample else None,
-            top_k=sampling.top_k if sampling.do_sample else None,
-            eos_token_id=self.eos_ids,
-            pad_token_id=self.pad_id,
-        )
+        config = self.generation_config(sampling)
         # With inputs_embeds and no input_ids, generate returns only the new tokens.
         return self.model.generate(
             inputs_embeds=embeds,

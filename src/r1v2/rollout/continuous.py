@@ -36,7 +36,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import GenerationConfig
 
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import Policy, PromptBatch, Rollout, SamplingConfig, completion_masks
@@ -138,16 +137,10 @@ class ContinuousBatchingEngine:
         from transformers.generation.continuous_batching.utils import WorkloadHints
 
         policy = self.policy
-        sample = sampling.do_sample
-        config = GenerationConfig(
-            max_new_tokens=sampling.max_new_tokens,
-            do_sample=sample,
-            temperature=sampling.temperature if sample else None,
-            top_p=sampling.top_p if sample else None,
-            top_k=sampling.top_k if sample else None,
+        config = policy.generation_config(
+            sampling,
             num_return_sequences=copies,
             eos_token_id=-1 if self.ignore_eos else list(policy.eos_ids),
-            pad_token_id=policy.pad_id,
         )
         longest = max(len(p) for p in prompts) + sampling.max_new_tokens
         sequences = len(prompts) * copies
@@ -209,12 +202,7 @@ class ContinuousBatchingEngine:
         eos = [] if self.ignore_eos else policy.eos_ids
         # -1 past each sequence's end: never an EOS, whatever the pad id is
         completion_mask, finished = completion_masks(ids.masked_fill(~within, -1), eos)
-        completion_mask &= within
-        ids = ids.masked_fill(~completion_mask, policy.pad_id)
-        keep = int(completion_mask.sum(dim=1).max()) if n else 0
-        ids, completion_mask = ids[:, :keep], completion_mask[:, :keep]
-        texts = policy.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return Rollout(batch, group_size, ids, completion_mask, finished, texts)
+        return policy.make_rollout(batch, group_size, ids, completion_mask & within, finished)
 
 
 def _size_cache(cb_config, model, sequences: int, longest: int, prompt_tokens: int) -> None:

@@ -19,13 +19,14 @@ plot``, so a later ``r1v2 plot`` may replace it, while any other existing file n
 
 from __future__ import annotations
 
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1v2.config import option
 from r1v2.errors import R1V2Error
+from r1v2.fsutil import check_output_file, write_atomic
 from r1v2.train.metrics import read_metrics
 
 PANELS: tuple[tuple[str, str], ...] = (
@@ -81,8 +82,6 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
     ``overwrite``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from r1v2.fsutil import check_output_file
 
     path = figure_path(out)
     formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
@@ -172,13 +171,9 @@ def plot_runs(
     path = figure_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:  # a kill mid-write leaves the previous figure, not a torn one
-        fig.savefig(str(tmp), format=fmt, metadata={"Software": MARK} if fmt == "png" else None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt, metadata={"Software": MARK} if fmt == "png" else None)
+    return write_atomic(path, image.getvalue())  # a kill mid-write leaves the previous figure
 
 
 def run(cfg: PlotConfig) -> int:
