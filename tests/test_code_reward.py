@@ -320,7 +320,10 @@ def test_children_that_outlive_the_timeout_are_killed():
         "time.sleep(3600)"  # the parent outlives the timeout too
     )
     probe = subprocess.Popen(["sleep", marker])  # the check finds such a process
-    try:
+    try:  # once it has exec'd: Popen may return while the child is still python
+        deadline = time.monotonic() + 10
+        while _processes_with(f"sleep {marker}") != [probe.pid] and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert _processes_with(f"sleep {marker}") == [probe.pid]
     finally:
         probe.kill()
