@@ -51,6 +51,11 @@ from r1v2.data.schema import (
     UNKNOWN,
     WRONG_TYPE,
     DataError,
+    FieldProblem,
+    check_choices,
+    check_metadata,
+    check_string,
+    json_type,
 )
 from r1v2.errors import R1V2Error
 
@@ -189,7 +194,7 @@ def _image_fields(record: dict, images: tuple, base: Path) -> list[tuple[str, An
     else from ``image``. (The fuzzing found a row with both fields naming the wrong one.)"""
     try:
         listed = bool(images) and _images(record.get("images"), base) == images
-    except _Bad:
+    except FieldProblem:
         listed = False
     if listed:
         return [(f"images[{i}]", v) for i, v in enumerate(record["images"])]
@@ -199,17 +204,12 @@ def _image_fields(record: dict, images: tuple, base: Path) -> list[tuple[str, An
 Problem = tuple[str | None, str, str]  # (field, category, reason)
 
 
-class _Bad(Exception):
-    def __init__(self, category: str, reason: str, field: str | None = None):
-        self.category, self.reason, self.field = category, reason, field
-
-
 def parse_pair_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Problem]]:
     """Validate one row: the fields that parsed (``PreferenceRecord(**values)`` once there is
     no problem and an ``id``) and every problem found. Image paths are resolved against
     ``base_dir``, not opened."""
     if not isinstance(record, dict):
-        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {_kind(record)}")]
+        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {json_type(record)}")]
     problems: list[Problem] = []
     for key in record:
         if key not in FIELDS:
@@ -225,24 +225,11 @@ def parse_pair_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list
             continue
         try:
             values[key] = check(record[key], base_dir)
-        except _Bad as e:
+        except FieldProblem as e:
             problems.append((e.field or key, e.category, e.reason))
     images = values.pop("image", None)
     values["images"] = values.get("images") or images or ()
     return values, problems
-
-
-def _kind(value: Any) -> str:
-    names = {type(None): "null", bool: "boolean", dict: "object", list: "array", str: "string"}
-    return names.get(type(value), "number" if isinstance(value, (int, float)) else "value")
-
-
-def _string(value: Any, _base: Path) -> str:
-    if not isinstance(value, str):
-        raise _Bad(WRONG_TYPE, f"expected a string, got {_kind(value)}")
-    if not value.strip():
-        raise _Bad(EMPTY, "must not be empty")
-    return value
 
 
 def _path(value: Any, base: Path, name: str) -> ImageSource:
@@ -251,9 +238,9 @@ def _path(value: Any, base: Path, name: str) -> ImageSource:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if not isinstance(value, str):
-        raise _Bad(WRONG_TYPE, f"expected an image path, got {_kind(value)}", name)
+        raise FieldProblem(WRONG_TYPE, f"expected an image path, got {json_type(value)}", name)
     if not value.strip():
-        raise _Bad(EMPTY, "image path must not be empty", name)
+        raise FieldProblem(EMPTY, "image path must not be empty", name)
     return Path(os.path.abspath(base / value))
 
 
@@ -265,43 +252,19 @@ def _images(value: Any, base: Path) -> tuple[ImageSource, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise _Bad(WRONG_TYPE, f"expected a list of image paths, got {_kind(value)}")
+        raise FieldProblem(WRONG_TYPE, f"expected a list of image paths, got {json_type(value)}")
     return tuple(_path(v, base, f"images[{i}]") for i, v in enumerate(value))
 
 
-def _choices(value: Any, _base: Path) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise _Bad(WRONG_TYPE, "expected a non-empty list of strings or null")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _Bad(WRONG_TYPE, f"expected a string, got {_kind(item)}", f"choices[{i}]")
-    return tuple(value)
-
-
-def _metadata(value: Any, _base: Path) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if isinstance(value, str):  # parquet: a JSON object in a string column
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):  # malformed, too deep, an over-long integer
-            raise _Bad(WRONG_TYPE, "expected an object (or a string holding one)") from None
-    if not isinstance(value, dict):
-        raise _Bad(WRONG_TYPE, f"expected an object, got {_kind(value)}")
-    return value
-
-
 _CHECKS = {
-    "id": _string,
-    "question": _string,
-    "chosen": _string,
-    "rejected": _string,
+    "id": check_string,
+    "question": check_string,
+    "chosen": check_string,
+    "rejected": check_string,
     "image": _image,
     "images": _images,
-    "choices": _choices,
-    "metadata": _metadata,
+    "choices": check_choices,
+    "metadata": check_metadata,
 }
 
 

@@ -122,10 +122,11 @@ def answer_to_str(value: Any) -> str:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
-    raise TypeError(f"expected a string or a finite number, got {_json_type(value)}")
+    raise TypeError(f"expected a string or a finite number, got {json_type(value)}")
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for error messages (``inf``/``nan`` as themselves)."""
     names = {type(None): "null", bool: "boolean", dict: "object", list: "array", str: "string"}
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
@@ -145,7 +146,7 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
     (not opened: the loader checks images).
     """
     if not isinstance(record, dict):
-        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {_json_type(record)}")]
+        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {json_type(record)}")]
     problems: list[Problem] = []
     for key in record:
         if key not in FIELDS:
@@ -158,7 +159,7 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
         if key in record:
             try:
                 values[key] = check(record[key], base_dir)
-            except _Bad as e:
+            except FieldProblem as e:
                 problems.append((e.field or key, e.category, e.reason))
         elif key not in REQUIRED:
             values[key] = _CHECKS[key](None, base_dir)  # an absent optional field, as if null
@@ -170,16 +171,19 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
     return values, problems
 
 
-class _Bad(Exception):
+class FieldProblem(Exception):
+    """One field's problem, raised by the ``check_*`` field checks (shared with
+    :mod:`r1v2.data.pairs`): its category, the reason and, for an item of a list, its name."""
+
     def __init__(self, category: str, reason: str, field: str | None = None):
         self.category, self.reason, self.field = category, reason, field
 
 
-def _string(value: Any, _base: Path) -> str:
+def check_string(value: Any, _base: Path) -> str:
     if not isinstance(value, str):
-        raise _Bad(WRONG_TYPE, f"expected a string, got {_json_type(value)}")
+        raise FieldProblem(WRONG_TYPE, f"expected a string, got {json_type(value)}")
     if not value.strip():
-        raise _Bad(EMPTY, "must not be empty")
+        raise FieldProblem(EMPTY, "must not be empty")
     return value
 
 
@@ -187,14 +191,14 @@ def _answer(value: Any, _base: Path) -> str:
     try:
         return answer_to_str(value)
     except TypeError as e:
-        raise _Bad(WRONG_TYPE, str(e)) from None
+        raise FieldProblem(WRONG_TYPE, str(e)) from None
 
 
 def _images(value: Any, base: Path) -> tuple[ImageSource, ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
-        raise _Bad(WRONG_TYPE, f"expected a list of image paths, got {_json_type(value)}")
+        raise FieldProblem(WRONG_TYPE, f"expected a list of image paths, got {json_type(value)}")
     out: list[ImageSource] = []
     for i, item in enumerate(value):
         if isinstance(item, dict):  # a Hugging Face image struct
@@ -204,53 +208,57 @@ def _images(value: Any, base: Path) -> tuple[ImageSource, ...]:
         elif isinstance(item, str) and item.strip():
             out.append(Path(os.path.abspath(base / item)))
         elif isinstance(item, str):
-            raise _Bad(EMPTY, "image path must not be empty", f"images[{i}]")
+            raise FieldProblem(EMPTY, "image path must not be empty", f"images[{i}]")
         else:
-            raise _Bad(
-                WRONG_TYPE, f"expected an image path, got {_json_type(item)}", f"images[{i}]"
+            raise FieldProblem(
+                WRONG_TYPE, f"expected an image path, got {json_type(item)}", f"images[{i}]"
             )
     return tuple(out)
 
 
-def _choices(value: Any, _base: Path) -> tuple[str, ...] | None:
+def check_choices(value: Any, _base: Path) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, (list, tuple)):
-        raise _Bad(WRONG_TYPE, f"expected a list of strings or null, got {_json_type(value)}")
+        raise FieldProblem(
+            WRONG_TYPE, f"expected a list of strings or null, got {json_type(value)}"
+        )
     if not value:
-        raise _Bad(EMPTY, "a choice list must not be empty (use null for no choices)")
+        raise FieldProblem(EMPTY, "a choice list must not be empty (use null for no choices)")
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise _Bad(WRONG_TYPE, f"expected a string, got {_json_type(item)}", f"choices[{i}]")
+            raise FieldProblem(
+                WRONG_TYPE, f"expected a string, got {json_type(item)}", f"choices[{i}]"
+            )
     return tuple(value)
 
 
-def _metadata(value: Any, _base: Path) -> dict[str, Any]:
+def check_metadata(value: Any, _base: Path) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except (ValueError, RecursionError):  # malformed, too deep, an over-long integer
-            raise _Bad(
+            raise FieldProblem(
                 WRONG_TYPE, "expected an object (or a string holding a JSON object)"
             ) from None
     if not isinstance(value, dict):
-        raise _Bad(WRONG_TYPE, f"expected an object, got {_json_type(value)}")
+        raise FieldProblem(WRONG_TYPE, f"expected an object, got {json_type(value)}")
     bad = [k for k in value if not isinstance(k, str)]
     if bad:
-        raise _Bad(WRONG_TYPE, f"keys must be strings, got {bad[0]!r}")
+        raise FieldProblem(WRONG_TYPE, f"keys must be strings, got {bad[0]!r}")
     return value
 
 
 _CHECKS = {
-    "id": _string,
-    "question": _string,
+    "id": check_string,
+    "question": check_string,
     "images": _images,
     "answer": _answer,
-    "choices": _choices,
-    "kind": _string,
-    "metadata": _metadata,
+    "choices": check_choices,
+    "kind": check_string,
+    "metadata": check_metadata,
 }
 
 

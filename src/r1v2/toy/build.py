@@ -30,6 +30,7 @@ from typing import Any
 from r1v2.config import option
 from r1v2.data.synthetic import generate
 from r1v2.errors import R1V2Error
+from r1v2.fsutil import write_atomic
 from r1v2.model.assemble import assemble
 from r1v2.toy.align import AlignConfig, warm_up_adapter
 from r1v2.toy.common import check_at_least_one
@@ -116,9 +117,7 @@ def _read_record(out: Path) -> dict[str, Any]:
 
 
 def _write_record(out: Path, record: dict[str, Any]) -> None:
-    tmp = out / (BUILD_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / BUILD_FILE)
+    write_atomic(out / BUILD_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, Any]:

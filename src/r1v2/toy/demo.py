@@ -208,11 +208,11 @@ def read_result(out: Path, name: str) -> dict[str, Any] | None:
 
 
 def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
+    from r1v2.fsutil import write_atomic
+
     path = result_path(out, name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
 
 
 def stage(
