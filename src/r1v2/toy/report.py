@@ -75,6 +75,17 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     return stats
 
 
+def _schedule(result: dict[str, Any]) -> str:
+    """`` at lr 0.0001 (10 warmup steps, cosine decay)`` from a stage result's config."""
+    optim = result.get("config", {}).get("optim")
+    if not isinstance(optim, dict) or "lr" not in optim:
+        return ""
+    decay = {"constant": "constant", "linear": "linear decay", "cosine": "cosine decay"}
+    schedule = decay.get(optim.get("schedule"), str(optim.get("schedule")))
+    warmup = optim.get("warmup_steps") or 0
+    return f" at lr {optim['lr']:g} ({f'{warmup} warmup steps, ' if warmup else ''}{schedule})"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1%}"
 
@@ -243,7 +254,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         s = training_stats(metrics_of(out, name))
         if s["steps"] == 0:
             continue
-        parts = [f"{s['steps']:.0f} steps"]
+        parts = [f"{s['steps']:.0f} steps" + _schedule(results.get(name, {}))]
         if "pairs_kept" in s:
             parts.append(f"{s['pairs_kept']:.0f} pairs kept in {s['rounds']:.0f} rounds")
         if "reward_accuracy" in s:
