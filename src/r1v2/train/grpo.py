@@ -37,6 +37,7 @@ from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
 from r1v2.train.stage import (
     RESUMABLE,
     ScoredSetup,
+    StageRun,
     check_resumable,
     clear_folder,
     end_processes,
@@ -487,7 +488,7 @@ def backward_pass(policy, batch, advantages, old, ref, cfg, temperature, counts,
 
 
 @dataclass
-class GRPORun:
+class GRPORun(StageRun):
     """Everything a GRPO run holds, built by :func:`setup`."""
 
     cfg: GRPOConfig
@@ -510,24 +511,11 @@ class GRPORun:
     step: int = 0
     nan_total: int = 0
 
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.output_dir)
-
 
 def setup(cfg: GRPOConfig) -> GRPORun:
     """Validate, load and restore everything a run needs; an earlier run in ``output_dir`` is
     removed (with ``overwrite=true``) only after all of it succeeded."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     from r1v2.model.freeze import set_trainable
     from r1v2.rollout import build_engine
@@ -563,15 +551,7 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         reference = Reference(policy.model, root=None if root_call is direct else root_call)
         reference.load_state_dict(start_weights)
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-    )
-    scheduler = get_scheduler(
-        schedule_name(cfg.optim),
-        optimizer,
-        num_warmup_steps=cfg.optim.warmup_steps,
-        num_training_steps=cfg.max_steps,
-    )
+    optimizer, scheduler = make_optimizer(cfg.optim, params, cfg.max_steps)
     run = GRPORun(
         cfg=cfg,
         accelerator=accelerator,
@@ -818,6 +798,23 @@ def train(cfg: GRPOConfig) -> Path:
 def _guard_stopped(run: GRPORun) -> bool:
     """The hallucination guard fired (in this run or before a resume) and is not off."""
     return run.guard.fired and run.cfg.guard.action != "off"
+
+
+def make_optimizer(optim: OptimConfig, params: list[torch.nn.Parameter], max_steps: int):
+    """``(optimizer, scheduler)``: AdamW over ``params`` and the learning-rate schedule of
+    ``optim`` over ``max_steps`` steps (GRPO and MPO alike)."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(
+        params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+    )
+    scheduler = get_scheduler(
+        schedule_name(optim),
+        optimizer,
+        num_warmup_steps=optim.warmup_steps,
+        num_training_steps=max_steps,
+    )
+    return optimizer, scheduler
 
 
 def schedule_name(optim: OptimConfig) -> str:

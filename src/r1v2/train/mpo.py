@@ -51,9 +51,9 @@ from r1v2.train.grpo import (
     average_gradients,
     check_distributed_type,
     load_optimizer_state,
+    make_optimizer,
     optimizer_state,
     rollout_seed,
-    schedule_name,
 )
 from r1v2.train.guard import GuardConfig, HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
@@ -63,6 +63,7 @@ from r1v2.train.sharding import direct
 from r1v2.train.stage import RESUMABLE as STAGE_RESUMABLE
 from r1v2.train.stage import (
     PolicySetup,
+    StageRun,
     check_resumable,
     clear_folder,
     end_processes,
@@ -548,7 +549,7 @@ def _all_reduce(sums: dict[str, float], world: int, device) -> dict[str, float]:
 
 
 @dataclass
-class MPORun:
+class MPORun(StageRun):
     """Everything an MPO run holds, built by :func:`setup`."""
 
     cfg: MPOConfig
@@ -571,18 +572,6 @@ class MPORun:
     best: dict[str, Any] | None = None  # {"step", "weights"}: rollback target
     step: int = 0
     nan_total: int = 0
-
-    @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes
-
-    @property
-    def out(self) -> Path:
-        return Path(self.cfg.output_dir)
 
 
 def load_reward_model(cfg: PairSettings, device):
@@ -610,7 +599,6 @@ def setup(cfg: MPOConfig) -> MPORun:
     """Validate, load and restore everything a run needs; an earlier run in ``output_dir`` is
     removed (with ``overwrite=true``) only after all of it succeeded."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     from r1v2.model.freeze import set_trainable
     from r1v2.rollout import TransformersEngine
@@ -638,15 +626,7 @@ def setup(cfg: MPOConfig) -> MPORun:
         saved = guard_resumable(state.get("config", {}), cfg, ckpt)
         check_resumable(saved, cfg, ckpt, state["step"], RESUMABLE)
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
-    )
-    scheduler = get_scheduler(
-        schedule_name(cfg.optim),
-        optimizer,
-        num_warmup_steps=cfg.optim.warmup_steps,
-        num_training_steps=cfg.max_steps,
-    )
+    optimizer, scheduler = make_optimizer(cfg.optim, params, cfg.max_steps)
     run = MPORun(
         cfg=cfg,
         accelerator=accelerator,

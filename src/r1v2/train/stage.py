@@ -56,6 +56,26 @@ class ScoredSetup(PolicySetup):
     )
 
 
+class StageRun:
+    """What a GRPO or MPO run's state (a dataclass with ``cfg`` and ``accelerator``) says
+    of its process and its folder."""
+
+    cfg: Any
+    accelerator: Any
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise R1V2Error("device=cuda but no CUDA device is available (use device=auto or cpu)")
