@@ -133,7 +133,7 @@ def test_every_stage_setting_feeds_its_stage_hash():
 
 
 def test_defaults_are_the_documented_build():
-    """The command's defaults (README: ~4 min on 2 cores) live in one place: the stage configs."""
+    """The command's defaults (README: about 7 minutes on 2 cores) live in one place: the stage configs."""
     cfg = resolve(ToyBuildConfig)
     assert (cfg.lm.steps, cfg.lm.hidden_size, cfg.lm.layers, cfg.lm.lr) == (2000, 96, 2, 3e-3)
     assert (cfg.vision.steps, cfg.vision.hidden_size, cfg.vision.layers) == (80, 96, 3)

@@ -88,8 +88,9 @@ COMMANDS: list[Command] = [
             "hallucination rate -> MPO with reward-model pairs -> GRPO with the hybrid reward "
             "and the Selective Sample Buffer -> the same evaluation after each stage, then "
             "OUT/report.md (+ .html, plots/) and the final model in OUT/model. A re-run skips "
-            "finished stages and resumes an interrupted one. --fast: the same stages in a few "
-            "minutes; --ablations: the paper's comparisons in miniature."
+            "finished stages and resumes an interrupted one. About 14 minutes on 2 CPU cores; "
+            "--fast: the same stages on a small world in about a minute; --ablations: the "
+            "paper's comparisons in miniature (each arm on the main run's budget)."
         ),
     ),
     Command(

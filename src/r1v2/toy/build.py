@@ -55,7 +55,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ToyBuildConfig:
-    """``r1v2 toy build``: sizes are step counts (full size: about 4 minutes on 2 CPU cores).
+    """``r1v2 toy build``: sizes are step counts (full size: about 7 minutes on 2 CPU cores).
 
     Each stage's settings are a section of their own (``lm.steps=2000``), the config its stage
     function takes; ``seed``, ``levels`` and ``progress`` are shared.
