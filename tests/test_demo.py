@@ -14,6 +14,7 @@ import pytest
 from r1v2.cli import _bare_bools
 from r1v2.toy.demo import DemoConfig, write_result
 from r1v2.toy.report import (
+    guard_word,
     rollouts_to_reach,
     seed_summary,
     to_html,
@@ -57,6 +58,25 @@ def test_training_stats_from_hand_made_rows():
     assert s["effective_ratio_before_replay"] == 0.5
     assert s["probe_accuracy_max"] == 0.4
     assert s["guard_fired"] == 0.0
+
+
+def test_report_says_when_the_guard_fired():
+    """The trainers log the guard's decision as ``guard_event``; the report's ``stable``
+    column and stage lines say what it did and when."""
+    rows = [{"step": 0, "probe_accuracy": 0.5}, {"step": 1, "reward_mean": 1.0}]
+    rows.append(
+        {
+            "step": 2,
+            "probe_accuracy": 0.4,
+            "guard_event": "hallucination guard rolled back the run at step 2: ...",
+        }
+    )
+    s = training_stats(rows)
+    assert (s["guard_fired"], s["guard_step"], s["guard_rolled_back"]) == (1.0, 2.0, 1.0)
+    assert guard_word(s) == "no: guard rolled back at step 2"
+    rows[-1]["guard_event"] = "hallucination guard stopped the run at step 2: ..."
+    assert guard_word(training_stats(rows)) == "no: guard stopped at step 2"
+    assert guard_word(training_stats(rows[:2])) == "yes"
 
 
 def test_mpo_stats_count_one_row_per_round():

@@ -70,9 +70,21 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     probes = [r for r in rows if r.get("probe_accuracy") is not None]
     if probes:
         stats["probe_accuracy_max"] = max(r["probe_accuracy"] for r in probes)
-    guard = [r for r in rows if r.get("guard_fired")]
+    # the trainers log the guard's decision as ``guard_event`` on the probe row where it fired
+    guard = [r for r in rows if r.get("guard_event")]
     stats["guard_fired"] = float(bool(guard))
+    if guard:
+        stats["guard_step"] = float(guard[0]["step"])
+        stats["guard_rolled_back"] = float("rolled back" in str(guard[0]["guard_event"]))
     return stats
+
+
+def guard_word(stats: dict[str, float]) -> str:
+    """``yes`` when the hallucination guard never fired, else what it did and when."""
+    if not stats.get("guard_fired"):
+        return "yes"
+    did = "rolled back" if stats.get("guard_rolled_back") else "stopped"
+    return f"no: guard {did} at step {stats['guard_step']:.0f}"
 
 
 def _schedule(result: dict[str, Any]) -> str:
@@ -121,7 +133,7 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
             if "pairs_kept" in s
             else f"effective ratio {_num(s.get('effective_ratio'), '.2f')}"
         )
-        stable = "guard fired" if s.get("guard_fired") else "yes"
+        stable = guard_word(s)
         rows.append([r["label"], _pct(r["accuracy"]), _pct(r["hallucination_rate"]), extra, stable])
     return _table(["arm", "accuracy", "hallucination rate", "training", "stable"], rows)
 
@@ -268,7 +280,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
                 f"{s['steps_below_0.6']:.0f} steps below 0.6)"
             )
         if s.get("guard_fired"):
-            parts.append("the hallucination guard fired")
+            parts.append(f"the hallucination guard {guard_word(s)}")
         lines += [f"- {title}: " + "; ".join(parts)]
     lines += [""]
     ablation_groups = (
