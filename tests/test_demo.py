@@ -14,7 +14,7 @@ import pytest
 from r1v2.cli import _bare_bools
 from r1v2.toy.demo import DemoConfig, write_result
 from r1v2.toy.report import (
-    guard_word,
+    guard_note,
     rollouts_to_reach,
     seed_summary,
     to_html,
@@ -61,22 +61,17 @@ def test_training_stats_from_hand_made_rows():
 
 
 def test_report_says_when_the_guard_fired():
-    """The trainers log the guard's decision as ``guard_event``; the report's ``stable``
-    column and stage lines say what it did and when."""
+    """The trainers log the guard's decision as ``guard_event``; the report says what the
+    guard did (the stage's ``guard.action``) and at which step."""
     rows = [{"step": 0, "probe_accuracy": 0.5}, {"step": 1, "reward_mean": 1.0}]
-    rows.append(
-        {
-            "step": 2,
-            "probe_accuracy": 0.4,
-            "guard_event": "hallucination guard rolled back the run at step 2: ...",
-        }
-    )
+    rows.append({"step": 2, "probe_accuracy": 0.4, "guard_event": "hallucination guard ..."})
     s = training_stats(rows)
-    assert (s["guard_fired"], s["guard_step"], s["guard_rolled_back"]) == (1.0, 2.0, 1.0)
-    assert guard_word(s) == "no: guard rolled back at step 2"
-    rows[-1]["guard_event"] = "hallucination guard stopped the run at step 2: ..."
-    assert guard_word(training_stats(rows)) == "no: guard stopped at step 2"
-    assert guard_word(training_stats(rows[:2])) == "yes"
+    assert (s["guard_fired"], s["guard_step"]) == (1.0, 2.0)
+    rollback = {"config": {"guard": {"action": "rollback"}}}
+    assert guard_note(s, rollback) == "guard rolled back the run at step 2"
+    stop = {"config": {"guard": {"action": "stop"}}}
+    assert guard_note(s, stop) == "guard stopped the run at step 2"
+    assert guard_note(training_stats(rows[:2]), rollback) is None
 
 
 def test_mpo_stats_count_one_row_per_round():

@@ -75,16 +75,17 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     stats["guard_fired"] = float(bool(guard))
     if guard:
         stats["guard_step"] = float(guard[0]["step"])
-        stats["guard_rolled_back"] = float("rolled back" in str(guard[0]["guard_event"]))
     return stats
 
 
-def guard_word(stats: dict[str, float]) -> str:
-    """``yes`` when the hallucination guard never fired, else what it did and when."""
+def guard_note(stats: dict[str, float], result: dict[str, Any]) -> str | None:
+    """``guard rolled back the run at step N`` (or ``stopped``, by the stage's
+    ``guard.action``) when the hallucination guard fired, else None."""
     if not stats.get("guard_fired"):
-        return "yes"
-    did = "rolled back" if stats.get("guard_rolled_back") else "stopped"
-    return f"no: guard {did} at step {stats['guard_step']:.0f}"
+        return None
+    action = result.get("config", {}).get("guard", {}).get("action")
+    did = "rolled back" if action == "rollback" else "stopped"
+    return f"guard {did} the run at step {stats['guard_step']:.0f}"
 
 
 def _schedule(result: dict[str, Any]) -> str:
@@ -133,7 +134,8 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
             if "pairs_kept" in s
             else f"effective ratio {_num(s.get('effective_ratio'), '.2f')}"
         )
-        stable = guard_word(s)
+        note = guard_note(s, r)
+        stable = f"no: {note}" if note else "yes"
         rows.append([r["label"], _pct(r["accuracy"]), _pct(r["hallucination_rate"]), extra, stable])
     return _table(["arm", "accuracy", "hallucination rate", "training", "stable"], rows)
 
@@ -279,8 +281,9 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
                 f"{_num(s.get('effective_ratio_before_replay'))}; "
                 f"{s['steps_below_0.6']:.0f} steps below 0.6)"
             )
-        if s.get("guard_fired"):
-            parts.append(f"the hallucination guard {guard_word(s)}")
+        note = guard_note(s, results.get(name, {}))
+        if note:
+            parts.append(f"the hallucination {note}")
         lines += [f"- {title}: " + "; ".join(parts)]
     lines += [""]
     ablation_groups = (
