@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from r1v2.config import ConfigError, option, resolve, to_yaml
+from r1v2.config import ConfigError, leaf_fields, option, resolve, to_yaml
 
 
 @dataclass
@@ -90,7 +90,6 @@ def test_a_nested_sections_defaults_come_from_its_field_not_its_class():
     """GRPO declares its rollouts with SamplingConfig(max_new_tokens=128) (the class default is
     256): the CLI, --help and Python must all see 128, and an override of another key of the
     section keeps it."""
-    from r1v2.config import leaf_fields
     from r1v2.train.grpo import GRPOConfig
 
     assert resolve(GRPOConfig).generation.max_new_tokens == 128
@@ -126,6 +125,44 @@ def test_grpo_values_are_checked_before_any_work(override, field, capsys):
     rc = main(["grpo", "model=/nonexistent", override, "--print-config"])
     err = capsys.readouterr().err
     assert rc == 2 and f"'{field}'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["grpo", "mpo"])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("guard.tolerance=-0.1", "guard.tolerance"),
+        ("guard.patience=0", "guard.patience"),
+        ("max_steps=0", "max_steps"),
+        ("save_steps=0", "save_steps"),
+        ("probe_every=0", "probe_every"),
+        ("probe_size=0", "probe_size"),
+        ("nan_patience=0", "nan_patience"),
+        ("keep_last=-1", "keep_last"),
+    ],
+)
+def test_run_settings_are_checked_alike_before_any_work(command, override, field, capsys):
+    """The run settings grpo and mpo share (folder, checkpoints, probe, guard) are checked by
+    one validator while the config resolves: the hallucination guard's too, which grpo once
+    checked only after loading the model."""
+    from r1v2.cli import main
+
+    rc = main([command, "model=/nonexistent", override, "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"'{field}'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_grpo_and_mpo_share_their_run_settings():
+    from r1v2.train.grpo import GRPOConfig
+    from r1v2.train.mpo import MPOConfig
+    from r1v2.train.stage import RunSettings
+
+    shared = set(leaf_fields(RunSettings))
+    assert shared <= set(leaf_fields(GRPOConfig)) and shared <= set(leaf_fields(MPOConfig))
+    # each stage keeps its own defaults for these
+    assert resolve(GRPOConfig).output_dir == "runs/grpo" and resolve(GRPOConfig).max_steps == 60
+    assert resolve(MPOConfig).output_dir == "runs/mpo" and resolve(MPOConfig).probe_every == 5
+    assert resolve(GRPOConfig, None, ["guard.action=false"]).guard.action == "off"
 
 
 def test_a_section_written_as_a_scalar_and_a_duplicate_key_are_errors(tmp_path):

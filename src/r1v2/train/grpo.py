@@ -30,12 +30,13 @@ from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
 from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from r1v2.train.guard import GuardConfig, HallucinationGuard
+from r1v2.train.guard import HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
 from r1v2.train.stage import (
     RESUMABLE,
+    RunSettings,
     ScoredSetup,
     StageRun,
     check_resumable,
@@ -116,7 +117,7 @@ class OptimConfig:
 
 
 @dataclass
-class GRPOConfig(ScoredSetup):
+class GRPOConfig(RunSettings, ScoredSetup):
     """``r1v2 grpo``: GRPO with the hybrid reward and the Selective Sample Buffer."""
 
     output_dir: str = option("runs/grpo", "where checkpoints, metrics.jsonl and logs go")
@@ -124,18 +125,7 @@ class GRPOConfig(ScoredSetup):
         60, "steps to train; a step is one batch of rollouts and ppo_epochs optimizer steps"
     )
     save_steps: int = option(20, "write a checkpoint every this many steps (and at the end)")
-    keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
-    resume: str = option(
-        "auto",
-        "auto: continue from the newest intact checkpoint in output_dir (a broken one is skipped "
-        "with a warning naming the file; only when its config matches "
-        "this one; max_steps may grow); never: start fresh; or a checkpoint path",
-    )
-    overwrite: bool = option(
-        False,
-        "start fresh in an output_dir that holds an earlier run (removed once everything is "
-        "validated, before anything is written); without it such a folder is refused",
-    )
+    probe_every: int = option(10, "run the probe every this many steps (and at the end)")
 
     prompts_per_step: int = option(
         8,
@@ -155,9 +145,6 @@ class GRPOConfig(ScoredSetup):
         "replicate",
         "with several processes: replicate the model on each and average gradients, or shard "
         "parameters, gradients and optimizer state with torch FSDP2 (r1v2.train.sharding)",
-    )
-    trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
-        "adapter", "parts that train (paper: adapter-only is best)"
     )
     ppo_epochs: int = option(
         1,
@@ -222,25 +209,9 @@ class GRPOConfig(ScoredSetup):
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer"})
     ssb: SSBConfig = field(default_factory=SSBConfig, metadata={"help": "Selective Sample Buffer"})
 
-    guard: GuardConfig = field(
-        default_factory=GuardConfig, metadata={"help": "hallucination guard (needs probe_data)"}
-    )
-    probe_data: str | None = option(
-        None, "samples with a scene in metadata for the hallucination probe (null: none)"
-    )
-    probe_every: int = option(10, "run the probe every this many steps (and at the end)")
-    probe_size: int = option(64, "probe samples (greedy decoding)")
-    nan_patience: int = option(3, "abort after this many non-finite losses in a row")
-    tensorboard: bool = option(
-        True, "also log to output_dir/tensorboard when installed (TRL: report_to='tensorboard')"
-    )
-    wandb_project: str | None = option(
-        None, "also log to this W&B project (TRL: report_to='wandb')"
-    )
-    progress: bool = option(True, "show a live progress display")
-
     def validate(self) -> None:
         """Every value checked before anything loads; errors name the dotted field."""
+        self.validate_run()
         self.generation.validate()
         self.optim.validate()
         self.ssb.validate()
@@ -249,20 +220,10 @@ class GRPOConfig(ScoredSetup):
         check_range("clip_high", self.clip_high, 0)
         check_range("kl_clip", self.kl_clip, 0, low_open=True)
         check_range("std_floor", self.std_floor, 0)
-        check_range("keep_last", self.keep_last, 0)
-        check_range("probe_every", self.probe_every, 1)
-        check_range("probe_size", self.probe_size, 1)
-        check_range("nan_patience", self.nan_patience, 1)
         check_range("prompts_per_generate", self.prompts_per_generate, 1)
         if self.group_size < 2:
             raise R1V2Error("config field 'group_size' must be >= 2 (advantages compare a group)")
-        for name in (
-            "max_steps",
-            "save_steps",
-            "prompts_per_step",
-            "micro_batch_size",
-            "ppo_epochs",
-        ):
+        for name in ("prompts_per_step", "micro_batch_size", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise R1V2Error(f"config field '{name}' must be >= 1")
 

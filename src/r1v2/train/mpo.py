@@ -55,7 +55,7 @@ from r1v2.train.grpo import (
     optimizer_state,
     rollout_seed,
 )
-from r1v2.train.guard import GuardConfig, HallucinationGuard
+from r1v2.train.guard import HallucinationGuard
 from r1v2.train.metrics import MetricsLogger, read_metrics
 from r1v2.train.pairs import RULES, RepeatConfig, Rule, rule_checks, select_pair
 from r1v2.train.sampler import PromptSampler
@@ -63,6 +63,7 @@ from r1v2.train.sharding import direct
 from r1v2.train.stage import RESUMABLE as STAGE_RESUMABLE
 from r1v2.train.stage import (
     PolicySetup,
+    RunSettings,
     StageRun,
     check_resumable,
     clear_folder,
@@ -165,7 +166,7 @@ class PairSettings(PolicySetup):
 
 
 @dataclass
-class MPOConfig(PairSettings):
+class MPOConfig(RunSettings, PairSettings):
     """``r1v2 mpo``: iterative MPO (online pairs) or MPO on an offline pairs file."""
 
     output_dir: str = option("runs/mpo", "where checkpoints, metrics.jsonl and final/ go")
@@ -175,23 +176,10 @@ class MPOConfig(PairSettings):
         "200 probe samples): probe accuracy 30.5% -> 39.0% at 20 steps, 43.0% at 40, then "
         "40.0% at 60 and 38.5% at 80 (hallucination 78.5% -> 69.0% at 40, 70.0% at 80)",
     )
-    epochs: int = option(1, "optimizer steps (passes) over each round's pairs")
     save_steps: int = option(5, "write a checkpoint every this many steps (and at the end)")
-    keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
-    resume: str = option(
-        "auto",
-        "auto: continue from the newest intact checkpoint in output_dir (a broken one is skipped "
-        "with a warning naming the file; only when its config matches "
-        "this one; max_steps may grow); never: start fresh; or a checkpoint path",
-    )
-    overwrite: bool = option(
-        False,
-        "start fresh in an output_dir that holds an earlier run (removed once everything is "
-        "validated); without it such a folder is refused",
-    )
-    trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
-        "adapter", "parts that train (paper: adapter-only is best)"
-    )
+    probe_every: int = option(5, "run the probe every this many steps (and at step 0 and the end)")
+
+    epochs: int = option(1, "optimizer steps (passes) over each round's pairs")
     micro_batch_size: int = option(
         8, "pairs per forward/backward on each process (2 sequences each), accumulated"
     )
@@ -200,35 +188,14 @@ class MPOConfig(PairSettings):
     on_bad: Literal["error", "skip"] = option(
         "error", "bad rows of an offline pairs file: error, or skip them (counts printed)"
     )
-    probe_data: str | None = option(
-        None, "samples with a scene in metadata for the hallucination probe (null: none)"
-    )
-    probe_every: int = option(5, "run the probe every this many steps (and at step 0 and the end)")
-    probe_size: int = option(64, "probe samples (greedy decoding)")
-    guard: GuardConfig = field(
-        default_factory=GuardConfig, metadata={"help": "hallucination guard (needs probe_data)"}
-    )
-    nan_patience: int = option(3, "abort after this many non-finite losses in a row")
-    tensorboard: bool = option(True, "also log to output_dir/tensorboard when installed")
-    wandb_project: str | None = option(None, "also log to this W&B project")
-    progress: bool = option(True, "show a live progress display")
 
     def validate(self) -> None:
         super().validate()
+        self.validate_run()
         self.loss.validate()
         self.optim.validate()
-        self.guard.validate()
-        for name in (
-            "max_steps",
-            "epochs",
-            "save_steps",
-            "micro_batch_size",
-            "probe_every",
-            "probe_size",
-            "nan_patience",
-        ):
+        for name in ("epochs", "micro_batch_size"):
             check_range(name, getattr(self, name), 1)
-        check_range("keep_last", self.keep_last, 0)
 
 
 @dataclass

@@ -17,17 +17,18 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from r1v2.config import option, to_dict
+from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import DTYPES, Device, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
 from r1v2.train.checkpoint import check_checkpoint, newest_intact_checkpoint
+from r1v2.train.guard import GuardConfig
 
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
 
@@ -54,6 +55,57 @@ class ScoredSetup(PolicySetup):
     reward: HybridRewardConfig = field(
         default_factory=HybridRewardConfig, metadata={"help": "hybrid reward"}
     )
+
+
+@dataclass
+class RunSettings:
+    """A training run's folder, checkpoints, what trains, its probe and its logs: the fields
+    ``r1v2 grpo`` and ``r1v2 mpo`` share. Each stage declares again the four whose defaults
+    are its own (``output_dir``, ``max_steps``, ``save_steps``, ``probe_every``)."""
+
+    output_dir: str = option("runs/train", "where checkpoints, metrics.jsonl and final/ go")
+    max_steps: int = option(30, "optimizer steps to train")
+    save_steps: int = option(10, "write a checkpoint every this many steps (and at the end)")
+    keep_last: int = option(2, "checkpoints kept, older ones deleted (TRL: save_total_limit)")
+    resume: str = option(
+        "auto",
+        "auto: continue from the newest intact checkpoint in output_dir (a broken one is skipped "
+        "with a warning naming the file; only when its config matches "
+        "this one; max_steps may grow); never: start fresh; or a checkpoint path",
+    )
+    overwrite: bool = option(
+        False,
+        "start fresh in an output_dir that holds an earlier run (removed once everything is "
+        "validated, before anything is written); without it such a folder is refused",
+    )
+    trainable: Literal["adapter", "llm+adapter", "adapter+vision", "all"] = option(
+        "adapter", "parts that train (paper: adapter-only is best)"
+    )
+    probe_data: str | None = option(
+        None, "samples with a scene in metadata for the hallucination probe (null: none)"
+    )
+    probe_every: int = option(10, "run the probe every this many steps (and at the end)")
+    probe_size: int = option(64, "probe samples (greedy decoding)")
+    guard: GuardConfig = field(
+        default_factory=GuardConfig, metadata={"help": "hallucination guard (needs probe_data)"}
+    )
+    nan_patience: int = option(3, "abort after this many non-finite losses in a row")
+    tensorboard: bool = option(
+        True, "also log to output_dir/tensorboard when installed (TRL: report_to='tensorboard')"
+    )
+    wandb_project: str | None = option(
+        None, "also log to this W&B project (TRL: report_to='wandb')"
+    )
+    progress: bool = option(True, "show a live progress display")
+
+    def validate_run(self) -> None:
+        """Check these fields (each stage's ``validate`` calls this); errors name the field."""
+        self.guard.validate()
+        for name in ("max_steps", "save_steps", "probe_every", "probe_size", "nan_patience"):
+            value = getattr(self, name)
+            if value < 1:
+                raise R1V2Error(f"config field '{name}' must be >= 1, got {value}")
+        check_range("keep_last", self.keep_last, 0)
 
 
 class StageRun:
