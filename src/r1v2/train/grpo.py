@@ -29,9 +29,9 @@ from r1v2.algos.ssb import SelectiveSampleBuffer, replay
 from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
-from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1v2.train.checkpoint import load_checkpoint, save_checkpoint
 from r1v2.train.guard import HallucinationGuard
-from r1v2.train.metrics import MetricsLogger, read_metrics
+from r1v2.train.metrics import read_metrics
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import RootCall, direct, full_tensor, shard_model
 from r1v2.train.stage import (
@@ -713,7 +713,7 @@ def train(cfg: GRPOConfig) -> Path:
 
     run = setup(cfg)
     main = run.rank == 0
-    logger = _logger(run) if main else None
+    logger = run.metrics_logger() if main else None
     if main:
         print(
             f"{run.trainable_report}\nstarting at step {run.step} of {cfg.max_steps}; "
@@ -725,7 +725,7 @@ def train(cfg: GRPOConfig) -> Path:
             logger.log(0, baseline)
     progress = StepProgress(cfg.max_steps, start=run.step, enabled=cfg.progress and main)
     nan_streak = 0
-    while run.step < cfg.max_steps and not _guard_stopped(run):
+    while run.step < cfg.max_steps and not run.guard_stopped:
         step = run.step = run.step + 1
         t0 = time.perf_counter()
         metrics, stepped = one_step(run, step)
@@ -733,18 +733,13 @@ def train(cfg: GRPOConfig) -> Path:
         run.nan_total += 0 if stepped else 1
         metrics = timing_metrics(metrics, time.perf_counter() - t0)
         metrics["skipped_steps"] = float(run.nan_total)
-        if run.probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
+        if run.probe_due(step):
             metrics.update(probe(run, step))
         if main:
             logger.log(step, metrics)
             progress.update(step, metrics)
-        if nan_streak >= cfg.nan_patience:
-            raise R1V2Error(
-                f"{nan_streak} non-finite losses in a row (step {step}); stopping. Last good "
-                f"checkpoint: {latest_checkpoint(run.out) or 'none'}. Lower optim.lr or check "
-                "the data."
-            )
-        if stepped and (step % cfg.save_steps == 0 or step == cfg.max_steps or _guard_stopped(run)):
+        run.check_nonfinite(nan_streak, step)
+        if stepped and run.save_due(step):
             save(run, step)  # never after a skipped step: the last checkpoint stays a good one
     progress.close()
     save_final(run.policy, run.out, sharded=run.root_call is not direct, rank=run.rank)
@@ -754,11 +749,6 @@ def train(cfg: GRPOConfig) -> Path:
 
         plot_runs([run.out], run.out / "metrics.png")
     return run.out
-
-
-def _guard_stopped(run: GRPORun) -> bool:
-    """The hallucination guard fired (in this run or before a resume) and is not off."""
-    return run.guard.fired and run.cfg.guard.action != "off"
 
 
 def make_optimizer(optim: OptimConfig, params: list[torch.nn.Parameter], max_steps: int):
@@ -784,17 +774,6 @@ def schedule_name(optim: OptimConfig) -> str:
     if optim.schedule == "constant" and optim.warmup_steps > 0:
         return "constant_with_warmup"
     return optim.schedule
-
-
-def _logger(run: GRPORun) -> MetricsLogger:
-    cfg = run.cfg
-    return MetricsLogger(
-        run.out,
-        resume_step=run.step,
-        tensorboard=cfg.tensorboard,
-        wandb_project=cfg.wandb_project,
-        run_config=to_dict(cfg),
-    )
 
 
 def _root_call(cfg: GRPOConfig, policy, accelerator) -> RootCall:

@@ -45,7 +45,7 @@ from r1v2.data.pairs import is_pairs_data, load_pairs, write_pairs
 from r1v2.errors import R1V2Error
 from r1v2.eval.greedy import probe as greedy_probe
 from r1v2.model.dtypes import Dtype
-from r1v2.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from r1v2.train.checkpoint import load_checkpoint, save_checkpoint
 from r1v2.train.grpo import (
     OptimConfig,
     average_gradients,
@@ -56,7 +56,7 @@ from r1v2.train.grpo import (
     rollout_seed,
 )
 from r1v2.train.guard import HallucinationGuard
-from r1v2.train.metrics import MetricsLogger, read_metrics
+from r1v2.train.metrics import read_metrics
 from r1v2.train.pairs import RULES, RepeatConfig, Rule, rule_checks, select_pair
 from r1v2.train.sampler import PromptSampler
 from r1v2.train.sharding import direct
@@ -766,25 +766,20 @@ def save(run: MPORun, step: int) -> None:
 # ---- the loop ------------------------------------------------------------------------------------
 
 
-def stopped(run: MPORun) -> bool:
-    """The guard fired (in this run or before a resume) and is not turned off."""
-    return run.guard.fired and run.cfg.guard.action != "off"
-
-
 def train(cfg: MPOConfig) -> Path:
     """Run MPO as configured; returns the output folder."""
     from r1v2.train.progress import StepProgress
 
     run = setup(cfg)
     main = run.rank == 0
-    logger = _logger(run) if main else None
+    logger = run.metrics_logger() if main else None
     if main:
         mode = f"offline pairs {cfg.data}" if run.offline else f"online pairs from {cfg.data}"
         print(
             f"{run.trainable_report}\n{mode}; starting at step {run.step} of "
             f"{cfg.max_steps}; output: {run.out}"
         )
-        if stopped(run):
+        if run.guard_stopped:
             print(f"{run.guard.message}; set guard.action=off to continue this run")
     if run.probe_items and run.step == 0:  # the starting point: the guard's reference rate
         baseline = guarded_probe(run, 0)
@@ -799,43 +794,26 @@ def train(cfg: MPOConfig) -> Path:
     }
     progress = StepProgress(cfg.max_steps, start=run.step, enabled=cfg.progress and main, keys=keys)
     nan_streak = 0
-    while run.step < cfg.max_steps and not stopped(run):
+    while run.step < cfg.max_steps and not run.guard_stopped:
         step = run.step = run.step + 1
         t0 = time.perf_counter()
         metrics, status = one_step(run, step)
         nan_streak = nan_streak + 1 if status == "nonfinite" else 0
         run.nan_total += status == "nonfinite"
         metrics.update(skipped_steps=float(run.nan_total), step_seconds=time.perf_counter() - t0)
-        if run.probe_items and (step % cfg.probe_every == 0 or step == cfg.max_steps):
+        if run.probe_due(step):
             metrics.update(guarded_probe(run, step))
         if main:
             logger.log(step, metrics)
             progress.update(step, metrics)
-        if nan_streak >= cfg.nan_patience:
-            raise R1V2Error(
-                f"{nan_streak} non-finite losses in a row (step {step}); stopping. Last good "
-                f"checkpoint: {latest_checkpoint(run.out) or 'none'}. Lower optim.lr or check "
-                "the data."
-            )
-        due = step % cfg.save_steps == 0 or step == cfg.max_steps or stopped(run)
-        if status != "nonfinite" and due:
+        run.check_nonfinite(nan_streak, step)
+        if status != "nonfinite" and run.save_due(step):
             save(run, step)  # never after a skipped step: the last checkpoint stays a good one
     progress.close()
     save_final(run.policy, run.out, sharded=False, rank=run.rank)
     if main:
         logger.close()
     return run.out
-
-
-def _logger(run: MPORun) -> MetricsLogger:
-    cfg = run.cfg
-    return MetricsLogger(
-        run.out,
-        resume_step=run.step,
-        tensorboard=cfg.tensorboard,
-        wandb_project=cfg.wandb_project,
-        run_config=to_dict(cfg),
-    )
 
 
 # MPO's own fields that may differ on resume besides stage.RESUMABLE (rm_batch_size: only the

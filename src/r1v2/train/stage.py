@@ -27,7 +27,7 @@ from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import DTYPES, Device, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
-from r1v2.train.checkpoint import check_checkpoint, newest_intact_checkpoint
+from r1v2.train.checkpoint import check_checkpoint, latest_checkpoint, newest_intact_checkpoint
 from r1v2.train.guard import GuardConfig
 
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
@@ -114,6 +114,9 @@ class StageRun:
 
     cfg: Any
     accelerator: Any
+    step: int
+    guard: Any  # r1v2.train.guard.HallucinationGuard
+    probe_items: list[Any]
 
     @property
     def rank(self) -> int:
@@ -126,6 +129,45 @@ class StageRun:
     @property
     def out(self) -> Path:
         return Path(self.cfg.output_dir)
+
+    @property
+    def guard_stopped(self) -> bool:
+        """The hallucination guard fired (in this run or before a resume) and is not off."""
+        return self.guard.fired and self.cfg.guard.action != "off"
+
+    def probe_due(self, step: int) -> bool:
+        """A probe set is given and ``step`` is a probe step (every probe_every, and the last)."""
+        cfg = self.cfg
+        return bool(self.probe_items) and (step % cfg.probe_every == 0 or step == cfg.max_steps)
+
+    def save_due(self, step: int) -> bool:
+        """``step`` ends with a checkpoint: every save_steps, the last, or the guard stopped."""
+        cfg = self.cfg
+        return step % cfg.save_steps == 0 or step == cfg.max_steps or self.guard_stopped
+
+    def check_nonfinite(self, streak: int, step: int) -> None:
+        """Stop the run after ``nan_patience`` non-finite losses in a row, naming the last
+        good checkpoint."""
+        if streak >= self.cfg.nan_patience:
+            raise R1V2Error(
+                f"{streak} non-finite losses in a row (step {step}); stopping. Last good "
+                f"checkpoint: {latest_checkpoint(self.out) or 'none'}. Lower optim.lr or check "
+                "the data."
+            )
+
+    def metrics_logger(self):
+        """The run's :class:`r1v2.train.metrics.MetricsLogger` (main process), continuing
+        ``metrics.jsonl`` after the step the run resumed from."""
+        from r1v2.train.metrics import MetricsLogger
+
+        cfg = self.cfg
+        return MetricsLogger(
+            self.out,
+            resume_step=self.step,
+            tensorboard=cfg.tensorboard,
+            wandb_project=cfg.wandb_project,
+            run_config=to_dict(cfg),
+        )
 
 
 def resolve_device(device: str) -> torch.device:
