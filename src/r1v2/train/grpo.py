@@ -29,7 +29,7 @@ from r1v2.algos.ssb import SelectiveSampleBuffer, replay
 from r1v2.config import check_range, option, to_dict
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import SamplingConfig
-from r1v2.train.checkpoint import load_checkpoint, save_checkpoint
+from r1v2.train.checkpoint import load_checkpoint
 from r1v2.train.guard import HallucinationGuard
 from r1v2.train.metrics import read_metrics
 from r1v2.train.sampler import PromptSampler
@@ -691,17 +691,7 @@ def save(run: GRPORun, step: int) -> None:
         "best": run.best,
         "config": to_dict(cfg),
     }
-    save_checkpoint(
-        run.out,
-        step,
-        model=run.policy.model,
-        trainer_state=state,
-        keep_last=cfg.keep_last,
-        meta={"model": str(cfg.model), "trainable": cfg.trainable},
-        rank=run.rank,
-        world_size=run.world,
-        barrier=run.accelerator.wait_for_everyone,
-    )
+    run.write_checkpoint(step, state)
 
 
 # ---- the loop ----------------------------------------------------------------------------------

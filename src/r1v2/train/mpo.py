@@ -45,7 +45,7 @@ from r1v2.data.pairs import is_pairs_data, load_pairs, write_pairs
 from r1v2.errors import R1V2Error
 from r1v2.eval.greedy import probe as greedy_probe
 from r1v2.model.dtypes import Dtype
-from r1v2.train.checkpoint import load_checkpoint, save_checkpoint
+from r1v2.train.checkpoint import load_checkpoint
 from r1v2.train.grpo import (
     OptimConfig,
     average_gradients,
@@ -750,17 +750,7 @@ def save(run: MPORun, step: int) -> None:
         "nan_total": run.nan_total,
         "config": to_dict(cfg),
     }
-    save_checkpoint(
-        run.out,
-        step,
-        model=run.policy.model,
-        trainer_state=state,
-        keep_last=cfg.keep_last,
-        meta={"model": str(cfg.model), "trainable": cfg.trainable, "stage": "mpo"},
-        rank=run.rank,
-        world_size=run.world,
-        barrier=run.accelerator.wait_for_everyone,
-    )
+    run.write_checkpoint(step, state, stage="mpo")
 
 
 # ---- the loop ------------------------------------------------------------------------------------

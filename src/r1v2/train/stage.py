@@ -117,6 +117,7 @@ class StageRun:
     step: int
     guard: Any  # r1v2.train.guard.HallucinationGuard
     probe_items: list[Any]
+    policy: Any  # r1v2.model.policy.Policy
 
     @property
     def rank(self) -> int:
@@ -154,6 +155,24 @@ class StageRun:
                 f"checkpoint: {latest_checkpoint(self.out) or 'none'}. Lower optim.lr or check "
                 "the data."
             )
+
+    def write_checkpoint(self, step: int, state: dict[str, Any], **meta: Any) -> None:
+        """Checkpoint ``step``: the policy's weights, the trainer ``state`` and ``meta`` beside
+        the starting model and what trains (collective: every process calls it)."""
+        from r1v2.train.checkpoint import save_checkpoint
+
+        cfg = self.cfg
+        save_checkpoint(
+            self.out,
+            step,
+            model=self.policy.model,
+            trainer_state=state,
+            keep_last=cfg.keep_last,
+            meta={"model": str(cfg.model), "trainable": cfg.trainable, **meta},
+            rank=self.rank,
+            world_size=self.world,
+            barrier=self.accelerator.wait_for_everyone,
+        )
 
     def metrics_logger(self):
         """The run's :class:`r1v2.train.metrics.MetricsLogger` (main process), continuing
