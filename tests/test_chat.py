@@ -2,21 +2,16 @@
 
 import pytest
 import torch
+from fixtures.worlds import tiny_world
 
 from r1v2.cli import main
-from r1v2.data.synthetic import generate, vocabulary
-from r1v2.model.assemble import assemble
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
-from r1v2.toy.tiny import tiny_llm, tiny_vision
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    assemble(vision, llm, root / "vlm", verbose=False)
-    generate(2, 0, root / "data")
+    tiny_world(root, 2)
     return root
 
 

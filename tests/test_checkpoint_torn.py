@@ -13,15 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from fixtures.worlds import checkpoint_dir, checkpoint_weights, tiny_world
 
 import r1v2.train.checkpoint as checkpoint_mod
 from r1v2.cli import main
 from r1v2.config import resolve
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
-from r1v2.model.assemble import assemble
-from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.checkpoint import check_checkpoint, save_checkpoint
 from r1v2.train.grpo import GRPOConfig, train
 from r1v2.train.metrics import read_metrics
@@ -31,10 +28,7 @@ from r1v2.train.metrics import read_metrics
 def world(tmp_path_factory):
     """A tiny VLM, 24 prompts and ``reference``: a 3-step GRPO run with checkpoints 1, 2, 3."""
     root = tmp_path_factory.mktemp("torn")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    assemble(vision, llm, root / "vlm", verbose=False)
-    generate(24, 0, root / "data")
+    tiny_world(root, 24)
     train(resolve(GRPOConfig, None, _args(root, root / "reference")))
     return root
 
@@ -55,14 +49,6 @@ def _args(world, out, *extra):
         "prompts_per_generate=2",
         *extra,
     ]
-
-
-def _ckpt(out, step):
-    return Path(out) / f"checkpoint-{step:08d}"
-
-
-def _weights(out, step):
-    return load_file(str(_ckpt(out, step) / "trainable.safetensors"))
 
 
 def _same(a, b):
@@ -104,7 +90,7 @@ def test_resume_auto_skips_a_broken_newest_checkpoint(world, tmp_path, capsys, c
     """Checkpoint 3 damaged: one warning naming the file, then the run resumes from checkpoint
     2 and ends with the uninterrupted run's weights, its log reading like that run's."""
     out = _copy(world, tmp_path)
-    broken = _damage(_ckpt(out, 3), case)
+    broken = _damage(checkpoint_dir(out, 3), case)
     capsys.readouterr()
     train(resolve(GRPOConfig, None, _args(world, out)))
     captured = capsys.readouterr()
@@ -112,15 +98,15 @@ def test_resume_auto_skips_a_broken_newest_checkpoint(world, tmp_path, capsys, c
     assert len(warnings) == 1, captured.err
     assert warnings[0].startswith(f"warning: skipping a broken checkpoint: {broken}: ")
     assert "starting at step 2 of 3" in captured.out
-    assert _same(_weights(out, 3), _weights(world / "reference", 3))
-    assert check_checkpoint(_ckpt(out, 3))["step"] == 3  # rewritten whole
+    assert _same(checkpoint_weights(out, 3), checkpoint_weights(world / "reference", 3))
+    assert check_checkpoint(checkpoint_dir(out, 3))["step"] == 3  # rewritten whole
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_resume_path_to_a_broken_checkpoint_names_the_file(world, tmp_path, case):
     out = _copy(world, tmp_path)
-    ckpt = _ckpt(out, 3)
+    ckpt = checkpoint_dir(out, 3)
     broken = _damage(ckpt, case)
     if case == "invalid meta.json":
         expected = f"{broken}: invalid JSON at line 1"
@@ -157,9 +143,9 @@ def _one_line_error(capsys, code, expected):
 
 def test_cli_resume_path_to_a_broken_checkpoint_is_one_line(world, tmp_path, capsys):
     out = _copy(world, tmp_path)
-    broken = _damage(_ckpt(out, 3), "empty rng file")
+    broken = _damage(checkpoint_dir(out, 3), "empty rng file")
     capsys.readouterr()
-    code = main(["grpo", *_args(world, tmp_path / "new", f"resume={_ckpt(out, 3)}")])
+    code = main(["grpo", *_args(world, tmp_path / "new", f"resume={checkpoint_dir(out, 3)}")])
     _one_line_error(capsys, code, f"{broken}: empty file")
 
 
@@ -168,7 +154,7 @@ def test_no_intact_checkpoint_is_refused_unless_overwrite(world, tmp_path, capsy
     (one line naming each broken file) and changes nothing; overwrite=true starts afresh."""
     out = _copy(world, tmp_path)
     broken = [
-        _damage(_ckpt(out, s), c)
+        _damage(checkpoint_dir(out, s), c)
         for s, c in (
             (1, "missing trainer_state"),
             (2, "empty rng file"),
@@ -193,14 +179,14 @@ def test_half_written_checkpoints_of_a_killed_run_are_ignored(world, tmp_path):
     folder without its files is skipped too. The run resumes from checkpoint 2, exactly."""
     out = _copy(world, tmp_path)
     tmp = out / ".tmp-checkpoint-00000003"
-    os.replace(_ckpt(out, 3), tmp)
+    os.replace(checkpoint_dir(out, 3), tmp)
     for name in ("meta.json", "trainer_state.pt"):
         (tmp / name).unlink()
     _truncate(tmp / "trainable.safetensors")
-    _ckpt(out, 4).mkdir()
-    shutil.copy(tmp / "rng-rank0.pt", _ckpt(out, 4))
+    checkpoint_dir(out, 4).mkdir()
+    shutil.copy(tmp / "rng-rank0.pt", checkpoint_dir(out, 4))
     train(resolve(GRPOConfig, None, _args(world, out)))
-    assert _same(_weights(out, 3), _weights(world / "reference", 3))
+    assert _same(checkpoint_weights(out, 3), checkpoint_weights(world / "reference", 3))
     assert not list(out.glob(".tmp-checkpoint-*"))
 
 
@@ -211,7 +197,7 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(
     naming the folder and the cause, the half-written folder is gone, checkpoint 2 still loads
     and a rerun (disk freed) ends with the uninterrupted run's weights."""
     out = _copy(world, tmp_path)
-    shutil.rmtree(_ckpt(out, 3))  # the run stands at step 2
+    shutil.rmtree(checkpoint_dir(out, 3))  # the run stands at step 2
 
     def disk_full(tensors, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\0" * 64)  # part of it made it to the disk
@@ -223,17 +209,17 @@ def test_disk_full_while_saving_keeps_the_last_checkpoint(
     _one_line_error(
         capsys,
         code,
-        f"{_ckpt(out, 3)}: cannot write the checkpoint ([Errno {errno.ENOSPC}] "
+        f"{checkpoint_dir(out, 3)}: cannot write the checkpoint ([Errno {errno.ENOSPC}] "
         f"{os.strerror(errno.ENOSPC)}",
     )
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == [
         "checkpoint-00000001",
         "checkpoint-00000002",
     ]
-    assert check_checkpoint(_ckpt(out, 2))["step"] == 2
+    assert check_checkpoint(checkpoint_dir(out, 2))["step"] == 2
     monkeypatch.undo()
     train(resolve(GRPOConfig, None, _args(world, out)))
-    assert _same(_weights(out, 3), _weights(world / "reference", 3))
+    assert _same(checkpoint_weights(out, 3), checkpoint_weights(world / "reference", 3))
 
 
 def test_save_fsyncs_every_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
@@ -263,13 +249,13 @@ def test_a_save_behind_a_newer_checkpoint_is_not_pruned(tmp_path):
     model = torch.nn.Linear(3, 2)
     for step in (1, 2, 3):
         save_checkpoint(tmp_path, step, model=model, trainer_state={}, keep_last=5)
-    (_ckpt(tmp_path, 3) / "trainer_state.pt").write_bytes(b"")
+    (checkpoint_dir(tmp_path, 3) / "trainer_state.pt").write_bytes(b"")
     save_checkpoint(tmp_path, 2, model=model, trainer_state={}, keep_last=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-00000002",
         "checkpoint-00000003",
     ]
-    assert check_checkpoint(_ckpt(tmp_path, 2))["step"] == 2
+    assert check_checkpoint(checkpoint_dir(tmp_path, 2))["step"] == 2
 
 
 EXPORT_CASES = {
@@ -285,8 +271,8 @@ def test_export_of_a_broken_checkpoint_names_the_file(world, tmp_path, capsys, c
     """Export reads meta.json and the weights only; either broken is one line naming it, for
     a checkpoint folder and for a run folder (its newest checkpoint)."""
     out = _copy(world, tmp_path)
-    broken = _damage(_ckpt(out, 3), case)
-    for source in (_ckpt(out, 3), out):
+    broken = _damage(checkpoint_dir(out, 3), case)
+    for source in (checkpoint_dir(out, 3), out):
         capsys.readouterr()
         code = main(["export", f"checkpoint={source}", f"out={tmp_path / 'exported'}"])
         err = capsys.readouterr().err
@@ -329,8 +315,8 @@ def test_mpo_resume_auto_skips_a_broken_newest_checkpoint(world, tmp_path, capsy
     full, cut = tmp_path / "full", tmp_path / "cut"
     mpo_train(resolve(MPOConfig, None, [*args, f"output_dir={full}"]))
     shutil.copytree(full, cut)
-    broken = _damage(_ckpt(cut, 2), "truncated trainer_state")
+    broken = _damage(checkpoint_dir(cut, 2), "truncated trainer_state")
     capsys.readouterr()
     mpo_train(resolve(MPOConfig, None, [*args, f"output_dir={cut}"]))
     assert f"warning: skipping a broken checkpoint: {broken}: " in capsys.readouterr().err
-    assert _same(_weights(full, 2), _weights(cut, 2))
+    assert _same(checkpoint_weights(full, 2), checkpoint_weights(cut, 2))

@@ -5,18 +5,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from fixtures.worlds import checkpoint_weights, tiny_world
 from safetensors.torch import load_file
 
 import r1v2.train.grpo as grpo_mod
 from r1v2.config import resolve
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
-from r1v2.model.assemble import assemble
-from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.grpo import GRPOConfig, train
 from r1v2.train.metrics import read_metrics
 
@@ -40,10 +37,7 @@ REQUIRED = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    assemble(vision, llm, root / "vlm", verbose=False)
-    generate(24, 0, root / "data")
+    tiny_world(root, 24)
     return root
 
 
@@ -62,10 +56,6 @@ def _args(world, out, *extra):
         "prompts_per_generate=2",
         *extra,
     ]
-
-
-def _weights(out, step):
-    return load_file(str(Path(out) / f"checkpoint-{step:08d}" / "trainable.safetensors"))
 
 
 def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
@@ -98,7 +88,7 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
         "checkpoint-00000003",
     ]
     before = load_file(str(world / "vlm" / "model.safetensors"))
-    after = _weights(out, 3)
+    after = checkpoint_weights(out, 3)
     adapter = {k for k in before if "multi_modal_projector" in k}
     assert {k.removeprefix("model.") for k in after} == adapter  # adapter-only training
     assert any(not torch.equal(v, before[k.removeprefix("model.")]) for k, v in after.items())
@@ -203,7 +193,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
     assert resumed.returncode == 0, log
     assert "starting at step 0 " not in log
     assert "done: 8 steps in " in log and f"curves: {cut / 'metrics.png'}" in log
-    a, b = _weights(full, 8), _weights(cut, 8)
+    a, b = checkpoint_weights(full, 8), checkpoint_weights(cut, 8)
     assert all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_metrics(cut / "metrics.jsonl")]
     assert steps == list(range(1, 9))  # the log reads like one uninterrupted run
@@ -242,7 +232,7 @@ def test_two_processes_equal_one_process_with_accumulation(
     assert proc.returncode == 0, log
     last = read_metrics(one)[-1]["step"]
     assert (two / f"checkpoint-{last:08d}" / "rng-rank1.pt").is_file()  # two processes ran
-    a, b = _weights(one, last), _weights(two, last)
+    a, b = checkpoint_weights(one, last), checkpoint_weights(two, last)
     assert sorted(a) == sorted(b)
     start = load_file(str(world / "vlm" / "model.safetensors"))
     for k in a:
@@ -275,7 +265,7 @@ def test_fsdp_resume_matches_uninterrupted_run(world, tmp_path):
         log = proc.communicate()[0].decode()
         assert proc.returncode == 0, log
     assert "starting at step 2 of 3" in log
-    a, b = _weights(full, 3), _weights(cut, 3)
+    a, b = checkpoint_weights(full, 3), checkpoint_weights(cut, 3)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -574,7 +564,7 @@ def test_hallucination_guard_stops_or_rolls_back_grpo(world, tmp_path, monkeypat
     from transformers import AutoModelForImageTextToText
 
     final = dict(AutoModelForImageTextToText.from_pretrained(out / "final").named_parameters())
-    step1, step3 = _weights(out, 1), _weights(out, 3)
+    step1, step3 = checkpoint_weights(out, 1), checkpoint_weights(out, 3)
     assert action == "rollback" or not all(torch.equal(step1[k], step3[k]) for k in step1)
     want = step1 if action == "rollback" else step3  # rollback: step 3 saved the restored ones
     for k, v in want.items():

@@ -14,28 +14,9 @@ circle 12); squares 2 (3, 9); blue squares 1; green triangles 1; green circles 0
 import math
 
 import pytest
+from fixtures.scenes import SCENE, WORDS
 
-from r1v2.data.synthetic import Claim, Scene, claims, hallucination_rate, hallucinations
-
-WORDS = [
-    "redcircle",
-    "empty",
-    "bluesquare",
-    "empty",
-    "empty",
-    "redcircle",
-    "greentriangle",
-    "empty",
-    "redsquare",
-    "empty",
-    "empty",
-    "bluecircle",
-    "empty",
-    "empty",
-    "redcircle",
-    "empty",
-]
-SCENE = Scene.from_any(WORDS)
+from r1v2.data.synthetic import Claim, claims, hallucination_rate, hallucinations
 
 
 def _summary(found: list[Claim]) -> list[tuple[str, str, str, bool]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures.worlds import checkpoint_weights, tiny_world
 from safetensors.torch import load_file
 
 import r1v2.cli as cli
@@ -21,10 +22,7 @@ from r1v2.algos.mpo import bco_loss, dpo_loss, nll_loss, sequence_logratio
 from r1v2.config import resolve
 from r1v2.data import load_samples
 from r1v2.data.pairs import load_pairs
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
-from r1v2.model.assemble import assemble
-from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.metrics import read_metrics
 from r1v2.train.mpo import MPOConfig, TrainPair, mpo_update, train
 
@@ -78,20 +76,7 @@ UPDATE_KEYS = {
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny VLM, a tiny value-head reward model on it (mean log-prob head), 24 prompts."""
-    from transformers import AutoProcessor, InternVLForConditionalGeneration
-
-    from r1v2.model.reward_model import ValueHeadModel, save_value_head
-
-    root = tmp_path_factory.mktemp("mpo")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    vlm = assemble(vision, llm, root / "vlm", verbose=False)
-    base = InternVLForConditionalGeneration.from_pretrained(vlm)
-    save_value_head(
-        root / "rm", ValueHeadModel(base, pooling="logprob"), AutoProcessor.from_pretrained(vlm)
-    )
-    generate(24, 0, root / "data")
-    return root
+    return tiny_world(tmp_path_factory.mktemp("mpo"), 24, reward_model=True)
 
 
 def _args(world, out, *extra):
@@ -118,10 +103,6 @@ def _args(world, out, *extra):
 
 def _cfg(world, out, *extra):
     return resolve(MPOConfig, None, _args(world, out, *extra))
-
-
-def _weights(out, step):
-    return load_file(str(Path(out) / f"checkpoint-{step:08d}" / "trainable.safetensors"))
 
 
 def _adapter(weights):
@@ -171,7 +152,7 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
         "checkpoint-00000003",
     ]
     before = load_file(str(world / "vlm" / "model.safetensors"))
-    after = _weights(out, 3)
+    after = checkpoint_weights(out, 3)
     assert {k.removeprefix("model.") for k in after} == {
         k for k in before if "multi_modal_projector" in k
     }  # adapter-only
@@ -190,7 +171,10 @@ def test_default_rules_keep_no_pair_from_a_random_policy(world, tmp_path):
         assert r["rule_pass_accuracy"] == 0.0 and r["skipped_steps"] == 0
         assert {"rule_pass_format", "rule_pass_repetition"} <= set(r)
     start = load_file(str(world / "vlm" / "model.safetensors"))
-    assert all(torch.equal(v, start[k.removeprefix("model.")]) for k, v in _weights(out, 2).items())
+    assert all(
+        torch.equal(v, start[k.removeprefix("model.")])
+        for k, v in checkpoint_weights(out, 2).items()
+    )
 
 
 # ---- the update: each loss weight is wired -------------------------------------------------------
@@ -356,7 +340,7 @@ def test_delta_and_round_state_round_trip_through_a_checkpoint(world, tmp_path):
         isinstance(p.chosen, torch.Tensor) and p.chosen_score >= p.rejected_score for p in rnd.pairs
     )
     train(_cfg(world, cut, *common, "max_steps=3"))  # resume=auto
-    assert _same(_weights(full, 3), _weights(cut, 3))
+    assert _same(checkpoint_weights(full, 3), checkpoint_weights(cut, 3))
     a = torch.load(full / "checkpoint-00000003" / "trainer_state.pt", weights_only=False)
     b = torch.load(cut / "checkpoint-00000003" / "trainer_state.pt", weights_only=False)
     assert a["shift"] == b["shift"] and a["shift"]["count"] == 24 and a["shift"]["total"] != 0
@@ -436,11 +420,15 @@ def test_guard_stops_or_rolls_back_a_run_whose_hallucination_rate_rises(
     assert [r["guard_streak"] for r in rows] == [0, 0, 1, 2]
     event = rows[-1]["guard_event"]
     assert "at step 3" in event and event in printed and f"; {event}" in printed  # summary too
-    restored = _weights(out, 1 if action == "rollback" else 3)
+    restored = checkpoint_weights(out, 1 if action == "rollback" else 3)
     assert _same(_final(out), _adapter(restored))
-    assert not _same(_weights(out, 1), _weights(out, 2))  # the run did move after step 1
+    assert not _same(
+        checkpoint_weights(out, 1), checkpoint_weights(out, 2)
+    )  # the run did move after step 1
     if action == "rollback":
-        assert "restored to step 1" in event and _same(_weights(out, 3), _weights(out, 1))
+        assert "restored to step 1" in event and _same(
+            checkpoint_weights(out, 3), checkpoint_weights(out, 1)
+        )
     # resumed, the run ends at once (the guard stays fired) ...
     train(cfg)
     assert "guard.action=off to continue" in capsys.readouterr().out
@@ -623,7 +611,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(world, tmp_path):
     log = resumed.communicate()[0].decode()
     assert resumed.returncode == 0, log
     assert "starting at step 0 " not in log and "done: 6 steps in " in log
-    assert _same(_weights(full, 6), _weights(cut, 6))
+    assert _same(checkpoint_weights(full, 6), checkpoint_weights(cut, 6))
     a = torch.load(full / "checkpoint-00000006" / "trainer_state.pt", weights_only=False)
     b = torch.load(cut / "checkpoint-00000006" / "trainer_state.pt", weights_only=False)
     assert a["shift"] == b["shift"]
@@ -656,7 +644,7 @@ def test_two_processes_equal_one_process_with_the_same_micro_batches(world, tmp_
     assert [p.chosen_text for p in a["round"].pairs] == [p.chosen_text for p in b["round"].pairs]
     assert a["shift"]["count"] == b["shift"]["count"] == 24
     assert a["shift"]["total"] == pytest.approx(b["shift"]["total"], rel=1e-5)
-    wa, wb = _weights(one, 3), _weights(two, 3)
+    wa, wb = checkpoint_weights(one, 3), checkpoint_weights(two, 3)
     start = _adapter(load_file(str(world / "vlm" / "model.safetensors")))
     moved = max((wa[k] - start[k.removeprefix("model.")]).abs().max() for k in wa)
     assert moved > 1e-4

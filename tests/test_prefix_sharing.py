@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures.worlds import tiny_world
 from PIL import Image
 
 from r1v2.config import resolve
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.model.assemble import assemble
 from r1v2.model.freeze import set_trainable
 from r1v2.model.policy import Policy, SamplingConfig
@@ -257,10 +257,7 @@ def test_shared_gradients_equal_plain(policy, trainable, micro_batch_size, tempe
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo_prefix")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    assemble(vision, llm, root / "vlm", verbose=False)
-    generate(16, 0, root / "data")
+    tiny_world(root, 16)
     return root
 
 

@@ -12,14 +12,12 @@ import copy
 
 import pytest
 import torch
+from fixtures.worlds import tiny_world
 
 from r1v2.data.loaders import load_samples
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
-from r1v2.model.assemble import assemble
 from r1v2.model.freeze import set_trainable
 from r1v2.model.policy import Policy
-from r1v2.toy.tiny import tiny_llm, tiny_vision
 from r1v2.train.reference import Reference
 
 MODES = ["adapter", "llm+adapter"]
@@ -30,10 +28,7 @@ TC = 6  # completion length
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    vision = tiny_vision(root / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), root / "llm")
-    assemble(vision, llm, root / "vlm", verbose=False)
-    generate(4, 0, root / "data")
+    tiny_world(root, 4)
     return root
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fixtures.worlds import tiny_world
 from PIL import Image
 
 from r1v2.config import resolve
-from r1v2.data.synthetic import generate, vocabulary
 from r1v2.errors import R1V2Error
 from r1v2.model.assemble import assemble
 from r1v2.model.policy import Policy, SamplingConfig
@@ -213,10 +213,7 @@ def test_refusals(lm, vlm, monkeypatch):
 
 def test_grpo_trains_with_the_continuous_engine(tmp_path):
     """engine=continuous through r1v2 grpo: steps run and log; a bad name is refused."""
-    vision = tiny_vision(tmp_path / "vision", image_size=64, patch_size=8)
-    llm = tiny_llm(vocabulary(), tmp_path / "llm")
-    assemble(vision, llm, tmp_path / "vlm", verbose=False)
-    generate(8, 0, tmp_path / "data")
+    tiny_world(tmp_path, 8)
     args = [
         f"model={tmp_path / 'vlm'}",
         f"data={tmp_path / 'data'}",

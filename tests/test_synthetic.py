@@ -18,6 +18,7 @@ import random
 from pathlib import Path
 
 import pytest
+from fixtures.scenes import SCENE, WORDS
 
 from r1v2.cli import main
 from r1v2.data.synthetic import (
@@ -39,25 +40,6 @@ from r1v2.data.synthetic import (
 from r1v2.data.synthetic.render import RGB
 from r1v2.model.policy import format_question
 
-WORDS = [
-    "redcircle",
-    "empty",
-    "bluesquare",
-    "empty",
-    "empty",
-    "redcircle",
-    "greentriangle",
-    "empty",
-    "redsquare",
-    "empty",
-    "empty",
-    "bluecircle",
-    "empty",
-    "empty",
-    "redcircle",
-    "empty",
-]
-SCENE = Scene.from_any(WORDS)
 RED_CIRCLES, RED, BLUE, GREEN = Group("red", "circle"), Group("red"), Group("blue"), Group("green")
 CIRCLES, SQUARES = Group(shape="circle"), Group(shape="square")
 BLUE_SQUARES, GREEN_TRIANGLES = Group("blue", "square"), Group("green", "triangle")

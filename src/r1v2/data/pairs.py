@@ -47,13 +47,12 @@ from r1v2.data.schema import (
     DUPLICATE,
     EMPTY,
     INVALID,
-    MISSING,
-    UNKNOWN,
     WRONG_TYPE,
     DataError,
     FieldProblem,
     check_choices,
     check_metadata,
+    check_row_keys,
     check_string,
     json_type,
 )
@@ -208,15 +207,9 @@ def parse_pair_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list
     """Validate one row: the fields that parsed (``PreferenceRecord(**values)`` once there is
     no problem and an ``id``) and every problem found. Image paths are resolved against
     ``base_dir``, not opened."""
+    problems = check_row_keys(record, FIELDS, REQUIRED)
     if not isinstance(record, dict):
-        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {json_type(record)}")]
-    problems: list[Problem] = []
-    for key in record:
-        if key not in FIELDS:
-            problems.append((str(key), UNKNOWN, f"unknown field (valid: {', '.join(FIELDS)})"))
-    for key in REQUIRED:
-        if key not in record:
-            problems.append((key, MISSING, "required field is missing"))
+        return {}, problems
     if "image" in record and "images" in record:
         problems.append(("images", INVALID, "give 'image' or 'images', not both"))
     values: dict[str, Any] = {}

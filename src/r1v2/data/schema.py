@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,22 @@ def json_type(value: Any) -> str:
 Problem = tuple[str | None, str, str]  # (field, category, reason)
 
 
+def check_row_keys(record: Any, fields: Sequence[str], required: Sequence[str]) -> list[Problem]:
+    """The problems of a row's keys: not a JSON object (that problem alone), then each unknown
+    field and each missing required one."""
+    if not isinstance(record, dict):
+        return [(None, WRONG_TYPE, f"a row must be a JSON object, got {json_type(record)}")]
+    problems: list[Problem] = [
+        (str(key), UNKNOWN, f"unknown field (valid: {', '.join(fields)})")
+        for key in record
+        if key not in fields
+    ]
+    problems += [
+        (key, MISSING, "required field is missing") for key in required if key not in record
+    ]
+    return problems
+
+
 def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Problem]]:
     """Validate one row (a dict parsed from JSON or parquet): the fields that parsed, and problems.
 
@@ -145,15 +162,9 @@ def parse_record(record: Any, base_dir: Path) -> tuple[dict[str, Any], list[Prob
     problem, ``Sample(**values)`` is the sample. Image paths are resolved against ``base_dir``
     (not opened: the loader checks images).
     """
+    problems = check_row_keys(record, FIELDS, REQUIRED)
     if not isinstance(record, dict):
-        return {}, [(None, WRONG_TYPE, f"a row must be a JSON object, got {json_type(record)}")]
-    problems: list[Problem] = []
-    for key in record:
-        if key not in FIELDS:
-            problems.append((str(key), UNKNOWN, f"unknown field (valid: {', '.join(FIELDS)})"))
-    for key in REQUIRED:
-        if key not in record:
-            problems.append((key, MISSING, "required field is missing"))
+        return {}, problems
     values: dict[str, Any] = {}
     for key, check in _CHECKS.items():
         if key in record:
