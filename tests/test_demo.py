@@ -15,6 +15,7 @@ from r1v2.cli import _bare_bools
 from r1v2.toy.demo import DemoConfig, write_result
 from r1v2.toy.report import (
     guard_note,
+    replay_note,
     rollouts_to_reach,
     seed_summary,
     to_html,
@@ -58,6 +59,22 @@ def test_training_stats_from_hand_made_rows():
     assert s["effective_ratio_before_replay"] == 0.5
     assert s["probe_accuracy_max"] == 0.4
     assert s["guard_fired"] == 0.0
+    assert "replayed_advantage_mean" not in s  # not logged (runs of earlier versions)
+
+
+def test_the_replays_mean_advantage():
+    """Three steps replay 2, 0 and 3 samples whose advantages sum to -1.5, 0 and +0.5: the mean
+    per replayed sample is -1 / 5, and the late-pool line says which side the draws favoured."""
+    rows = [
+        {"step": s, "replayed": n, "replayed_advantage_sum": a}
+        for s, n, a in ((1, 2, -1.5), (2, 0, 0.0), (3, 3, 0.5))
+    ]
+    s = training_stats(rows)
+    assert s["replayed"] == 5 and s["replayed_advantage_mean"] == pytest.approx(-0.2)
+    note = replay_note(s)
+    assert "replayed 5 samples at a mean advantage of -0.20" in note and "below their group" in note
+    assert "above their group" in replay_note(training_stats(rows[2:]))
+    assert replay_note(training_stats(rows[1:2])) == ""  # nothing replayed
 
 
 def test_report_says_when_the_guard_fired():

@@ -30,6 +30,7 @@ REQUIRED = [
     "response_length_mean",
     "ssb_size",
     "replayed",
+    "replayed_advantage_sum",
     "loss",
 ]
 
@@ -112,7 +113,7 @@ def test_ssb_on_and_off(world, tmp_path):
     assert r_on[0]["effective_ratio_before_replay"] == r_off[0]["effective_ratio_before_replay"]
     assert r_on[0]["replayed"] == 0
     for r in r_off:
-        assert r["replayed"] == 0 and r["ssb_size"] == 0
+        assert r["replayed"] == 0 and r["ssb_size"] == 0 and r["replayed_advantage_sum"] == 0
         assert r["effective_ratio"] == r["effective_ratio_before_replay"]
     for prev, r in zip(r_on, r_on[1:]):
         assert r["effective_ratio"] >= r["effective_ratio_before_replay"]

@@ -129,6 +129,7 @@ def test_replay_fills_zero_slots_up_to_target_ratio():
         "effective_ratio_before": 0.4,
         "effective_ratio_after": 0.6,
         "replayed": 2.0,
+        "replayed_advantage_sum": sum(stored[s] for s in out.samples[:2]),
         "added": 4.0,
         "buffer_size": 7.0,
     }
@@ -143,9 +144,11 @@ def test_replay_never_draws_the_batch_own_samples():
     first = replay(samples, adv, buf, step=0)
     assert first.stats["replayed"] == 0.0 and not first.replayed.any()
     assert first.stats["effective_ratio_after"] == 0.4 and len(buf) == 4
+    assert first.stats["replayed_advantage_sum"] == 0.0
     second = replay([f"n{i}" for i in range(10)], torch.zeros(10), buf, step=1)
     assert second.stats["replayed"] == 4.0  # need 6, only 4 buffered
     assert set(second.samples[:4]) == {"b5", "b6", "b7", "b8"}
+    assert second.stats["replayed_advantage_sum"] == 0.0  # 1 - 1 + 0.5 - 0.5
     assert second.stats["effective_ratio_after"] == 0.4
 
 
@@ -164,3 +167,25 @@ def test_replay_caps_and_rounding():
     out = replay(samples, full, buf, step=2, add_to_buffer=False)
     assert out.stats["replayed"] == 0.0 and out.stats["effective_ratio_after"] == 0.6
     assert torch.equal(buf.generator.get_state(), state)
+
+
+def test_replays_lean_to_the_larger_advantages_sign():
+    """Late in training a mostly solved prompt's group holds seven right answers at
+    A = +0.354 and one wrong at A = -2.475 (eq. 6, sample std); draws proportional to |A| pick
+    the wrong one with probability 2.475 / (7 * 0.354 + 2.475) = 1/2, so the replays' mean
+    advantage is (7 * 0.354^2 - 2.475^2) / (2 * 2.475) = -1.06 where the group's was 0.
+    Logged as replayed_advantage_sum; checked here over many draws of one replay."""
+    group = torch.tensor([1.0] * 7 + [0.0])
+    adv = (group - group.mean()) / group.std()
+    assert adv[0].item() == pytest.approx(0.35355, abs=1e-4)
+    assert adv[7].item() == pytest.approx(-2.47487, abs=1e-4)
+    expected = float((adv.abs() * adv).sum() / adv.abs().sum())
+    assert expected == pytest.approx(-1.0607, abs=1e-3)
+    total, draws = 0.0, 4000
+    for seed in range(draws):
+        buf = SelectiveSampleBuffer(capacity=100, seed=seed)
+        buf.add([f"s{i}" for i in range(8)], adv, step=0)
+        out = replay(["z"] * 10, torch.zeros(10), buf, 0.1, step=1, add_to_buffer=False)
+        assert out.stats["replayed"] == 1.0
+        total += out.stats["replayed_advantage_sum"]
+    assert total / draws == pytest.approx(expected, abs=0.1)

@@ -191,7 +191,10 @@ def replay(
 
     Returns:
         :class:`ReplayBatch` with stats ``effective_ratio_before``, ``effective_ratio_after``,
-        ``replayed`` (count), ``added`` (count stored) and ``buffer_size`` (after adding).
+        ``replayed`` (count), ``replayed_advantage_sum`` (the replayed samples' advantages
+        summed: a group's advantages sum to 0, the replays need not; draws proportional to
+        ``|A|`` lean to the sign whose advantages are larger, e.g. the rare wrong answers of
+        mostly solved prompts), ``added`` (count stored) and ``buffer_size`` (after adding).
     """
     values = _as_list(advantages)
     n = len(values)
@@ -223,6 +226,7 @@ def replay(
             "effective_ratio_before": n_eff / n if n else 0.0,
             "effective_ratio_after": n_after / n if n else 0.0,
             "replayed": float(len(drawn)),
+            "replayed_advantage_sum": float(sum(e.advantage for e in drawn)),
             "added": float(added),
             "buffer_size": float(len(buffer)),
         },

@@ -43,7 +43,8 @@ def _mean(values: list[float]) -> float:
 
 def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     """What a run's metrics say: steps, mean reward (first and last tenth), effective ratio
-    (mean, before replay, steps below 0.6), MPO pairs kept and reward accuracy, probes."""
+    (mean, before replay, steps below 0.6), the replays and their mean advantage, MPO pairs
+    kept and reward accuracy, probes."""
     steps = [r for r in rows if r["step"] > 0]
     stats: dict[str, float] = {"steps": float(len(steps))}
     reward = [r["reward_mean"] for r in steps if r.get("reward_mean") is not None]
@@ -59,6 +60,11 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         before = [v for v in before if v is not None]
         if before:
             stats["effective_ratio_before_replay"] = _mean(before)
+    replayed = sum(r.get("replayed") or 0 for r in steps)
+    pushed = [r["replayed_advantage_sum"] for r in steps if "replayed_advantage_sum" in r]
+    if replayed and pushed:  # runs of earlier versions did not log the replays' advantages
+        stats["replayed"] = float(replayed)
+        stats["replayed_advantage_mean"] = sum(pushed) / replayed
     rounds = [r for r in steps if r.get("epoch") == 1 and "pairs_kept" in r]
     if rounds:
         stats["rounds"] = float(len(rounds))
@@ -359,9 +365,22 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
         f"{_num(stats['late_ssb'].get('effective_ratio'), '.2f')} after replay. Rollouts to "
         f"reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
         f"{with_ssb if with_ssb is not None else 'not reached'} with SSB, "
-        f"{without if without is not None else 'not reached'} without.",
+        f"{without if without is not None else 'not reached'} without.{replay_note(stats['late_ssb'])}",
         "",
     ]
+
+
+def replay_note(stats: dict[str, float]) -> str:
+    """`` SSB replayed N samples at a mean advantage of A ...`` when the run logged it."""
+    mean = stats.get("replayed_advantage_mean")
+    if mean is None:
+        return ""
+    side = "below" if mean < 0 else "above"
+    return (
+        f" SSB replayed {stats['replayed']:.0f} samples at a mean advantage of {mean:+.2f} "
+        "(a group's advantages average 0; draws proportional to |A| favour the side with the "
+        f"larger ones, here the samples scored {side} their group)."
+    )
 
 
 def first_image(test: Path) -> str:

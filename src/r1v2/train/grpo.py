@@ -590,6 +590,7 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
         "effective_ratio_before": stats["effective_ratio"],
         "effective_ratio_after": stats["effective_ratio"],
         "replayed": 0.0,
+        "replayed_advantage_sum": 0.0,
     }
     if cfg.ssb.enabled:
         rb = replay(trajectories, advantages, run.buffer, cfg.ssb.target_ratio, step=step)
@@ -627,6 +628,7 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
         "response_length_mean": generated / len(completions),
         "ssb_size": float(len(run.buffer)),
         "replayed": replay_stats["replayed"],
+        "replayed_advantage_sum": replay_stats["replayed_advantage_sum"],
         "loss": update.get("loss", math.nan),
         "grad_norm": update.get("grad_norm", math.nan),
         "lr": run.scheduler.get_last_lr()[0],
