@@ -72,9 +72,13 @@ def test_the_replays_mean_advantage():
     s = training_stats(rows)
     assert s["replayed"] == 5 and s["replayed_advantage_mean"] == pytest.approx(-0.2)
     note = replay_note(s)
-    assert "replayed 5 samples at a mean advantage of -0.20" in note and "below their group" in note
+    assert note.startswith(" With SSB, 5 samples were replayed at a mean advantage of -0.20")
+    assert "below their group" in note
     assert "above their group" in replay_note(training_stats(rows[2:]))
     assert replay_note(training_stats(rows[1:2])) == ""  # nothing replayed
+    even = [{"step": 1, "replayed": 4, "replayed_advantage_sum": 0.1}]
+    note = replay_note(training_stats(even), "with uniform replays")
+    assert note.startswith(" With uniform replays, 4 samples") and "about 0" in note
 
 
 def test_report_says_when_the_guard_fired():
@@ -229,6 +233,12 @@ def test_demo_fast_end_to_end(tmp_path):
     assert len(lines) == pool["kept"] >= min(late["prompts_per_step"], pool["scored"])
     assert pool["kept"] == max(pool["solved"], late["prompts_per_step"])
     assert f"The pool: the {pool['kept']} of {pool['scored']} training prompts" in report
+    uniform = json.loads((out / "results" / "late_uniform.json").read_text())["config"]
+    assert uniform["ssb"]["alpha"] == 0.0 and late["ssb"]["alpha"] == 1.0
+    assert {k: v for k, v in uniform.items() if k not in ("ssb", "output_dir")} == {
+        k: v for k, v in late.items() if k not in ("ssb", "output_dir")
+    }  # the same arm but for how replays are drawn
+    assert "with uniform replays" in report
 
     # A toy build with other settings is never rebuilt over: one line, exit code 2.
     other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))

@@ -11,10 +11,10 @@ The pipeline, each stage with its progress display and a one-line result::
 
 ``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT on the same
 pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
-GRPO from the assembled model, and SSB against no SSB where advantages vanish: both continue
-from the trained model on ``OUT/late_pool``, the training prompts it already solves in at
-least 75% of its rollouts (:func:`build_late_pool`), so most groups are all correct, as late in
-training.
+GRPO from the assembled model, and SSB against no SSB where advantages vanish: the arms
+continue from the trained model on ``OUT/late_pool``, the training prompts it already solves in
+at least 75% of its rollouts (:func:`build_late_pool`), so most groups are all correct, as late
+in training; SSB runs there as the paper draws (by |A|) and with uniform replays.
 
 The hallucination guard of MPO and GRPO rolls back: when a stage's probe hallucination rate
 stays above its start plus the tolerance, the stage ends with the weights of its best probe
@@ -144,6 +144,13 @@ ARMS = (
     Arm("grpo_assembled", "grpo", "assembled", {}, "GRPO from the assembled model"),
     Arm("late_ssb", "grpo", "grpo", {}, "late GRPO with SSB"),
     Arm("late_nossb", "grpo", "grpo", {"ssb.enabled": False}, "late GRPO without SSB"),
+    Arm(
+        "late_uniform",
+        "grpo",
+        "grpo",
+        {"ssb.alpha": 0.0},
+        "late GRPO with SSB, uniform replays (ssb.alpha=0)",
+    ),
     Arm("grpo_llm", "grpo", "mpo", {"trainable": "llm+adapter"}, "MPO + GRPO, LLM + adapter"),
     Arm(
         "grpo_vision",
@@ -153,7 +160,7 @@ ARMS = (
         "MPO + GRPO, adapter + vision",
     ),
 )
-LATE = ("late_ssb", "late_nossb")
+LATE = ("late_ssb", "late_nossb", "late_uniform")
 LATE_POOL = "late_pool"
 LATE_SOLVED = 0.75  # a late-pool prompt: the trained model solves >= this share of its rollouts
 
@@ -175,7 +182,8 @@ class DemoConfig:
         "add the paper's comparisons in miniature, each arm on the main run's budget: GRPO "
         "without SSB, SFT vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
         "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
-        "(from the final model, on the training prompts it already solves)",
+        "(from the final model, on the training prompts it already solves: SSB as the paper "
+        "draws, uniform replays, no SSB)",
     )
     threads: int | None = option(
         None,

@@ -300,7 +300,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         ("GRPO from MPO vs from the assembled model", ["grpo", "grpo_assembled"]),
         (
             "SSB where advantages vanish (continuing from the final model)",
-            ["late_ssb", "late_nossb"],
+            ["late_ssb", "late_uniform", "late_nossb"],
         ),
     )
     if any(n in results for n in ("sft", "grpo_nossb", "late_ssb")):
@@ -329,11 +329,15 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
     return lines
 
 
+LATE_ARMS = {"late_ssb": "with SSB", "late_uniform": "with uniform replays"}
+
+
 def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
-    """Rollouts the SSB arm needed to reach the no-SSB arm's best probe accuracy."""
+    """Rollouts each SSB arm needed to reach the no-SSB arm's best probe accuracy, and the
+    mean advantage of its replays."""
     if not ("late_ssb" in results and "late_nossb" in results):
         return []
-    ssb, plain = metrics_of(out, "late_ssb"), metrics_of(out, "late_nossb")
+    plain = metrics_of(out, "late_nossb")
     prompts = _setting(results, "late_ssb", "prompts_per_step")
     group = _setting(results, "late_ssb", "group_size")
     per_step = prompts * group if prompts and group else None
@@ -341,9 +345,13 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     target = training_stats(trained).get("probe_accuracy_max")
     if target is None or per_step is None:
         return []
-    with_ssb = rollouts_to_reach(ssb, target, per_step)
-    without = rollouts_to_reach(plain, target, per_step)
-    stats = {n: training_stats(metrics_of(out, n)) for n in ("late_ssb", "late_nossb")}
+    arms = [n for n in LATE_ARMS if n in results]
+    stats = {n: training_stats(metrics_of(out, n)) for n in [*arms, "late_nossb"]}
+
+    def reach(name: str) -> str:
+        n = rollouts_to_reach(metrics_of(out, name), target, per_step)
+        return "not reached" if n is None else str(n)
+
     pool = results.get("late_pool")
     where = ""
     if pool:
@@ -359,27 +367,33 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
             f"{pool['mean_accuracy']:.0%}; {pool['tied']} of them tied, every rollout scored "
             "alike). "
         )
+    ratios = "; ".join(
+        f"{LATE_ARMS[n]} {_num(stats[n].get('effective_ratio'), '.2f')} after replay" for n in arms
+    )
+    reached = ", ".join(f"{reach(n)} {LATE_ARMS[n]}" for n in arms)
+    notes = "".join(replay_note(stats[n], LATE_ARMS[n]) for n in arms)
     return [
         f"{where}Vanishing advantages: effective ratio before replay "
-        f"{_num(stats['late_nossb'].get('effective_ratio'), '.2f')} without SSB; with SSB "
-        f"{_num(stats['late_ssb'].get('effective_ratio'), '.2f')} after replay. Rollouts to "
-        f"reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
-        f"{with_ssb if with_ssb is not None else 'not reached'} with SSB, "
-        f"{without if without is not None else 'not reached'} without.{replay_note(stats['late_ssb'])}",
+        f"{_num(stats['late_nossb'].get('effective_ratio'), '.2f')} without SSB; {ratios}. "
+        f"Rollouts to reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
+        f"{reached}, {reach('late_nossb')} without.{notes}",
         "",
     ]
 
 
-def replay_note(stats: dict[str, float]) -> str:
-    """`` SSB replayed N samples at a mean advantage of A ...`` when the run logged it."""
+def replay_note(stats: dict[str, float], who: str = "with SSB") -> str:
+    """`` With SSB, N samples were replayed at a mean advantage of A ...`` when logged."""
     mean = stats.get("replayed_advantage_mean")
     if mean is None:
         return ""
-    side = "below" if mean < 0 else "above"
+    if abs(mean) < 0.05:
+        why = "about 0, as a group's advantages average"
+    else:
+        side = "below" if mean < 0 else "above"
+        why = f"a group's average 0: the replays lean to the samples scored {side} their group"
     return (
-        f" SSB replayed {stats['replayed']:.0f} samples at a mean advantage of {mean:+.2f} "
-        "(a group's advantages average 0; draws proportional to |A| favour the side with the "
-        f"larger ones, here the samples scored {side} their group)."
+        f" {who[0].upper() + who[1:]}, {stats['replayed']:.0f} samples were replayed at a mean "
+        f"advantage of {mean:+.2f} ({why})."
     )
 
 
@@ -457,6 +471,7 @@ def write_report(out: str | Path) -> list[Path]:
                 "grpo": "SSB (after replay)",
                 "grpo_nossb": "no SSB",
                 "late_ssb": "late, SSB",
+                "late_uniform": "late, SSB uniform",
                 "late_nossb": "late, no SSB",
             },
             "effective-sample ratio per step (paper: > 60% with SSB)",
@@ -465,7 +480,11 @@ def write_report(out: str | Path) -> list[Path]:
         plot_curves(
             out,
             "probe_accuracy",
-            {"late_ssb": "late, SSB", "late_nossb": "late, no SSB"},
+            {
+                "late_ssb": "late, SSB",
+                "late_uniform": "late, SSB uniform",
+                "late_nossb": "late, no SSB",
+            },
             "probe accuracy against steps (same rollouts per step)",
             plot_dir / "late_accuracy.png",
         ),
