@@ -1,9 +1,11 @@
-"""Pieces every training stage uses (GRPO, the prefilter, MPO), as plain functions.
+"""Pieces every training stage uses (GRPO, the prefilter, MPO).
 
 - :class:`PolicySetup`: the settings that decide how a stage's policy is loaded and samples
   (model, data, seed, device, dtype, generation); :class:`ScoredSetup` adds the hybrid reward.
   Stage configs inherit their fields, so ``r1v2 prefilter`` cannot load or score prompts
-  differently from ``r1v2 grpo``.
+  differently from ``r1v2 grpo``. :class:`RunSettings`: a training run's folder, checkpoints,
+  probe, guard and logs, shared by ``r1v2 grpo`` and ``r1v2 mpo``.
+- :class:`StageRun`: what a run's loop decides alike in both (probe, checkpoint, stop, log).
 - :func:`load_policy`, :func:`make_reward`: the policy and its hybrid reward from those settings.
 - :func:`prepare_output`, :func:`check_resumable`: which checkpoint a run continues, and the
   refusals that keep a new run from touching an earlier one.
@@ -27,8 +29,14 @@ from r1v2.fsutil import check_writable_folder
 from r1v2.model.dtypes import DTYPES, Device, Dtype
 from r1v2.model.policy import SamplingConfig
 from r1v2.rewards.hybrid import HybridRewardConfig
-from r1v2.train.checkpoint import check_checkpoint, latest_checkpoint, newest_intact_checkpoint
+from r1v2.train.checkpoint import (
+    check_checkpoint,
+    latest_checkpoint,
+    newest_intact_checkpoint,
+    save_checkpoint,
+)
 from r1v2.train.guard import GuardConfig
+from r1v2.train.metrics import MetricsLogger
 
 FINAL = "final"  # OUTPUT_DIR/final: the trained model, loadable with the Auto classes
 
@@ -109,8 +117,8 @@ class RunSettings:
 
 
 class StageRun:
-    """What a GRPO or MPO run's state (a dataclass with ``cfg`` and ``accelerator``) says
-    of its process and its folder."""
+    """What a GRPO or MPO run's state (a dataclass with these attributes) says of its process
+    and its folder, and the decisions its loop shares: when to probe, to checkpoint, to stop."""
 
     cfg: Any
     accelerator: Any
@@ -159,8 +167,6 @@ class StageRun:
     def write_checkpoint(self, step: int, state: dict[str, Any], **meta: Any) -> None:
         """Checkpoint ``step``: the policy's weights, the trainer ``state`` and ``meta`` beside
         the starting model and what trains (collective: every process calls it)."""
-        from r1v2.train.checkpoint import save_checkpoint
-
         cfg = self.cfg
         save_checkpoint(
             self.out,
@@ -174,11 +180,9 @@ class StageRun:
             barrier=self.accelerator.wait_for_everyone,
         )
 
-    def metrics_logger(self):
-        """The run's :class:`r1v2.train.metrics.MetricsLogger` (main process), continuing
-        ``metrics.jsonl`` after the step the run resumed from."""
-        from r1v2.train.metrics import MetricsLogger
-
+    def metrics_logger(self) -> MetricsLogger:
+        """The run's metrics log (main process), continuing ``metrics.jsonl`` after the step
+        the run resumed from."""
         cfg = self.cfg
         return MetricsLogger(
             self.out,
