@@ -300,7 +300,9 @@ def test_grpo_with_and_without_prefix_sharing_and_its_timing_metrics(world, tmp_
         torch.testing.assert_close(w_on[k], w_off[k], rtol=0, atol=1e-6)
     for r in on:
         assert 0 < r["generation_seconds"] < r["step_seconds"]
+        assert 0 < r["reward_seconds"] < r["step_seconds"] - r["generation_seconds"]
         assert r["generation_share"] == pytest.approx(r["generation_seconds"] / r["step_seconds"])
+        assert r["reward_share"] == pytest.approx(r["reward_seconds"] / r["step_seconds"])
         generated = r["response_length_mean"] * r["rollouts"]
         assert r["generated_tokens_per_second"] == pytest.approx(
             generated / r["generation_seconds"]
@@ -322,3 +324,8 @@ def test_timing_metrics_hand_computed():
         "generation_share": 0.25,
         "tokens_per_second": 150.0,
     }
+    # with the reward's time (0.1 s of the 2): its share beside generation's
+    m = timing_metrics(
+        {"generation_seconds": 0.5, "reward_seconds": 0.1, "rollout_tokens": 300.0}, 2.0
+    )
+    assert (m["generation_share"], m["reward_share"]) == (0.25, 0.05)

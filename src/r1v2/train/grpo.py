@@ -580,7 +580,9 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     generated = sum(len(c) for c in completions)
     per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
     # 3. hybrid reward (each process scores its own rollouts)
+    t0 = time.perf_counter()
     rewards = run.reward_fn(texts, per_sample)
+    reward_seconds = time.perf_counter() - t0
     # 4. group advantages and 5. Selective Sample Buffer, over the whole step's batch
     # (gathered from every process, in process order), so K processes decide as one
     trajectories = gather_lists([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
@@ -641,6 +643,7 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
         "rollouts": float(len(completions) * world),
         # per process (= per GPU), as the field publishes throughput; see timing_metrics
         "generation_seconds": generation_seconds,
+        "reward_seconds": reward_seconds,
         "generated_tokens_per_second": generated / max(generation_seconds, 1e-9),
         "rollout_tokens": float(prompt_tokens + generated),
     }
@@ -652,7 +655,8 @@ def timing_metrics(metrics: dict[str, float], step_seconds: float) -> dict[str, 
     replaced by the rate):
 
     - ``step_seconds``: the whole step (rollouts, rewards, reference, update, all-reduces);
-    - ``generation_share``: ``generation_seconds / step_seconds``;
+    - ``generation_share``: ``generation_seconds / step_seconds``; ``reward_share`` likewise
+      for ``reward_seconds`` (the hybrid reward: rules, reward model, format), when logged;
     - ``tokens_per_second``: prompt + completion tokens of the step's rollouts (padding not
       counted) per second of the step, per process: tokens/s/GPU, the definition verl and
       EasyR1 publish (total tokens / (step time x GPUs)).
@@ -661,10 +665,15 @@ def timing_metrics(metrics: dict[str, float], step_seconds: float) -> dict[str, 
     comes from :func:`one_step`.
     """
     rest = {k: v for k, v in metrics.items() if k != "rollout_tokens"}
+    shares = {
+        f"{part}_share": metrics[f"{part}_seconds"] / max(step_seconds, 1e-9)
+        for part in ("generation", "reward")
+        if f"{part}_seconds" in metrics
+    }
     return {
         **rest,
         "step_seconds": step_seconds,
-        "generation_share": metrics["generation_seconds"] / max(step_seconds, 1e-9),
+        **shares,
         "tokens_per_second": metrics["rollout_tokens"] / max(step_seconds, 1e-9),
     }
 
