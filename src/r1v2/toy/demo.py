@@ -175,7 +175,7 @@ class DemoConfig:
     )
     seed: int = option(0, "seed of the toy build and of every stage")
     fast: bool = option(
-        False, "the same stages on a small toy world and a few steps (about 3 minutes; CI)"
+        False, "the same stages on a small toy world and a few steps (about a minute; CI)"
     )
     ablations: bool = option(
         False,
@@ -183,7 +183,7 @@ class DemoConfig:
         "without SSB, SFT vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
         "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
         "(from the final model, on the training prompts it already solves: SSB as the paper "
-        "draws, uniform replays, no SSB)",
+        "draws, uniform replays, no SSB); about 75 minutes more on 2 CPU cores",
     )
     threads: int | None = option(
         None,
