@@ -387,7 +387,7 @@ def replay_note(stats: dict[str, float], who: str = "with SSB") -> str:
     if mean is None:
         return ""
     if abs(mean) < 0.05:
-        why = "about 0, as a group's advantages average"
+        why = "about 0, like a group's"
     else:
         side = "below" if mean < 0 else "above"
         why = f"a group's average 0: the replays lean to the samples scored {side} their group"
