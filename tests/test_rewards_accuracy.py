@@ -316,6 +316,27 @@ def test_pool_replaced_after_a_worker_dies_while_idle(fresh_pool):
     assert fresh_pool.call("math:sqrt", (4.0,), timeout=30) == 2.0
 
 
+def test_a_call_whose_pool_breaks_while_it_waits_moves_to_a_fresh_pool(fresh_pool, monkeypatch):
+    """The race behind a 150 s stall: pebble breaks the pool (a worker died while idle) just
+    after a task was queued, and that task is never run. Here the first pool takes the task
+    into a future that never completes and then reports itself broken; the call notices
+    within a poll and answers from a fresh pool, in seconds rather than after its whole wait."""
+    from concurrent.futures import Future
+
+    first = fresh_pool._active_pool()
+    stuck: Future = Future()
+
+    def schedule_then_break(*args, **kwargs):
+        monkeypatch.setattr(type(first), "active", property(lambda pool: pool is not first))
+        return stuck
+
+    monkeypatch.setattr(first, "schedule", schedule_then_break)
+    start = time.monotonic()
+    assert fresh_pool.call("math:sqrt", (9.0,), timeout=30) == 3.0
+    assert time.monotonic() - start < 30 + to.POLL_SECONDS  # not startup_timeout + timeout
+    assert fresh_pool._pool is not first and stuck.cancelled()
+
+
 def test_worker_error_scores_zero(monkeypatch, fresh_pool):
     """A verifier that fails: the answer is wrong (0.0), and the failure is counted."""
     monkeypatch.setattr(acc, "MATH_VERIFY_TARGET", "math:no_such_function")

@@ -26,12 +26,15 @@ import atexit
 import importlib
 import multiprocessing
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from pebble import ProcessExpired, ProcessPool
 
 from r1v2.errors import R1V2Error
+
+POLL_SECONDS = 0.5  # how often a waiting call looks whether its pool broke
 
 
 class CallTimeout(TimeoutError):
@@ -108,7 +111,7 @@ class WorkerPool:
             raise BrokenProcessPool(str(e)) from e
         wait = self.startup_timeout + timeout
         try:
-            return future.result(timeout=wait)
+            return self._wait(pool, future, wait)
         except TimeoutError as e:  # pebble's "Task timeout", or our wait above ran out
             if not future.done():
                 future.cancel()  # kills the worker if the task has started
@@ -122,6 +125,24 @@ class WorkerPool:
             raise
         except Exception as e:  # the pool was stopped, or a result could not be pickled
             raise WorkerError(f"verification pool failed: {type(e).__name__}: {e}") from e
+
+    @staticmethod
+    def _wait(pool: ProcessPool, future: Any, wait: float) -> tuple[bool, Any]:
+        """``future.result`` within ``wait`` seconds, looking every :data:`POLL_SECONDS` at
+        whether the pool broke meanwhile: pebble breaks a pool whose worker died while idle,
+        and a task queued just before it noticed is never run (its future would wait out the
+        whole ``wait``); that raises BrokenProcessPool, so the call is tried on a fresh pool."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, min(POLL_SECONDS, left)))
+            except TimeoutError:
+                if future.done() or left <= POLL_SECONDS:
+                    raise  # pebble's task timeout, or the whole wait is over
+                if not pool.active:
+                    future.cancel()
+                    raise BrokenProcessPool("the pool broke while the call waited") from None
 
     def close(self) -> None:
         """Stop the workers (a call in progress fails with :class:`WorkerError`)."""
