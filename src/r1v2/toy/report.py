@@ -337,19 +337,19 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     mean advantage of its replays."""
     if not ("late_ssb" in results and "late_nossb" in results):
         return []
-    plain = metrics_of(out, "late_nossb")
+    arms = [n for n in LATE_ARMS if n in results]
+    rows = {n: metrics_of(out, n) for n in [*arms, "late_nossb"]}
     prompts = _setting(results, "late_ssb", "prompts_per_step")
     group = _setting(results, "late_ssb", "group_size")
     per_step = prompts * group if prompts and group else None
-    trained = [r for r in plain if r["step"] > 0]
+    trained = [r for r in rows["late_nossb"] if r["step"] > 0]
     target = training_stats(trained).get("probe_accuracy_max")
     if target is None or per_step is None:
         return []
-    arms = [n for n in LATE_ARMS if n in results]
-    stats = {n: training_stats(metrics_of(out, n)) for n in [*arms, "late_nossb"]}
+    stats = {n: training_stats(r) for n, r in rows.items()}
 
     def reach(name: str) -> str:
-        n = rollouts_to_reach(metrics_of(out, name), target, per_step)
+        n = rollouts_to_reach(rows[name], target, per_step)
         return "not reached" if n is None else str(n)
 
     pool = results.get("late_pool")
