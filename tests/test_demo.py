@@ -117,35 +117,52 @@ def test_rollouts_to_reach_the_first_probe_at_the_target():
     assert rollouts_to_reach(rows, 0.9, per_step=64) is None
 
 
-def _fake_demo(folder: Path, acc: float, halluc: float, rm: float) -> Path:
+def _fake_demo(
+    folder: Path, acc: float, halluc: float, rm: float, shapes: float | None = None
+) -> Path:
+    """Stage results as the demo writes them; ``shapes``: the assembled model's image-token
+    error on cells with a shape (0.1 on empty ones), each later stage 0.1 more on both."""
     write_result(folder, "toy", {"toy": str(folder / "toy"), "rm_accuracy_hallucinated": rm})
     for name, shift in (("assembled", 0.0), ("mpo", 0.1), ("grpo", 0.2)):
         result = {"accuracy": acc + shift, "hallucination_rate": halluc - shift, "n": 500}
+        if shapes is not None:
+            result["alignment"] = {
+                "cells": 3200,
+                "object_error": shapes + shift,
+                "empty_error": 0.1 + shift,
+                "nearest_word_accuracy": 1.0 - shift,
+            }
         write_result(folder, name, result)
     return folder
 
 
 def test_seed_summary_is_mean_and_sample_std(tmp_path):
     folders = [
-        _fake_demo(tmp_path / "a", 0.30, 0.80, 0.95),
-        _fake_demo(tmp_path / "b", 0.40, 0.70, 0.91),
+        _fake_demo(tmp_path / "a", 0.30, 0.80, 0.95, shapes=0.5),
+        _fake_demo(tmp_path / "b", 0.40, 0.70, 0.91, shapes=0.6),
     ]
     table = "\n".join(seed_summary(folders))
-    # assembled: mean 35%, sample std of (30, 40) = 7.07%; grpo: 55% +- 7.1%
-    assert "| assembled (vision + adapter + LM) | 35.0% +- 7.1% | 75.0% +- 7.1% | 2 |" in table
-    assert "55.0% +- 7.1%" in table
+    # assembled: mean 35%, sample std of (30, 40) = 7.07%; grpo: 55% +- 7.1%; image-token
+    # errors: shapes (0.5, 0.6) -> 0.55 +- 0.07, empty cells 0.1 on both -> 0.10 +- 0.00
+    row = "| assembled (vision + adapter + LM) | 35.0% +- 7.1% | 75.0% +- 7.1% |"
+    assert f"{row} 0.55 +- 0.07 / 0.10 +- 0.00 | 2 |" in table
+    assert "| 55.0% +- 7.1% | 55.0% +- 7.1% | 0.75 +- 0.07 / 0.30 +- 0.00 | 2 |" in table
     assert "93.0% +- 2.8% (min 91.0%)" in table
+    # A seed measured before image tokens were: no mean over the others alone.
+    folders.append(_fake_demo(tmp_path / "c", 0.35, 0.75, 0.93))
+    assert "| 35.0% +- 5.0% | 75.0% +- 5.0% | - | 3 |" in "\n".join(seed_summary(folders))
 
 
 def test_report_numbers_are_the_results_and_the_metrics(tmp_path):
-    out = _fake_demo(tmp_path / "demo", 0.25, 0.75, 0.93)
+    out = _fake_demo(tmp_path / "demo", 0.25, 0.75, 0.93, shapes=0.5)
     run = out / "runs" / "grpo"
     run.mkdir(parents=True)
     rows = [{"step": s, "reward_mean": 1.0 + s / 10, "effective_ratio": 0.7} for s in (1, 2)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths = write_report(out)
     text = (out / "report.md").read_text()
-    assert "| MPO + GRPO (final model) | 45.0% | 55.0% | 500 |" in text
+    assert "| MPO + GRPO (final model) | 45.0% | 55.0% | 0.70 / 0.30 | 500 |" in text
+    assert "among the 10 cell words, stage by stage: 100.0%, 90.0%, 80.0%." in text
     assert "reward 1.100 -> 1.200" in text and "effective ratio 0.700" in text
     assert "93.0% against hallucinated" in text
     assert all(p.is_file() for p in paths)
@@ -192,6 +209,9 @@ def test_demo_fast_end_to_end(tmp_path):
         row = _table_row(report, label)
         assert row[1] == f"{results[name]['accuracy']:.1%}"
         assert row[2] == f"{results[name]['hallucination_rate']:.1%}"
+        tokens = results[name]["alignment"]  # the first 40 held-out images' 640 cells
+        assert tokens["cells"] == 640 and 0 <= tokens["nearest_word_accuracy"] <= 1
+        assert row[3] == f"{tokens['object_error']:.2f} / {tokens['empty_error']:.2f}"
     mpo_rows = [json.loads(line) for line in (out / "runs/mpo/metrics.jsonl").open()]
     kept = sum(r["pairs_kept"] for r in mpo_rows if r.get("epoch") == 1)
     assert f"{kept:.0f} pairs kept in 2 rounds" in report

@@ -17,7 +17,13 @@ from r1v2.config import resolve
 from r1v2.data.synthetic import Scene, iter_samples, render, scene_text
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
-from r1v2.toy.align import AlignConfig, align_loss, warm_up_adapter
+from r1v2.toy.align import (
+    AlignConfig,
+    align_loss,
+    alignment_error,
+    cell_words,
+    warm_up_adapter,
+)
 from r1v2.toy.build import ToyBuildConfig, stage_hashes
 from r1v2.toy.common import completion_text, cosine_schedule, text_user_turn
 from r1v2.toy.lm import IGNORE, LMConfig, collate, encode_example, train_lm
@@ -214,6 +220,81 @@ def test_align_loss_by_hand():
     """Errors 1 and 3 over 4 elements (two zeros): (1 + 9) / 4 = 2.5."""
     features = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])  # [1, 2, 2]
     assert align_loss(features, torch.zeros(1, 2, 2)).item() == pytest.approx(2.5)
+
+
+class _Tokens:
+    """Stand-ins for a VLM and its processor with hand-set image tokens: word ``j`` of
+    :func:`cell_words` is token id ``j + 3`` with embedding ``(j + 1) * (3, 4)`` (norm
+    ``5 (j + 1)``); image ``b`` of a batch gets ``features[b]``."""
+
+    def __init__(self, features):
+        self.features = features
+        table = torch.full((13, 2), 1000.0)  # rows 0-2: other tokens, far from every cell word
+        table[3:] = torch.arange(1, 11, dtype=torch.float32)[:, None] * torch.tensor([3.0, 4.0])
+        self.embeddings = torch.nn.Embedding.from_pretrained(table)
+        words = cell_words()
+        self.tokenizer = SimpleNamespace(
+            convert_tokens_to_ids=lambda ws: [words.index(w) + 3 for w in ws]
+        )
+        self.image_processor = lambda images, return_tensors: SimpleNamespace(
+            pixel_values=torch.arange(len(images))
+        )
+
+    def get_image_features(self, pixel_values):
+        return SimpleNamespace(pooler_output=self.features[pixel_values])
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+
+def test_alignment_error_by_hand():
+    """Two scenes, one shape each, 15 empty cells. Scene 0: its red circle (embedding (3, 4),
+    norm 5) read at (3, 6.5): error 2.5 / 5 = 0.5, still nearest its own word; its empty cells
+    (embedding (30, 40), norm 50) shifted by (5, 0): error 0.1 each. Scene 1: its red square
+    ((6, 8), norm 10) read at (9, 12), the red triangle's embedding: error 5 / 10 = 0.5 and
+    nearest the wrong word; its empty cells exact. Shapes 0.5, empty cells (15 x 0.1) / 30 =
+    0.05, nearest words 31 of 32."""
+    scenes = [Scene.from_any([w] + ["empty"] * 15) for w in ("redcircle", "redsquare")]
+    empty = torch.tensor([30.0, 40.0])
+    features = empty.repeat(2, 16, 1)  # [2 images, 16 cells, 2]
+    features[0, 1:] += torch.tensor([5.0, 0.0])
+    features[0, 0] = torch.tensor([3.0, 6.5])
+    features[1, 0] = torch.tensor([9.0, 12.0])
+    fake = _Tokens(features)
+    result = alignment_error(fake, fake, scenes)
+    assert result["cells"] == 32
+    assert result["object_error"] == pytest.approx(0.5)
+    assert result["empty_error"] == pytest.approx(0.05)
+    assert result["nearest_word_accuracy"] == pytest.approx(31 / 32)
+
+
+def test_alignment_error_of_a_built_vlm_is_its_cells_one_by_one(built: Path):
+    """The assembled checkpoint's numbers equal a cell-by-cell loop over its image tokens."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(built / "vlm").eval()
+    processor = AutoProcessor.from_pretrained(built / "vlm")
+    scenes = [s.scene for s in iter_samples(3, seed=4)]
+    result = alignment_error(model, processor, scenes)
+    table = model.get_input_embeddings().weight.detach()
+    words = cell_words()
+    word_rows = table[processor.tokenizer.convert_tokens_to_ids(words)]
+    errors = {True: [], False: []}
+    hits = 0
+    for scene in scenes:
+        pixel_values = processor.image_processor([render(scene)], return_tensors="pt").pixel_values
+        with torch.no_grad():
+            tokens = model.get_image_features(pixel_values=pixel_values).pooler_output[0]
+        for token, word in zip(tokens, scene.words()):
+            target = table[processor.tokenizer.convert_tokens_to_ids(word)]
+            errors[word == "empty"].append(float((token - target).norm() / target.norm()))
+            hits += words[int(((word_rows - token) ** 2).sum(-1).argmin())] == word
+    assert result["cells"] == 48
+    assert result["object_error"] == pytest.approx(
+        sum(errors[False]) / len(errors[False]), rel=1e-5
+    )
+    assert result["empty_error"] == pytest.approx(sum(errors[True]) / len(errors[True]), rel=1e-5)
+    assert result["nearest_word_accuracy"] == pytest.approx(hits / 48)
 
 
 def test_cosine_schedule_by_hand():

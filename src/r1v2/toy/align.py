@@ -8,6 +8,9 @@ Choice: the objective is the mean squared error between the adapter's output for
 and the embedding row of cell word ``k`` (per element, averaged over the batch, the 16 cells
 and the hidden size). The number of steps is the knob: a short warm-up leaves image tokens
 between words, so the LM misreads some cells (room for RL); a long one makes perception exact.
+
+:func:`alignment_error` measures where any checkpoint's image tokens lie against those words
+(the demo reports it per stage).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 
 from r1v2.config import option
-from r1v2.data.synthetic import render, sample_scene
+from r1v2.data.synthetic import COLOURS, SHAPES, Scene, cell_word, render, sample_scene
 from r1v2.model.freeze import set_trainable
 from r1v2.toy.common import ALIGN_STREAM, check_at_least_one, cosine_schedule
 from r1v2.train.progress import StepProgress
@@ -43,6 +46,43 @@ def align_batch(processor, tokenizer, seed: int, step: int, batch_size: int):
 def align_loss(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean squared error of image tokens ``[B, 16, H]`` onto word embeddings ``[B, 16, H]``."""
     return torch.nn.functional.mse_loss(features, targets)
+
+
+def cell_words() -> list[str]:
+    """Every word a cell can be: each colour-shape pair, then ``empty``."""
+    return [cell_word((c, s)) for c in COLOURS for s in SHAPES] + [cell_word(None)]
+
+
+def alignment_error(model, processor, scenes: list[Scene]) -> dict[str, float]:
+    """How far a VLM's image tokens lie from the LLM's input embeddings of the cell words they
+    stand for, over ``scenes`` rendered through the checkpoint's image processor.
+
+    For each cell ``k`` with image token ``t_k`` and word ``w_k``, the relative error is
+    ``||t_k - e(w_k)|| / ||e(w_k)||``. Returns ``{"cells", "object_error", "empty_error",
+    "nearest_word_accuracy"}``: the mean relative error over cells holding a shape and over
+    empty cells, and the share of cells whose token lies nearest (L2) to its own word among
+    :func:`cell_words` (the word the LM would read if it read the nearest one).
+    """
+    tokenizer = processor.tokenizer
+    words = torch.tensor(tokenizer.convert_tokens_to_ids(cell_words()))  # [W]
+    pixel_values = processor.image_processor(
+        [render(s) for s in scenes], return_tensors="pt"
+    ).pixel_values  # [B, 3, px, px]
+    word_ids = torch.tensor([tokenizer.convert_tokens_to_ids(s.words()) for s in scenes])
+    with torch.no_grad():
+        tokens = model.get_image_features(pixel_values=pixel_values).pooler_output
+        tokens = tokens.float().reshape(-1, tokens.shape[-1])  # [B * 16, H]
+        table = model.get_input_embeddings().weight.float()
+        targets = table[word_ids.reshape(-1)]  # [B * 16, H]
+        error = (tokens - targets).norm(dim=-1) / targets.norm(dim=-1)  # [B * 16]
+        nearest = words[torch.cdist(tokens, table[words]).argmin(dim=-1)]  # [B * 16]
+    empty = word_ids.reshape(-1) == words[-1]
+    return {
+        "cells": int(word_ids.numel()),
+        "object_error": error[~empty].mean().item() if (~empty).any() else float("nan"),
+        "empty_error": error[empty].mean().item() if empty.any() else float("nan"),
+        "nearest_word_accuracy": (nearest == word_ids.reshape(-1)).float().mean().item(),
+    }
 
 
 @dataclass

@@ -43,6 +43,7 @@ from r1v2.errors import R1V2Error
 
 RESULTS = "results"
 RUNS = "runs"
+ALIGNMENT_SCENES = 200  # held-out images whose image tokens each evaluation measures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,21 +283,28 @@ def build_toy(cfg: DemoConfig) -> dict[str, Any]:
 
 def evaluate_model(cfg: DemoConfig, model: Path) -> dict[str, Any]:
     """Greedy accuracy and hallucination rate of ``model`` on the first ``eval_size``
-    held-out samples, through the training probe's code (``r1v2.eval.greedy.probe``)."""
+    held-out samples, through the training probe's code (``r1v2.eval.greedy.probe``), and
+    where its image tokens lie against the LM's cell words on the first ``ALIGNMENT_SCENES``
+    of those images (:func:`r1v2.toy.align.alignment_error`)."""
     import torch
 
+    from r1v2.data.synthetic import Scene
     from r1v2.eval.greedy import probe
     from r1v2.model.policy import Policy
+    from r1v2.toy.align import alignment_error
     from r1v2.train.stage import load_pool
 
     samples = load_pool(str(cfg.toy_dir / "data" / "test"))[: cfg.budget.eval_size]
+    policy = Policy.from_pretrained(model)
     with torch.inference_mode():
-        metrics = probe(Policy.from_pretrained(model), samples, max_new_tokens=128)
+        metrics = probe(policy, samples, max_new_tokens=128)
+    scenes = [Scene.from_any(s.metadata) for s in samples[:ALIGNMENT_SCENES]]
     return {
         "model": str(model),
         "n": len(samples),
         "accuracy": metrics["probe_accuracy"],
         "hallucination_rate": metrics["hallucination_rate"],
+        "alignment": alignment_error(policy.model, policy.processor, scenes),
     }
 
 

@@ -118,14 +118,55 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+ALIGNMENT_HEADER = "image-token error: shapes / empty cells"
+
+
+def alignment_cell(result: dict[str, Any]) -> str:
+    """``0.57 / 0.03``: a stage's mean relative image-token error on cells holding a shape and
+    on empty ones (``-`` for results written before it was measured)."""
+    a = result.get("alignment")
+    return (
+        "-" if a is None else f"{_num(a['object_error'], '.2f')} / {_num(a['empty_error'], '.2f')}"
+    )
+
+
 def stage_table(results: dict[str, dict[str, Any]]) -> list[str]:
     rows = []
     for name, label in STAGE_ROWS:
         r = results.get(name)
         if r is None:
             continue
-        rows.append([label, _pct(r["accuracy"]), _pct(r["hallucination_rate"]), str(r["n"])])
-    return _table(["stage", "accuracy", "hallucination rate", "held-out samples"], rows)
+        rows.append(
+            [
+                label,
+                _pct(r["accuracy"]),
+                _pct(r["hallucination_rate"]),
+                alignment_cell(r),
+                str(r["n"]),
+            ]
+        )
+    header = ["stage", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "held-out samples"]
+    return _table(header, rows)
+
+
+def alignment_note(results: dict[str, dict[str, Any]]) -> list[str]:
+    """What the image-token column measures, with the cells and nearest-word accuracies."""
+    measured = [
+        (label, results[n]["alignment"])
+        for n, label in STAGE_ROWS
+        if "alignment" in results.get(n, {})
+    ]
+    if not measured:
+        return []
+    nearest = ", ".join(f"{a['nearest_word_accuracy']:.1%}" for _, a in measured)
+    return [
+        f"Image-token error: how far each cell's image token lies from the LM's input embedding "
+        f"of the word that cell holds (`redcircle`, `empty`), as ||t - e(w)|| / ||e(w)||, "
+        f"averaged over the {measured[0][1]['cells']} cells of the first held-out images "
+        f"(0: the LM reads exactly the words it learned from). Tokens nearest their own word "
+        f"among the 10 cell words, stage by stage: {nearest}.",
+        "",
+    ]
 
 
 def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
@@ -142,8 +183,18 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
         )
         note = guard_note(s, r)
         stable = f"no: {note}" if note else "yes"
-        rows.append([r["label"], _pct(r["accuracy"]), _pct(r["hallucination_rate"]), extra, stable])
-    return _table(["arm", "accuracy", "hallucination rate", "training", "stable"], rows)
+        rows.append(
+            [
+                r["label"],
+                _pct(r["accuracy"]),
+                _pct(r["hallucination_rate"]),
+                alignment_cell(r),
+                extra,
+                stable,
+            ]
+        )
+    header = ["arm", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "training", "stable"]
+    return _table(header, rows)
 
 
 def rollouts_to_reach(rows: list[dict[str, Any]], target: float, per_step: int) -> int | None:
@@ -269,7 +320,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             "",
         ]
     lines += ["## Accuracy and hallucination per stage (greedy, held-out)", ""]
-    lines += stage_table(results) + [""]
+    lines += stage_table(results) + [""] + alignment_note(results)
     for name, title in (("mpo", "MPO"), ("grpo", "GRPO")):
         s = training_stats(metrics_of(out, name))
         if s["steps"] == 0:
@@ -500,12 +551,22 @@ def write_report(out: str | Path) -> list[Path]:
 # ---- several seeds ---------------------------------------------------------------------------
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], fmt: str = ".1%") -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.1%}"
-    return f"{statistics.mean(values):.1%} +- {statistics.stdev(values):.1%}"
+        return format(values[0], fmt)
+    return f"{statistics.mean(values):{fmt}} +- {statistics.stdev(values):{fmt}}"
+
+
+def alignment_summary(results: list[dict[str, Any]]) -> str:
+    """Mean +- std over seeds of a stage's image-token errors (shapes / empty cells); ``-``
+    unless every seed measured them."""
+    if not results or any("alignment" not in r for r in results):
+        return "-"
+    shapes = mean_std([r["alignment"]["object_error"] for r in results], ".2f")
+    empty = mean_std([r["alignment"]["empty_error"] for r in results], ".2f")
+    return f"{shapes} / {empty}"
 
 
 def seed_summary(folders: list[str | Path]) -> list[str]:
@@ -524,12 +585,14 @@ def seed_summary(folders: list[str | Path]) -> list[str]:
                 label,
                 mean_std([h["accuracy"] for h in have]),
                 mean_std([h["hallucination_rate"] for h in have]),
+                alignment_summary(have),
                 str(len(have)),
             ]
         )
     rm = [r["toy"]["rm_accuracy_hallucinated"] for r in loaded if "toy" in r]
     rm = [v for v in rm if v is not None]
-    lines = _table(["stage", "accuracy", "hallucination rate", "seeds"], rows)
+    header = ["stage", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "seeds"]
+    lines = _table(header, rows)
     if rm:
         lines += ["", f"reward model vs hallucinated responses: {mean_std(rm)} (min {min(rm):.1%})"]
     return lines
