@@ -162,7 +162,8 @@ def test_report_numbers_are_the_results_and_the_metrics(tmp_path):
     paths = write_report(out)
     text = (out / "report.md").read_text()
     assert "| MPO + GRPO (final model) | 45.0% | 55.0% | 0.70 / 0.30 | 500 |" in text
-    assert "among the 10 cell words, stage by stage: 100.0%, 90.0%, 80.0%." in text
+    assert "first 200 held-out images (3200 cells;" in text
+    assert "among the cell words, stage by stage: 100.0%, 90.0%, 80.0%." in text
     assert "reward 1.100 -> 1.200" in text and "effective ratio 0.700" in text
     assert "93.0% against hallucinated" in text
     assert all(p.is_file() for p in paths)

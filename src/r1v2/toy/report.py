@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from r1v2.data.synthetic.scene import GRID
 from r1v2.train.metrics import read_metrics
 
 STAGE_ROWS = (("assembled", "assembled (vision + adapter + LM)"),) + tuple(
@@ -151,20 +152,17 @@ def stage_table(results: dict[str, dict[str, Any]]) -> list[str]:
 
 def alignment_note(results: dict[str, dict[str, Any]]) -> list[str]:
     """What the image-token column measures, with the cells and nearest-word accuracies."""
-    measured = [
-        (label, results[n]["alignment"])
-        for n, label in STAGE_ROWS
-        if "alignment" in results.get(n, {})
-    ]
+    measured = [results[n]["alignment"] for n, _ in STAGE_ROWS if "alignment" in results.get(n, {})]
     if not measured:
         return []
-    nearest = ", ".join(f"{a['nearest_word_accuracy']:.1%}" for _, a in measured)
+    nearest = ", ".join(f"{a['nearest_word_accuracy']:.1%}" for a in measured)
+    cells = measured[0]["cells"]
     return [
         f"Image-token error: how far each cell's image token lies from the LM's input embedding "
         f"of the word that cell holds (`redcircle`, `empty`), as ||t - e(w)|| / ||e(w)||, "
-        f"averaged over the {measured[0][1]['cells']} cells of the first held-out images "
-        f"(0: the LM reads exactly the words it learned from). Tokens nearest their own word "
-        f"among the 10 cell words, stage by stage: {nearest}.",
+        f"averaged over the cells of the first {cells // GRID**2} held-out images ({cells} "
+        f"cells; 0: the LM reads the very words it learned from). Tokens nearest their own "
+        f"word among the cell words, stage by stage: {nearest}.",
         "",
     ]
 
