@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from r1v2.cli import main
 from r1v2.config import resolve
-from r1v2.data.synthetic import Scene, iter_samples, render, scene_text
+from r1v2.data.loaders import load_samples
+from r1v2.data.pairs import load_pairs
+from r1v2.data.synthetic import Scene, hallucinations, iter_samples, render, scene_text
 from r1v2.errors import R1V2Error
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
 from r1v2.toy.align import (
@@ -68,8 +70,25 @@ def test_layout(built: Path):
         lines = (built / "data" / split / "samples.jsonl").read_text().splitlines()
         assert len(lines) == n
     record = json.loads((built / "build.json").read_text())
-    assert set(record["stages"]) == {"data", "lm", "vision", "vlm", "rm"}
+    assert set(record["stages"]) == {"data", "pairs", "lm", "vision", "vlm", "rm"}
     assert record["config"]["lm"]["steps"] == 2
+
+
+def test_offline_pairs_are_the_pools_references_over_hallucinated_traces(built: Path):
+    """data/pairs: one MMPR-layout pair per training prompt, loadable by ``r1v2 mpo``: the
+    prompt as the sample file words it, on the pool's own image; chosen is the reference
+    completion (no false claim, right answer), rejected a trace with a false claim."""
+    pairs = load_pairs(built / "data" / "pairs").pairs
+    samples = load_samples(built / "data" / "train").samples
+    assert [p.id for p in pairs] == [s.id for s in samples]  # 6, in order
+    for pair, sample, synth in zip(pairs, samples, iter_samples(6, seed=0)):
+        assert (pair.question, pair.choices) == (sample.question, sample.choices)
+        assert pair.images == sample.images  # the same file, not a copy
+        assert pair.chosen == completion_text(synth)
+        assert not hallucinations(pair.chosen, synth.scene)
+        assert hallucinations(pair.rejected, synth.scene)
+        assert pair.metadata["answer"] == sample.answer
+    assert not (built / "data" / "pairs" / "pairs_images").exists()
 
 
 def test_vlm_loads_and_answers_from_an_image(built: Path):
@@ -92,7 +111,7 @@ def test_second_build_reuses_every_stage(built: Path):
     before = weights.stat().st_mtime_ns
     assert main(["toy", "build", "--out", str(built), *TINY]) == 0
     record = json.loads((built / "build.json").read_text())
-    assert [s["built"] for s in record["stages"].values()] == [False] * 5
+    assert [s["built"] for s in record["stages"].values()] == [False] * 6
     assert weights.stat().st_mtime_ns == before
 
 
@@ -121,7 +140,7 @@ def test_every_stage_setting_feeds_its_stage_hash():
     """Changing any one field of a stage's config (here: adding 1 to it, or the other choice)
     changes that stage's hash and the hashes of the stages that read it, and no other."""
     readers = {
-        "data": ["data"],
+        "data": ["data", "pairs"],
         "lm": ["lm", "vlm", "rm"],
         "vision": ["vision", "vlm", "rm"],
         "align": ["vlm", "rm"],

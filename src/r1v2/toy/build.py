@@ -8,6 +8,7 @@ Layout of ``--out DIR`` (what ``r1v2 grpo``'s defaults expect with ``--out runs/
     DIR/rm/          the reward model trained from DIR/vlm (r1v2.toy.reward)
     DIR/data/train/  RL prompt pool: generate(data.train_size, seed)
     DIR/data/test/   held-out samples: generate(data.test_size, seed + 1)
+    DIR/data/pairs/  offline MPO pairs of the pool's prompts: reference vs hallucinated trace
     DIR/build.json   per stage: the hash of what it was built from and its metrics
 
 Every stage is deterministic by seed (same machine, same thread count) and cached: a stage is
@@ -35,11 +36,12 @@ from r1v2.model.assemble import assemble
 from r1v2.toy.align import AlignConfig, warm_up_adapter
 from r1v2.toy.common import check_at_least_one
 from r1v2.toy.lm import LMConfig, train_lm
+from r1v2.toy.pairs import write_reference_pairs
 from r1v2.toy.reward import RewardModelConfig, train_reward_model
 from r1v2.toy.vision import VisionConfig, train_vision
 
 BUILD_FILE = "build.json"
-STAGES = ("data", "lm", "vision", "vlm", "rm")
+STAGES = ("data", "pairs", "lm", "vision", "vlm", "rm")
 
 
 @dataclasses.dataclass
@@ -97,11 +99,12 @@ def stage_hashes(cfg: ToyBuildConfig) -> dict[str, str]:
     stages it reads."""
     c, asdict = cfg, dataclasses.asdict
     data = _hash("data", c.seed, c.levels, asdict(c.data))
+    pairs = _hash("pairs", data)
     lm = _hash("lm", c.seed, c.levels, asdict(c.lm))
     vision = _hash("vision", c.seed, asdict(c.vision))
     vlm = _hash("vlm", lm, vision, c.seed, asdict(c.align))
     rm = _hash("rm", vlm, c.seed, asdict(c.rm))
-    return {"data": data, "lm": lm, "vision": vision, "vlm": vlm, "rm": rm}
+    return {"data": data, "pairs": pairs, "lm": lm, "vision": vision, "vlm": vlm, "rm": rm}
 
 
 def _read_record(out: Path) -> dict[str, Any]:
@@ -135,6 +138,7 @@ def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, 
     stages: dict[str, Any] = record["stages"]
     dirs = {
         "data": [out / "data" / "train", out / "data" / "test"],
+        "pairs": [out / "data" / "pairs"],
         "lm": [out / "lm"],
         "vision": [out / "vision"],
         "vlm": [out / "vlm"],
@@ -142,6 +146,13 @@ def build(cfg: ToyBuildConfig, log: Callable[[str], None] = print) -> dict[str, 
     }
     runners: dict[str, Callable[[], dict[str, Any]]] = {
         "data": lambda: _build_data(cfg, out),
+        "pairs": lambda: write_reference_pairs(
+            out / "data" / "train",
+            out / "data" / "pairs",
+            cfg.data.train_size,
+            seed=cfg.seed,
+            levels=cfg.levels,
+        ),
         "lm": lambda: train_lm(
             out / "lm", cfg.lm, seed=cfg.seed, levels=cfg.levels, progress=cfg.progress
         ),

@@ -23,6 +23,7 @@ from r1v2.model.policy import format_question
 # corpus, the vision and adapter data, the RL prompt pool (seed) and the held-out test set
 # (seed + 1) never share a stream.
 LM_STREAM, VISION_STREAM, ALIGN_STREAM = 100_003, 200_003, 300_003
+PAIRS_STREAM = 400_003  # the draws of the offline pairs' hallucinated traces
 
 
 def question_text(sample: SynthSample) -> str:

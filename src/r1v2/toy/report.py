@@ -351,8 +351,13 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             "SSB where advantages vanish (continuing from the final model)",
             ["late_ssb", "late_uniform", "late_nossb"],
         ),
+        (
+            "MPO's pairs: sampled and scored by the reward model vs offline reference pairs",
+            ["mpo", "mpo_reference", "sft_reference"],
+        ),
+        ("GRPO after each MPO", ["grpo", "grpo_reference"]),
     )
-    if any(n in results for n in ("sft", "grpo_nossb", "late_ssb")):
+    if any(n in results for n in ("sft", "grpo_nossb", "late_ssb", "mpo_reference")):
         lines += ["## Ablations (each arm on the main run's budget)", ""]
         for title, names in ablation_groups:
             if sum(n in results for n in names) < 2:
