@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from r1v2.cli import _bare_bools
-from r1v2.toy.demo import DemoConfig, write_result
+from r1v2.config import resolve
+from r1v2.errors import R1V2Error
+from r1v2.toy.demo import ARMS, DemoConfig, selected_arms, write_result
 from r1v2.toy.report import (
     guard_note,
     replay_note,
@@ -37,6 +39,18 @@ def test_a_bool_flag_alone_means_true():
         "true",
     ]
     assert _bare_bools(["--fast", "seed=3"], DemoConfig) == ["--fast", "true", "seed=3"]
+
+
+def test_arms_runs_the_named_arms_and_those_they_start_from():
+    def names(**values):
+        return [a.name for a in selected_arms(resolve(DemoConfig, None, list(values.items())))]
+
+    assert names() == []
+    assert names(arms=["grpo_reference"]) == ["mpo_reference", "grpo_reference"]
+    assert names(arms=["sft_reference", "mpo_t0"]) == ["mpo_t0", "sft_reference"]
+    assert names(ablations=True) == [a.name for a in ARMS]
+    with pytest.raises(R1V2Error, match="unknown arm\\(s\\) nope; known: sft, mpo_t0"):
+        resolve(DemoConfig, None, [("arms", ["nope"])])
 
 
 def test_training_stats_from_hand_made_rows():
@@ -260,6 +274,14 @@ def test_demo_fast_end_to_end(tmp_path):
         k: v for k, v in late.items() if k not in ("ssb", "output_dir")
     }  # the same arm but for how replays are drawn
     assert "with uniform replays" in report
+    # The offline-pair arms train on the toy's reference pairs; GRPO continues from their MPO.
+    reference = json.loads((out / "results" / "mpo_reference.json").read_text())["config"]
+    assert reference["data"] == str(out / "toy" / "data" / "pairs")
+    sft_reference = json.loads((out / "results" / "sft_reference.json").read_text())["config"]
+    assert sft_reference["loss"]["weights"] == {"nll": 1.0}
+    after = json.loads((out / "results" / "grpo_reference.json").read_text())["config"]
+    assert after["model"] == str(out / "runs/mpo_reference/final")
+    assert "### MPO's pairs: sampled and scored by the reward model vs offline" in report
 
     # A toy build with other settings is never rebuilt over: one line, exit code 2.
     other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))
