@@ -358,7 +358,11 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         ("GRPO after each MPO", ["grpo", "grpo_reference"]),
     )
     if any(n in results for n in ("sft", "grpo_nossb", "late_ssb", "mpo_reference")):
-        lines += ["## Ablations (each arm on the main run's budget)", ""]
+        lines += [
+            "## Ablations (each arm on the main run's budget; MPO on offline pairs on its own, "
+            "which needs no sampling: see its training column)",
+            "",
+        ]
         for title, names in ablation_groups:
             if sum(n in results for n in names) < 2:
                 continue
