@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -251,7 +252,9 @@ def test_demo_fast_end_to_end(tmp_path):
     assert redone["accuracy"] == lost["accuracy"]
     assert redone["hallucination_rate"] == lost["hallucination_rate"]
 
-    # --ablations adds its arms on top of the finished main stages, and their tables.
+    # --ablations adds its arms on top of the finished main stages, and their tables; a toy
+    # without its offline pairs (built before it had them) gets them, its other stages kept.
+    shutil.rmtree(out / "toy" / "data" / "pairs")
     more = _demo("--fast", "--ablations", "--out", str(out))
     assert more.returncode == 0, more.stderr[-3000:]
     report = (out / "report.md").read_text()
