@@ -47,10 +47,11 @@ def test_arms_runs_the_named_arms_and_those_they_start_from():
         return [a.name for a in selected_arms(resolve(DemoConfig, None, list(values.items())))]
 
     assert names() == []
-    assert names(arms=["grpo_reference"]) == ["mpo_reference", "grpo_reference"]
-    assert names(arms=["sft_reference", "mpo_t0"]) == ["mpo_t0", "sft_reference"]
+    assert names(arms=["grpo_sampled"]) == ["mpo_sampled", "grpo_sampled"]
+    assert names(arms=["mpo_t0", "sft"]) == ["sft", "mpo_t0"]
+    assert names(arms=["late_nossb"]) == ["late_nossb"]  # starts from the main GRPO
     assert names(ablations=True) == [a.name for a in ARMS]
-    with pytest.raises(R1V2Error, match="unknown arm\\(s\\) nope; known: sft, mpo_t0"):
+    with pytest.raises(R1V2Error, match="unknown arm\\(s\\) nope; known: sft, mpo_sampled"):
         resolve(DemoConfig, None, [("arms", ["nope"])])
 
 
@@ -258,7 +259,8 @@ def test_demo_fast_end_to_end(tmp_path):
     more = _demo("--fast", "--ablations", "--out", str(out))
     assert more.returncode == 0, more.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for title in ("SFT vs MPO", "MPO threshold", "GRPO with and without SSB", "What trains"):
+    titles = ("SFT vs MPO", "Iterative MPO threshold", "GRPO with and without SSB", "What trains")
+    for title in titles:
         assert f"### {title}" in report
     sft = json.loads((out / "results" / "sft.json").read_text())
     assert _table_row(report, sft["label"])[1] == f"{sft['accuracy']:.1%}"
@@ -277,14 +279,18 @@ def test_demo_fast_end_to_end(tmp_path):
         k: v for k, v in late.items() if k not in ("ssb", "output_dir")
     }  # the same arm but for how replays are drawn
     assert "with uniform replays" in report
-    # The offline-pair arms train on the toy's reference pairs; GRPO continues from their MPO.
-    reference = json.loads((out / "results" / "mpo_reference.json").read_text())["config"]
-    assert reference["data"] == str(out / "toy" / "data" / "pairs")
-    sft_reference = json.loads((out / "results" / "sft_reference.json").read_text())["config"]
-    assert sft_reference["loss"]["weights"] == {"nll": 1.0}
-    after = json.loads((out / "results" / "grpo_reference.json").read_text())["config"]
-    assert after["model"] == str(out / "runs/mpo_reference/final")
-    assert "### MPO's pairs: sampled and scored by the reward model vs offline" in report
+    # The main MPO and SFT train on the toy's offline pairs, iterative MPO samples its own
+    # from the training prompts, and its GRPO continues from it.
+    pairs = str(out / "toy" / "data" / "pairs")
+    for name in ("mpo", "sft"):
+        assert json.loads((out / "results" / f"{name}.json").read_text())["config"]["data"] == pairs
+    assert sft["config"]["loss"]["weights"] == {"nll": 1.0}
+    sampled = json.loads((out / "results" / "mpo_sampled.json").read_text())["config"]
+    assert sampled["data"] == str(out / "toy" / "data" / "train")
+    assert sampled["n"] == 4 and sampled["threshold"] not in (0.0, 1.0)
+    after = json.loads((out / "results" / "grpo_sampled.json").read_text())["config"]
+    assert after["model"] == str(out / "runs/mpo_sampled/final")
+    assert "### MPO's pairs: offline reference pairs vs sampled and scored" in report
 
     # A toy build with other settings is never rebuilt over: one line, exit code 2.
     other = _demo("--out", str(tmp_path / "other"), "--toy", str(out / "toy"))

@@ -4,20 +4,25 @@ The pipeline, each stage with its progress display and a one-line result::
 
     toy        r1v2 toy build into TOY (stages already built with the same settings reused)
     assembled  greedy accuracy and hallucination rate of TOY/vlm on the held-out set
-    mpo        r1v2 mpo from TOY/vlm: reward-model pairs, rules, threshold (then its eval)
+    mpo        r1v2 mpo from TOY/vlm on the toy's offline pairs (then its eval)
     grpo       r1v2 grpo from mpo/final: hybrid reward (reward model on), SSB (then its eval)
     model      OUT/model, the final model (an ordinary transformers checkpoint)
     report     OUT/report.md, OUT/report.html and OUT/plots/*.png, from the run's own logs
 
-``--ablations`` adds arms on the same budget (``ARMS``): GRPO without SSB, SFT on the same
-pair builder, two more MPO thresholds, LLM+adapter and adapter+vision training,
-GRPO from the assembled model, and SSB against no SSB where advantages vanish: the arms
-continue from the trained model on ``OUT/late_pool``, the training prompts it already solves in
-at least 75% of its rollouts (:func:`build_late_pool`), so most groups are all correct, as late
-in training; SSB runs there as the paper draws (by |A|) and with uniform replays. And MPO,
-SFT and MPO + GRPO on the toy's offline pairs (``TOY/data/pairs``: each training prompt's
-reference trace over a hallucinated one, :mod:`r1v2.toy.pairs`) against the main MPO's own
-sampled, reward-model-scored pairs. ``--arms NAME`` runs only the named arms.
+The MPO stage trains on ``TOY/data/pairs`` (InternVL's MMPR layout): each training prompt's
+reference trace chosen over a hallucinated trace of it (:mod:`r1v2.toy.pairs`), the
+preference data that teaches the assembled model to read its image tokens. The paper's
+iterative MPO (pairs the policy samples itself, scored by the reward model and the rules) runs
+as an ablation arm, with its thresholds.
+
+``--ablations`` adds arms on the same budget (``ARMS``): SFT on the same offline pairs;
+iterative MPO, SFT on its pair builder, two more thresholds and GRPO after it; GRPO without
+SSB, LLM+adapter and adapter+vision training, GRPO from the assembled model, and SSB against
+no SSB where advantages vanish: the arms continue from the trained model on ``OUT/late_pool``,
+the training prompts it already solves in at least 75% of its rollouts
+(:func:`build_late_pool`), so most groups are all correct, as late in training; SSB runs
+there as the paper draws (by |A|) and with uniform replays. ``--arms NAME`` runs only the
+named arms.
 
 The hallucination guard of MPO and GRPO rolls back: when a stage's probe hallucination rate
 stays above its start plus the tolerance, the stage ends with the weights of its best probe
@@ -56,22 +61,39 @@ class Budget:
     toy: dict[str, Any]  # ToyBuildConfig values (dotted keys)
     eval_size: int  # held-out samples of every evaluation (greedy)
     mpo: dict[str, Any]  # MPOConfig values shared by every MPO arm
+    offline: dict[str, Any]  # MPOConfig values of the arms on the toy's offline pairs
+    sampled: dict[str, Any]  # MPOConfig values of the arms on pairs sampled and scored
     grpo: dict[str, Any]  # GRPOConfig values shared by every GRPO arm
     late: dict[str, Any]  # GRPOConfig values of the vanishing-advantage arms
     late_pool: int  # training prompts scored (group_size rollouts each) for the late pool
-    reference: dict[str, Any]  # MPOConfig values of the arms on the offline reference pairs
 
 
 DEFAULT = Budget(
     toy={},
     eval_size=500,
     mpo={
-        "max_steps": 30,
         "probe_every": 10,
         "probe_size": 100,
         "save_steps": 10,
         "guard.action": "rollback",
     },
+    # Offline pairs cost no generation (about 0.4 s a step here against 2 s for a round of
+    # sampling and scoring). From the assembled models (500 held-out samples, one thread):
+    # 90 steps at a constant 5e-4 read 65.2% / 49.8% / 49.6% on seeds 0 / 1 / 2 (2e-4: 64.0%
+    # on seed 0; 30 steps at 5e-5: 51.0%); 180 constant 48.6% / 62.2% on seeds 1 / 2; 180
+    # with warmup and cosine decay 74.0% / 66.6% / 71.8% at loss.beta 0.1, 46.4% / 54.0% at
+    # 0.5 (seeds 0 / 1), 79.4% / 69.8% / 76.4% at 0.02 and 79.0% / 72.2% / 76.6% at 0.01
+    # (hallucination 2.0% / 18.6% / 8.0%; SFT on the same pairs 78.8% / 73.4% / 74.4%,
+    # hallucination 3.0% / 16.6% / 10.0%).
+    offline={
+        "max_steps": 180,
+        "optim.lr": 5e-4,
+        "optim.schedule": "cosine",
+        "optim.warmup_steps": 10,
+        "loss.beta": 0.01,
+    },
+    # Iterative MPO: a round of 16 prompts x 8 sampled responses, scored, per step.
+    sampled={"max_steps": 30},
     grpo={
         "max_steps": 250,
         # From the MPO models of seeds 0 and 1 (500 held-out samples, one thread), 150 steps:
@@ -88,17 +110,6 @@ DEFAULT = Budget(
     },
     late={"max_steps": 60, "probe_every": 10, "probe_size": 200, "save_steps": 20},
     late_pool=400,
-    # Offline pairs cost no generation (about 0.4 s a step here against 2 s for a round of
-    # sampling and scoring). From the assembled models (500 held-out samples, one thread):
-    # 90 steps at a constant 5e-4 read 65.2% / 49.8% / 49.6% on seeds 0 / 1 / 2 (2e-4: 64.0%
-    # on seed 0; 30 steps at 5e-5: 51.0%); 180 constant 48.6% / 62.2% on seeds 1 / 2; 180
-    # with warmup and cosine decay 66.6% / 71.8%.
-    reference={
-        "max_steps": 180,
-        "optim.lr": 5e-4,
-        "optim.schedule": "cosine",
-        "optim.warmup_steps": 10,
-    },
 )
 FAST = Budget(
     toy={
@@ -115,12 +126,13 @@ FAST = Budget(
     mpo={
         "max_steps": 2,
         "prompts_per_round": 8,
-        "n": 4,
         "probe_every": 1,
         "probe_size": 16,
         "save_steps": 1,
         "guard.action": "rollback",
     },
+    offline={},
+    sampled={"n": 4},
     grpo={
         "max_steps": 3,
         "prompts_per_step": 4,
@@ -133,30 +145,43 @@ FAST = Budget(
     },
     late={"max_steps": 2, "prompts_per_step": 4, "group_size": 4, "probe_every": 1},
     late_pool=8,
-    reference={},
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One training stage of the demo: its kind, the model it starts from (``assembled``, or
-    another arm's name), the config values that set it apart, and what it shows."""
+    another arm's name), the config values that set it apart, and what it shows. An MPO arm
+    trains on the toy's offline pairs, or with ``sampled`` on pairs it samples from its own
+    policy and scores with the reward model and the rules (iterative MPO)."""
 
     name: str
     kind: str  # "mpo" or "grpo"
     start: str
     values: dict[str, Any]
     label: str
+    sampled: bool = False
 
 
+SFT = {"loss.weights": {"nll": 1.0}}
 MAIN = (
-    Arm("mpo", "mpo", "assembled", {}, "MPO (DPO + BCO + NLL, reward-model pairs)"),
+    Arm("mpo", "mpo", "assembled", {}, "MPO (DPO + BCO + NLL) on offline pairs"),
     Arm("grpo", "grpo", "mpo", {}, "MPO + GRPO (hybrid reward, SSB)"),
 )
 ARMS = (
-    Arm("sft", "mpo", "assembled", {"loss.weights": {"nll": 1.0}}, "SFT (NLL only), same pairs"),
-    Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "MPO, threshold 0"),
-    Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "MPO, threshold 1.0"),
+    Arm("sft", "mpo", "assembled", SFT, "SFT (NLL only) on the same offline pairs"),
+    Arm(
+        "mpo_sampled",
+        "mpo",
+        "assembled",
+        {},
+        "iterative MPO (pairs sampled, scored by the reward model)",
+        sampled=True,
+    ),
+    Arm("sft_sampled", "mpo", "assembled", SFT, "SFT (NLL only), same pair builder", True),
+    Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "iterative MPO, threshold 0", True),
+    Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "iterative MPO, threshold 1.0", True),
+    Arm("grpo_sampled", "grpo", "mpo_sampled", {}, "iterative MPO + GRPO"),
     Arm("grpo_nossb", "grpo", "mpo", {"ssb.enabled": False}, "MPO + GRPO without SSB"),
     Arm("grpo_assembled", "grpo", "assembled", {}, "GRPO from the assembled model"),
     Arm("late_ssb", "grpo", "grpo", {}, "late GRPO with SSB"),
@@ -177,24 +202,6 @@ ARMS = (
         "MPO + GRPO, adapter + vision",
     ),
 )
-REFERENCE = (
-    Arm(
-        "mpo_reference",
-        "mpo",
-        "assembled",
-        {},
-        "MPO on offline pairs (reference vs hallucinated traces)",
-    ),
-    Arm(
-        "sft_reference",
-        "mpo",
-        "assembled",
-        {"loss.weights": {"nll": 1.0}},
-        "SFT (NLL only) on the same offline pairs",
-    ),
-    Arm("grpo_reference", "grpo", "mpo_reference", {}, "offline-pair MPO + GRPO"),
-)
-ARMS += REFERENCE
 LATE = ("late_ssb", "late_nossb", "late_uniform")
 LATE_POOL = "late_pool"
 LATE_SOLVED = 0.75  # a late-pool prompt: the trained model solves >= this share of its rollouts
@@ -214,16 +221,16 @@ class DemoConfig:
     )
     ablations: bool = option(
         False,
-        "add the paper's comparisons in miniature, each arm on the main run's budget: GRPO "
-        "without SSB, SFT vs MPO, MPO thresholds 0 / 1.0, LLM+adapter and "
+        "add the paper's comparisons in miniature, each arm on the main run's budget: SFT "
+        "vs MPO; iterative MPO (pairs sampled and scored by the reward model) with SFT on its "
+        "pairs, thresholds 0 / 1.0 and GRPO after it; GRPO without SSB, LLM+adapter and "
         "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
         "(from the final model, on the training prompts it already solves: SSB as the paper "
-        "draws, uniform replays, no SSB), MPO and SFT on the toy's offline reference pairs "
-        "(data/pairs) and GRPO after them; about 85 minutes more on 2 CPU cores",
+        "draws, uniform replays, no SSB); about 85 minutes more on 2 CPU cores",
     )
     arms: list[str] = option(
         [],
-        "run only these ablation arms (names as in results/, e.g. mpo_reference; repeatable) "
+        "run only these ablation arms (names as in results/, e.g. mpo_sampled; repeatable) "
         "after the main stages, instead of every one",
     )
     threads: int | None = option(
@@ -374,10 +381,12 @@ def stage_config(cfg: DemoConfig, arm: Arm, start_model: Path):
     if arm.kind == "mpo":
         from r1v2.train.mpo import MPOConfig
 
-        offline = {}
-        if arm in REFERENCE:
-            offline = {**budget.reference, "data": str(toy / "data" / "pairs")}
-        values = {**shared, "rm_path": str(toy / "rm"), **budget.mpo, **offline, **arm.values}
+        pairs = (
+            budget.sampled
+            if arm.sampled
+            else {**budget.offline, "data": str(toy / "data" / "pairs")}
+        )
+        values = {**shared, "rm_path": str(toy / "rm"), **budget.mpo, **pairs, **arm.values}
         return _config(MPOConfig, values)
     from r1v2.train.grpo import GRPOConfig
 

@@ -20,7 +20,7 @@ from r1v2.train.metrics import read_metrics
 STAGE_ROWS = (("assembled", "assembled (vision + adapter + LM)"),) + tuple(
     (name, label)
     for name, label in (
-        ("mpo", "MPO"),
+        ("mpo", "MPO (offline pairs)"),
         ("grpo", "MPO + GRPO (final model)"),
     )
 )
@@ -271,7 +271,7 @@ def plot_stages(results: dict[str, dict[str, Any]], path: Path) -> Path | None:
 
 def plot_thresholds(out: Path, results: dict[str, dict[str, Any]], path: Path) -> Path | None:
     points = []
-    for name in ("mpo_t0", "mpo", "mpo_t1"):
+    for name in ("mpo_t0", "mpo_sampled", "mpo_t1"):
         if name not in results:
             continue
         threshold = _setting(results, name, "threshold")
@@ -342,8 +342,14 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         lines += [f"- {title}: " + "; ".join(parts)]
     lines += [""]
     ablation_groups = (
-        ("SFT vs MPO (same pair builder)", ["mpo", "sft"]),
-        ("MPO threshold", ["mpo_t0", "mpo", "mpo_t1"]),
+        ("SFT vs MPO (same offline pairs)", ["mpo", "sft"]),
+        (
+            "MPO's pairs: offline reference pairs vs sampled and scored by the reward model",
+            ["mpo", "mpo_sampled"],
+        ),
+        ("SFT vs iterative MPO (same pair builder)", ["mpo_sampled", "sft_sampled"]),
+        ("Iterative MPO threshold", ["mpo_t0", "mpo_sampled", "mpo_t1"]),
+        ("GRPO after each MPO", ["grpo", "grpo_sampled"]),
         ("GRPO with and without SSB", ["grpo", "grpo_nossb"]),
         ("What trains in GRPO", ["grpo", "grpo_llm", "grpo_vision"]),
         ("GRPO from MPO vs from the assembled model", ["grpo", "grpo_assembled"]),
@@ -351,16 +357,12 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             "SSB where advantages vanish (continuing from the final model)",
             ["late_ssb", "late_uniform", "late_nossb"],
         ),
-        (
-            "MPO's pairs: sampled and scored by the reward model vs offline reference pairs",
-            ["mpo", "mpo_reference", "sft_reference"],
-        ),
-        ("GRPO after each MPO", ["grpo", "grpo_reference"]),
     )
-    if any(n in results for n in ("sft", "grpo_nossb", "late_ssb", "mpo_reference")):
+    arms = {n for _, names in ablation_groups for n in names} - {"mpo", "grpo"}
+    if any(n in results for n in arms):
         lines += [
-            "## Ablations (each arm on the main run's budget; MPO on offline pairs on its own, "
-            "which needs no sampling: see its training column)",
+            "## Ablations (each arm on the budget of its kind: MPO on offline pairs, iterative "
+            "MPO and GRPO each as in the main run; see the training column)",
             "",
         ]
         for title, names in ablation_groups:
