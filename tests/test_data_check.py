@@ -136,3 +136,30 @@ def test_missing_path_and_subprocess(data):
     assert f"r1v2 data check: error: {data / 'nope.jsonl'}: no such file or folder" in proc.stderr
     ok = subprocess.run(cmd[:-1] + [str(data)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
+
+
+def test_pairs_files_get_the_pairs_report(data, capsys):
+    """A pairs file (first row has chosen/rejected) is checked as pairs beside sample files:
+    3 rows, one with a missing image; chosen words (3 + 1) / 2 = 2.0, rejected (1 + 1) / 2 =
+    1.0; pair p2's chosen and rejected are the same once stripped (a warning, not a problem)."""
+    rows = [
+        {"id": "p1", "question": "q", "image": "img/a.png", "chosen": "a b c", "rejected": "x"},
+        {"id": "p2", "question": "q", "chosen": "same", "rejected": " same "},
+        {"id": "p3", "question": "q", "image": "img/gone.png", "chosen": "c", "rejected": "r"},
+    ]
+    pairs = data / "pairs" / "pairs.jsonl"
+    pairs.parent.mkdir()
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "pairs" / "img").symlink_to(data / "img")
+    assert main(["data", "check", str(data / "train.jsonl"), str(pairs.parent)]) == 1
+    out = capsys.readouterr().out
+    assert "1 file(s), 4 rows: 4 samples loaded, 0 rows with problems" in out
+    assert "1 pairs file(s), 3 rows: 2 pairs loaded, 1 rows with problems" in out
+    assert (
+        "pairs with images 1 (1 images), text-only 1; mean words: chosen 2.0, rejected 1.0" in out
+    )
+    assert "warning: 1 pair(s) with the same chosen and rejected response" in out
+    assert "pairs.jsonl:3: field 'image'" in out and "unknown field" not in out
+    pairs.write_text(json.dumps(rows[0]) + "\n")
+    assert main(["data", "check", str(pairs)]) == 0
+    assert capsys.readouterr().out.endswith("no problems found\n")

@@ -1,4 +1,4 @@
-"""``r1v2 data check``: validate sample files and describe what is in them.
+"""``r1v2 data check``: validate sample and pair files and describe what is in them.
 
 Loads every row in skip mode (so all problems are found, not only the first), then prints
 counts by kind, how many samples have images, image statistics from the headers, and every
@@ -6,6 +6,11 @@ problem as ``file:line: field 'name': reason``. A file without any row is a prob
 Image paths that leave the data folder (``../..`` past it, absolute) are warnings by default
 (``images_outside=warn``; ``refuse`` makes them problems). Exits 1 when there is any problem;
 warnings alone exit 0.
+
+A path whose first row has ``chosen`` or ``rejected`` holds offline MPO pairs
+(:mod:`r1v2.data.pairs`, the loader ``r1v2 mpo`` uses): it gets the pairs' own report (pairs
+with and without images, mean lengths, pairs whose chosen and rejected responses are the same,
+as a warning) and the same problem lines.
 """
 
 from __future__ import annotations
@@ -91,14 +96,91 @@ def _spread(values: list[int]) -> tuple[float, float, float] | None:
     return (min(values), statistics.median(values), max(values))
 
 
+def describe_pairs(result) -> dict[str, Any]:
+    """The numbers `data check` prints for a :class:`~r1v2.data.pairs.PairsLoadResult`:
+    ``with_images`` / ``text_only`` pairs, ``images``, mean ``chosen_words`` and
+    ``rejected_words`` (None without pairs), ``identical``: ids of the pairs whose chosen and
+    rejected responses are the same once stripped (no preference to learn)."""
+    pairs = result.pairs
+    with_images = sum(bool(p.images) for p in pairs)
+    return {
+        "files": len(result.files),
+        "rows": result.rows,
+        "pairs": len(pairs),
+        "with_images": with_images,
+        "text_only": len(pairs) - with_images,
+        "images": sum(len(p.images) for p in pairs),
+        "chosen_words": statistics.mean(len(p.chosen.split()) for p in pairs) if pairs else None,
+        "rejected_words": statistics.mean(len(p.rejected.split()) for p in pairs)
+        if pairs
+        else None,
+        "identical": [p.id for p in pairs if p.chosen.strip() == p.rejected.strip()],
+        "problems": len(result.problems),
+        "rows_skipped": len(result.skipped),
+    }
+
+
 def run_data_check(cfg: DataCheckConfig) -> int:
-    """Validate ``cfg.paths``, print the report, return 1 if any problem was found, else 0."""
+    """Validate ``cfg.paths`` (sample and pair files alike), print the reports, return 1 if any
+    problem was found, else 0."""
+    from r1v2.data.pairs import is_pairs_data
+
+    pairs = [p for p in cfg.paths if is_pairs_data(p)]
+    samples = [p for p in cfg.paths if p not in pairs]
+    code = check_samples(cfg, samples) if samples else 0
+    if pairs:
+        if samples:
+            print()
+        code = max(code, check_pairs(cfg, pairs))
+    return code
+
+
+def check_pairs(cfg: DataCheckConfig, paths: list[str]) -> int:
+    """The pairs' report (see :func:`describe_pairs`); 1 if any row has a problem."""
+    from r1v2.data.pairs import load_pairs
+
+    result = load_pairs(paths, on_bad="skip", max_pixels=cfg.max_pixels)
+    d = describe_pairs(result)
+    print(
+        f"{d['files']} pairs file(s), {d['rows']} rows: {d['pairs']} pairs loaded, "
+        f"{d['rows_skipped']} rows with problems"
+    )
+    if d["pairs"]:
+        print(
+            f"pairs with images {d['with_images']} ({d['images']} images), text-only "
+            f"{d['text_only']}; mean words: chosen {d['chosen_words']:.1f}, rejected "
+            f"{d['rejected_words']:.1f}"
+        )
+    if d["identical"]:
+        ids = d["identical"]
+        more = ", ..." if len(ids) > 5 else ""
+        print(
+            f"warning: {len(ids)} pair(s) with the same chosen and rejected response, "
+            f"nothing to prefer: {', '.join(ids[:5])}{more}"
+        )
+    return _print_problems(result.problems)
+
+
+def _print_problems(problems: list[DataError]) -> int:
+    if not problems:
+        print("no problems found")
+        return 0
+    print(f"{len(problems)} problem(s):")
+    for e in problems:
+        print(str(e))  # plain print: one problem per line, never wrapped
+    reasons = Counter(e.category for e in problems)
+    print("by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
+    return 1
+
+
+def check_samples(cfg: DataCheckConfig, paths: list[str]) -> int:
+    """The samples' report; 1 if any problem was found."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     result = load_samples(
-        cfg.paths,
+        paths,
         on_bad="skip",
         max_pixels=cfg.max_pixels,
         decode_images=cfg.decode_images,
@@ -135,12 +217,4 @@ def run_data_check(cfg: DataCheckConfig) -> int:
         print(f"{d['warnings']} warning(s):")
         for e in result.warnings:
             print(str(e))
-    if not result.problems:
-        console.print("no problems found")
-        return 0
-    print(f"{d['problems']} problem(s):")
-    for e in result.problems:
-        print(str(e))  # plain print: one problem per line, never wrapped
-    reasons = Counter(e.category for e in result.problems)
-    print("by reason: " + ", ".join(f"{k} {v}" for k, v in reasons.most_common()))
-    return 1
+    return _print_problems(result.problems)
