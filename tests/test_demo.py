@@ -13,9 +13,18 @@ from pathlib import Path
 import pytest
 
 from r1v2.cli import _bare_bools
-from r1v2.config import resolve
+from r1v2.config import resolve, to_dict
 from r1v2.errors import R1V2Error
-from r1v2.toy.demo import ARMS, DemoConfig, selected_arms, write_result
+from r1v2.toy.demo import (
+    ARMS,
+    MAIN,
+    DemoConfig,
+    check_unchanged,
+    model_path,
+    selected_arms,
+    stage_config,
+    write_result,
+)
 from r1v2.toy.report import (
     guard_note,
     replay_note,
@@ -53,6 +62,33 @@ def test_arms_runs_the_named_arms_and_those_they_start_from():
     assert names(ablations=True) == [a.name for a in ARMS]
     with pytest.raises(R1V2Error, match="unknown arm\\(s\\) nope; known: sft, mpo_sampled"):
         resolve(DemoConfig, None, [("arms", ["nope"])])
+
+
+def test_a_finished_arm_trained_otherwise_is_not_reused(tmp_path):
+    def demo(folder):
+        cfg = resolve(DemoConfig, None, [("out", str(tmp_path / folder))])
+        return cfg, model_path(cfg, "assembled")
+
+    cfg, start = demo("demo")
+    recorded = to_dict(stage_config(cfg, MAIN[0], start))
+    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5, "config": recorded})
+    check_unchanged(cfg, MAIN[0], start)  # the same settings: reused
+    moved, moved_start = demo("moved")  # the same folder moved whole: the same runs
+    write_result(tmp_path / "moved", "mpo", {"accuracy": 0.5, "config": recorded})
+    check_unchanged(moved, MAIN[0], moved_start)
+    recorded["loss"]["beta"] = 0.1
+    recorded["data"] = str(tmp_path / "demo" / "toy" / "data" / "train")
+    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5, "config": recorded})
+    with pytest.raises(R1V2Error) as e:
+        check_unchanged(cfg, MAIN[0], start)
+    assert str(e.value) == (
+        f"{tmp_path / 'demo' / 'results' / 'mpo.json'} was trained with other settings: data "
+        f"('{tmp_path}/demo/toy/data/train' -> '{tmp_path}/demo/toy/data/pairs'), loss.beta "
+        f"(0.1 -> 0.01); give another --out, or remove that file and "
+        f"{tmp_path / 'demo' / 'runs' / 'mpo'} to train 'mpo' again"
+    )
+    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5})  # no config recorded: reused
+    check_unchanged(cfg, MAIN[0], start)
 
 
 def test_training_stats_from_hand_made_rows():

@@ -178,7 +178,7 @@ ARMS = (
         "iterative MPO (pairs sampled, scored by the reward model)",
         sampled=True,
     ),
-    Arm("sft_sampled", "mpo", "assembled", SFT, "SFT (NLL only), same pair builder", True),
+    Arm("sft_sampled", "mpo", "assembled", SFT, "SFT (NLL only), same pair builder", sampled=True),
     Arm("mpo_t0", "mpo", "assembled", {"threshold": 0.0}, "iterative MPO, threshold 0", True),
     Arm("mpo_t1", "mpo", "assembled", {"threshold": 1.0}, "iterative MPO, threshold 1.0", True),
     Arm("grpo_sampled", "grpo", "mpo_sampled", {}, "iterative MPO + GRPO"),
@@ -509,6 +509,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
                 out, LATE_POOL, lambda: build_late_pool(cfg, model_path(cfg, "grpo")), _pool_line
             )
         start = model_path(cfg, arm.start)
+        check_unchanged(cfg, arm, start)
         results[arm.name] = stage(
             out, arm.name, lambda arm=arm, start=start: train_arm(cfg, arm, start), one_line
         )
@@ -519,6 +520,47 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     paths = write_report(out)
     print(f"[report] {', '.join(str(p) for p in paths)}")
     return results
+
+
+# Paths of a stage's config, compared by their last parts: a demo folder moved whole holds the
+# same runs (``model``: ``toy/vlm`` or ``NAME/final``, the arm it starts from).
+PATH_PARTS = {"model": 2, "data": 1, "output_dir": 1, "probe_data": 1, "rm_path": 1}
+PATH_PARTS["reward.rm_path"] = 1
+
+
+def settings_changed(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The fields where an arm's recorded config and its config now differ, as ``key (before
+    -> now)`` (display fields and fields only one of them has are not compared)."""
+    from r1v2.train.stage import _flat
+
+    before, after = _flat(recorded), _flat(now)
+
+    def key(name: str, value: Any) -> Any:
+        parts = PATH_PARTS.get(name)
+        return Path(value).parts[-parts:] if parts and isinstance(value, str) else value
+
+    return [
+        f"{k} ({before[k]!r} -> {after[k]!r})"
+        for k in sorted(before.keys() & after.keys())
+        if k != "progress" and key(k, before[k]) != key(k, after[k])
+    ]
+
+
+def check_unchanged(cfg: DemoConfig, arm: Arm, start: Path) -> None:
+    """Refuse to reuse a finished arm whose recorded settings are not the demo's now (a
+    folder from another version of the demo, say): its numbers would stand under a label
+    they were not trained for."""
+    done = read_result(Path(cfg.out), arm.name)
+    if done is None or "config" not in done:
+        return
+    changed = settings_changed(done["config"], to_dict(stage_config(cfg, arm, start)))
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise R1V2Error(
+            f"{result_path(Path(cfg.out), arm.name)} was trained with other settings: "
+            f"{', '.join(changed[:3])}{more}; give another --out, or remove that file and "
+            f"{Path(cfg.out) / RUNS / arm.name} to train '{arm.name}' again"
+        )
 
 
 def selected_arms(cfg: DemoConfig) -> tuple[Arm, ...]:
