@@ -27,6 +27,7 @@ from r1v2.toy.demo import (
 )
 from r1v2.toy.report import (
     guard_note,
+    pairs_text,
     replay_note,
     rollouts_to_reach,
     seed_summary,
@@ -112,6 +113,19 @@ def test_training_stats_from_hand_made_rows():
     assert s["probe_accuracy_max"] == 0.4
     assert s["guard_fired"] == 0.0
     assert "replayed_advantage_mean" not in s  # not logged (runs of earlier versions)
+
+
+def test_offline_and_sampled_mpo_pairs_are_told_apart():
+    """Offline pairs are read, not scored: no score gap on any round. A sampled round that
+    built no pair has no gap either, and does not make a run offline."""
+    offline = [{"step": s, "epoch": 1, "pairs_built": 16, "pairs_kept": 16} for s in (1, 2)]
+    sampled = [
+        {"step": 1, "epoch": 1, "pairs_built": 0, "pairs_kept": 0, "score_gap_mean": None},
+        {"step": 2, "epoch": 1, "pairs_built": 5, "pairs_kept": 3, "score_gap_mean": 1.5},
+    ]
+    assert pairs_text(training_stats(offline)) == "32 offline pairs in 2 steps"
+    assert pairs_text(training_stats(sampled)) == "3 pairs kept in 2 rounds"
+    assert pairs_text(training_stats(sampled[:1])) == "0 pairs kept in 1 rounds"
 
 
 def test_the_replays_mean_advantage():
@@ -267,7 +281,7 @@ def test_demo_fast_end_to_end(tmp_path):
         assert row[3] == f"{tokens['object_error']:.2f} / {tokens['empty_error']:.2f}"
     mpo_rows = [json.loads(line) for line in (out / "runs/mpo/metrics.jsonl").open()]
     kept = sum(r["pairs_kept"] for r in mpo_rows if r.get("epoch") == 1)
-    assert f"{kept:.0f} pairs kept in 2 rounds" in report
+    assert f"{kept:.0f} offline pairs in 2 steps" in report  # read from data/pairs, 8 a step
     grpo_rows = [json.loads(line) for line in (out / "runs/grpo/metrics.jsonl").open()]
     ratio = [r["effective_ratio"] for r in grpo_rows if "effective_ratio" in r]
     assert f"effective ratio {sum(ratio) / len(ratio):.3f}" in report

@@ -71,6 +71,11 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         stats["rounds"] = float(len(rounds))
         stats["pairs_kept"] = float(sum(r["pairs_kept"] or 0 for r in rounds))
         stats["pairs_built"] = float(sum(r.get("pairs_built") or 0 for r in rounds))
+        built = [r for r in rounds if r.get("pairs_built")]
+        # offline pairs are read, not scored: no score gap on any round that built pairs
+        stats["offline"] = float(
+            bool(built) and all(r.get("score_gap_mean") is None for r in built)
+        )
         racc = [r["reward_accuracy"] for r in steps if r.get("reward_accuracy") is not None]
         if racc:
             stats["reward_accuracy"] = _mean(racc)
@@ -175,7 +180,7 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
             continue
         s = training_stats(metrics_of(out, name))
         extra = (
-            f"{s['pairs_kept']:.0f} pairs kept in {s['rounds']:.0f} rounds"
+            pairs_text(s)
             if "pairs_kept" in s
             else f"effective ratio {_num(s.get('effective_ratio'), '.2f')}"
         )
@@ -193,6 +198,13 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
         )
     header = ["arm", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "training", "stable"]
     return _table(header, rows)
+
+
+def pairs_text(stats: dict[str, float]) -> str:
+    """An MPO run's pairs: offline pairs read per step, or sampled pairs kept per round."""
+    if stats.get("offline"):
+        return f"{stats['pairs_kept']:.0f} offline pairs in {stats['rounds']:.0f} steps"
+    return f"{stats['pairs_kept']:.0f} pairs kept in {stats['rounds']:.0f} rounds"
 
 
 def rollouts_to_reach(rows: list[dict[str, Any]], target: float, per_step: int) -> int | None:
@@ -325,7 +337,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             continue
         parts = [f"{s['steps']:.0f} steps" + _schedule(results.get(name, {}))]
         if "pairs_kept" in s:
-            parts.append(f"{s['pairs_kept']:.0f} pairs kept in {s['rounds']:.0f} rounds")
+            parts.append(pairs_text(s))
         if "reward_accuracy" in s:
             parts.append(f"mean reward accuracy (chosen over rejected) {s['reward_accuracy']:.2f}")
         if "reward_first" in s:
