@@ -160,6 +160,10 @@ def test_pairs_files_get_the_pairs_report(data, capsys):
     )
     assert "warning: 1 pair(s) with the same chosen and rejected response" in out
     assert "pairs.jsonl:3: field 'image'" in out and "unknown field" not in out
+    assert main(["data", "check", str(data)]) == 1  # a folder of both kinds is split by file
+    out = capsys.readouterr().out
+    assert "2 file(s), 5 rows: 5 samples loaded, 0 rows with problems" in out
+    assert "1 pairs file(s), 3 rows: 2 pairs loaded, 1 rows with problems" in out
     pairs.write_text(json.dumps(rows[0]) + "\n")
     assert main(["data", "check", str(pairs)]) == 0
     assert capsys.readouterr().out.endswith("no problems found\n")

@@ -123,16 +123,32 @@ def describe_pairs(result) -> dict[str, Any]:
 def run_data_check(cfg: DataCheckConfig) -> int:
     """Validate ``cfg.paths`` (sample and pair files alike), print the reports, return 1 if any
     problem was found, else 0."""
-    from r1v2.data.pairs import is_pairs_data
-
-    pairs = [p for p in cfg.paths if is_pairs_data(p)]
-    samples = [p for p in cfg.paths if p not in pairs]
+    samples, pairs = split_pairs(cfg.paths)
     code = check_samples(cfg, samples) if samples else 0
     if pairs:
         if samples:
             print()
         code = max(code, check_pairs(cfg, pairs))
     return code
+
+
+def split_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """``paths`` as (sample paths, pair paths), each data file by its first row; a folder
+    holding both (a toy build's ``data/``) is split into its files."""
+    from r1v2.data.loaders import find_data_files
+    from r1v2.data.pairs import is_pairs_data
+
+    samples: list[str] = []
+    pairs: list[str] = []
+    for path in paths:
+        files = find_data_files(path)
+        kinds = [is_pairs_data(f) for f in files]
+        if all(kinds) or not any(kinds):
+            (pairs if kinds[0] else samples).append(path)
+            continue
+        for f, is_pairs in zip(files, kinds):
+            (pairs if is_pairs else samples).append(str(f))
+    return samples, pairs
 
 
 def check_pairs(cfg: DataCheckConfig, paths: list[str]) -> int:
