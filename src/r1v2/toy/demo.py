@@ -226,7 +226,7 @@ class DemoConfig:
         "pairs, thresholds 0 / 1.0 and GRPO after it; GRPO without SSB, LLM+adapter and "
         "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
         "(from the final model, on the training prompts it already solves: SSB as the paper "
-        "draws, uniform replays, no SSB); about 85 minutes more on 2 CPU cores",
+        "draws, uniform replays, no SSB); about an hour more on 2 CPU cores",
     )
     arms: list[str] = option(
         [],
