@@ -86,7 +86,9 @@ def test_a_finished_arm_trained_otherwise_is_not_reused(tmp_path):
         f"{tmp_path / 'demo' / 'results' / 'mpo.json'} was trained with other settings: data "
         f"('{tmp_path}/demo/toy/data/train' -> '{tmp_path}/demo/toy/data/pairs'), loss.beta "
         f"(0.1 -> 0.01); give another --out, or remove that file and "
-        f"{tmp_path / 'demo' / 'runs' / 'mpo'} to train 'mpo' again"
+        f"{tmp_path / 'demo' / 'runs' / 'mpo'} (and those of the arms that start from it: grpo, "
+        "grpo_nossb, late_ssb, late_nossb, late_uniform, grpo_llm, grpo_vision) to train 'mpo' "
+        "again"
     )
     write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5})  # no config recorded: reused
     check_unchanged(cfg, MAIN[0], start)

@@ -556,11 +556,23 @@ def check_unchanged(cfg: DemoConfig, arm: Arm, start: Path) -> None:
     changed = settings_changed(done["config"], to_dict(stage_config(cfg, arm, start)))
     if changed:
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        after = [a.name for a in MAIN + ARMS if arm.name in _starts(a)]
+        also = f" (and those of the arms that start from it: {', '.join(after)})" if after else ""
         raise R1V2Error(
             f"{result_path(Path(cfg.out), arm.name)} was trained with other settings: "
             f"{', '.join(changed[:3])}{more}; give another --out, or remove that file and "
-            f"{Path(cfg.out) / RUNS / arm.name} to train '{arm.name}' again"
+            f"{Path(cfg.out) / RUNS / arm.name}{also} to train '{arm.name}' again"
         )
+
+
+def _starts(arm: Arm) -> list[str]:
+    """The arms ``arm`` continues from, nearest first."""
+    by_name = {a.name: a for a in MAIN + ARMS}
+    chain = []
+    while arm.start in by_name:
+        chain.append(arm.start)
+        arm = by_name[arm.start]
+    return chain
 
 
 def selected_arms(cfg: DemoConfig) -> tuple[Arm, ...]:
