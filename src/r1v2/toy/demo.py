@@ -524,8 +524,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
 
 # Paths of a stage's config, compared by their last parts: a demo folder moved whole holds the
 # same runs (``model``: ``toy/vlm`` or ``NAME/final``, the arm it starts from).
-PATH_PARTS = {"model": 2, "data": 1, "output_dir": 1, "probe_data": 1, "rm_path": 1}
-PATH_PARTS["reward.rm_path"] = 1
+PATH_PARTS = {
+    "model": 2,
+    "data": 1,
+    "output_dir": 1,
+    "probe_data": 1,
+    "rm_path": 1,
+    "reward.rm_path": 1,
+}
 
 
 def settings_changed(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
@@ -580,10 +586,8 @@ def selected_arms(cfg: DemoConfig) -> tuple[Arm, ...]:
     ``arms`` names and the arms they start from."""
     if cfg.ablations:
         return ARMS
-    wanted = set(cfg.arms)
-    for arm in reversed(ARMS):  # an arm comes after the arm it starts from
-        if arm.name in wanted:
-            wanted.add(arm.start)
+    by_name = {a.name: a for a in ARMS}
+    wanted = {n for name in cfg.arms for n in (name, *_starts(by_name[name]))}
     return tuple(a for a in ARMS if a.name in wanted)
 
 

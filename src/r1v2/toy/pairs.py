@@ -4,9 +4,9 @@ One pair per prompt of the RL pool (``data/train``): chosen is the prompt's refe
 (right and faithful by construction), rejected a hallucinated trace of the same prompt
 (:func:`r1v2.toy.reward.hallucinated_response`: at least one false claim about the image,
 consistent with itself). ``r1v2 mpo data=OUT/data/pairs`` trains on them in MPO's offline
-mode, the way InternVL's MPO trains on MMPR's pairs of correct and incorrect responses; the
-demo's main MPO stage samples and scores its own pairs instead (iterative, with the reward
-model), and compares the two (``--ablations``).
+mode, the way InternVL's MPO trains on MMPR's pairs of correct and incorrect responses. The
+demo's MPO stage trains on them; its ``mpo_sampled`` arm samples and scores its own pairs
+instead (iterative MPO, with the reward model), and ``--ablations`` compares the two.
 
 The pairs point at the pool's images (``../train/images/ID.png``): nothing is drawn twice.
 """
