@@ -22,22 +22,30 @@ On each path both trainers get
   (``r1v2.rewards.format_reward``), weights 1 and 1, as in r1v2's hybrid reward without a
   reward model.
 
-Every weight trains in both (TRL's default; r1v2 ``trainable=all``). r1v2 runs with its
-defaults otherwise (``share_prefix`` on: each prompt runs through the LLM once per group, in
+Every weight trains in both (TRL's default; r1v2 ``trainable=all``). r1v2 runs once per
+rollout engine of ``--engines`` (default: ``transformers``, its default, and ``compiled``,
+the same ``generate`` with torch.compile'd decode steps), each against the same TRL runs
+(TRL's defaults: transformers ``generate`` with a dynamic cache; its
+``cache_implementation="static"`` lets transformers compile decoding on a GPU, not on a CPU
+by default), with r1v2's defaults otherwise (``share_prefix`` on: each prompt runs through the LLM once per group, in
 generation and in the update); its Selective Sample Buffer is switched off (TRL has no
 counterpart; it would only reorder which samples are trained on, not how many). The questions
 have no lettered choices, so both score answers the same way.
 
 Each trainer runs ``warmup + steps`` optimizer steps per run (``--steps`` on the text path,
-``--vlm-steps`` on the vision-language one), ``repeats`` runs each in ABBA order (r1v2, TRL,
-TRL, r1v2, ...); the first ``warmup`` are not timed. A step's time is the trainer's own step
-(rollouts, rewards, advantages, reference and policy log-probs, backward, optimizer step),
-without logging or checkpoints: r1v2's ``step_seconds`` metric, and for TRL the time from
-``on_step_begin`` to ``on_step_end``. Completions/s is ``prompts_per_step * G`` times the
-timed steps, over their summed times; generated tokens/s is that times the mean completion
-length (random weights sample different lengths in the two trainers). Torch uses one CPU
-thread by default: on a machine shared with other jobs, two threads on two busy cores made
-every step tens of times slower for both trainers.
+``--vlm-steps`` on the vision-language one), ``repeats`` runs each, the order reversed every
+other repeat (r1v2 engines, TRL, then TRL, r1v2 engines, ...); the first ``warmup`` steps are
+not timed (they hold the compile of ``engine=compiled``, whose cost shows in the run's wall
+time, ``run s``). A step's time is the trainer's own step (rollouts, rewards, advantages,
+reference and policy log-probs, backward, optimizer step), without logging or checkpoints:
+r1v2's ``step_seconds`` metric, and for TRL the time from ``on_step_begin`` to
+``on_step_end``. Completions/s is ``prompts_per_step * G`` times the timed steps, over their
+summed times; generated tokens/s is that times the mean completion length (random weights
+sample different lengths in the two trainers). The ratio is given over all timed steps and
+per repeat (mean +- std of each repeat's ratio: the runs of a repeat ran side by side, and a
+shared machine's speed drifts by tens of percent between repeats). Torch uses one CPU thread
+by default: on a machine shared with other jobs, two threads on two busy cores made every
+step tens of times slower for both trainers.
 
 Run: ``python bench/grpo_vs_trl.py`` (about 5 minutes on 2 CPU cores; ``--paths text`` alone
 takes one; ``--help`` for options). Needs ``trl`` (``pip install trl==1.16.0``).
@@ -145,8 +153,11 @@ def timed_steps(s: dict, vlm: bool) -> int:
     return s["vlm_steps"] if vlm else s["steps"]
 
 
-def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict, vlm: bool = False) -> dict:
-    """Train with r1v2; returns the step times and the run's wall time."""
+def run_r1v2(
+    model_dir: Path, data: Path, out: Path, s: dict, vlm: bool = False, engine: str = "transformers"
+) -> dict:
+    """Train with r1v2 on rollout ``engine``; returns the step times and the run's wall
+    time."""
     from r1v2.config import resolve
     from r1v2.train.grpo import GRPOConfig, train
 
@@ -179,6 +190,7 @@ def run_r1v2(model_dir: Path, data: Path, out: Path, s: dict, vlm: bool = False)
             ("optim.lr", s["lr"]),
             ("optim.max_grad_norm", s["max_grad_norm"]),
             ("ssb.enabled", False),
+            ("engine", engine),
             ("tensorboard", False),
             ("progress", False),
         ],
@@ -311,12 +323,28 @@ def run_trl(model_dir: Path, samples: list, out: Path, s: dict, vlm: bool = Fals
 
 
 def merge(results: list[dict]) -> dict:
-    """One result from repeated runs: all timed steps, mean wall time and completion length."""
+    """One result from repeated runs: all timed steps, mean wall time and completion length,
+    and the runs themselves (``runs``, in repeat order)."""
     return {
         "step_seconds": [x for r in results for x in r["step_seconds"]],
         "wall": sum(r["wall"] for r in results) / len(results),
         "completion_len": sum(r["completion_len"] for r in results) / len(results),
+        "runs": results,
     }
+
+
+def repeat_ratios(ours: dict, theirs: dict, s: dict) -> list[float]:
+    """r1v2's completions/s over TRL's, one per repeat (runs of one repeat ran side by
+    side, so the machine's drift between repeats cancels in each)."""
+    return [throughput(a, s) / throughput(b, s) for a, b in zip(ours["runs"], theirs["runs"])]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def throughput(result: dict, s: dict) -> float:
@@ -330,18 +358,21 @@ def throughput(result: dict, s: dict) -> float:
 
 
 def compare(root: Path, name: str, model_dir: Path, data: Path, samples: list, s: dict, a):
-    """Both trainers on one path, ``a.repeats`` runs each in ABBA order (a drift in the
-    machine's load hits both alike); returns their merged results (r1v2, TRL)."""
+    """Every trainer on one path (r1v2 on each engine of ``a.engines``, then TRL),
+    ``a.repeats`` runs each, the order reversed every other repeat (ABBA: a drift in the
+    machine's load hits all alike); returns their merged results by trainer name."""
     vlm = name.startswith("vlm")
-    runs: dict[str, list[dict]] = {"r1v2": [], "trl": []}
+    names = [f"r1v2/{e}" for e in a.engines] + ["trl"]
+    runs: dict[str, list[dict]] = {n: [] for n in names}
     for i in range(a.repeats):
-        for trainer in ("r1v2", "trl") if i % 2 == 0 else ("trl", "r1v2"):
-            out = root / f"{name}-{trainer}-{i}"
-            if trainer == "r1v2":
-                runs[trainer].append(run_r1v2(model_dir, data, out, s, vlm=vlm))
-            else:
+        for trainer in names if i % 2 == 0 else names[::-1]:
+            out = root / f"{name}-{trainer.replace('/', '-')}-{i}"
+            if trainer == "trl":
                 runs[trainer].append(run_trl(model_dir, samples, out, s, vlm=vlm))
-    return merge(runs["r1v2"]), merge(runs["trl"])
+            else:
+                engine = trainer.split("/")[1]
+                runs[trainer].append(run_r1v2(model_dir, data, out, s, vlm=vlm, engine=engine))
+    return {n: merge(r) for n, r in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,7 +406,18 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads for both trainers (1 is steadiest on a shared machine)",
     )
     p.add_argument(
-        "--repeats", type=int, default=2, help="runs per trainer, in ABBA order (default 2)"
+        "--repeats",
+        type=int,
+        default=4,
+        help="runs per trainer, in ABBA order; the ratio is also given per repeat, as mean +- "
+        "std over them (default 4)",
+    )
+    p.add_argument(
+        "--engines",
+        nargs="+",
+        default=["transformers", "compiled"],
+        choices=["transformers", "compiled", "continuous"],
+        help="r1v2 rollout engines to run (each against the same TRL runs)",
     )
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
     a = p.parse_args(argv)
@@ -397,23 +439,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from r1v2.data import load_samples
 
-    table = []  # (path, mean prompt tokens, r1v2 result, TRL result)
+    table = []  # (path, mean prompt tokens, results by trainer)
     with tempfile.TemporaryDirectory() as tmp:
         root = a.keep or Path(tmp)
         if "text" in a.paths:
             model_dir, data, samples = build_inputs(root, s)
             tokens = check_same_prompts(model_dir, samples, vlm=False)
-            ours, theirs = compare(root, "text", model_dir, data, samples, s, a)
-            table.append(("text", tokens, ours, theirs))
+            table.append(("text", tokens, compare(root, "text", model_dir, data, samples, s, a)))
         if "vlm" in a.paths:
             model_dir, folders = build_vlm_inputs(root, s)
             for shape in a.shapes:
                 samples = load_samples(folders[shape]).samples
                 tokens = check_same_prompts(model_dir, samples, vlm=True)
-                ours, theirs = compare(
-                    root, f"vlm-{shape}", model_dir, folders[shape], samples, s, a
-                )
-                table.append((f"vlm/{shape}", tokens, ours, theirs))
+                results = compare(root, f"vlm-{shape}", model_dir, folders[shape], samples, s, a)
+                table.append((f"vlm/{shape}", tokens, results))
 
     n = s["prompts_per_step"] * s["group_size"]
     print()
@@ -424,25 +463,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("settings: " + ", ".join(f"{k}={v}" for k, v in s.items()) + f", repeats={a.repeats}")
     print(
-        f"{'path':<9} {'prompt tok':>10} {'trainer':<7} {'completions/s':>13} {'gen tok/s':>9} "
-        f"{'s/step':>7} {'mean len':>8} {'timed':>5} {'ratio r1v2/trl':>14}"
+        f"{'path':<9} {'prompt tok':>10} {'trainer':<17} {'completions/s':>13} "
+        f"{'gen tok/s':>9} {'s/step':>7} {'run s':>6} {'mean len':>8} {'timed':>5} "
+        f"{'ratio r1v2/trl':>16} {'per repeat':>15}"
     )
-    for path, tokens, ours, theirs in table:
-        ratio = throughput(ours, s) / throughput(theirs, s)
-        token_ratio = (throughput(ours, s) * ours["completion_len"]) / (
-            throughput(theirs, s) * theirs["completion_len"]
-        )
-        for trainer, r in (("r1v2", ours), ("trl", theirs)):
+    for path, tokens, results in table:
+        theirs = results["trl"]
+        for trainer, r in results.items():
             per_step = sum(r["step_seconds"]) / len(r["step_seconds"])
-            note = f"{ratio:.2f}x ({token_ratio:.2f}x tok)" if trainer == "r1v2" else ""
+            note = spread = ""
+            if trainer != "trl":
+                ratio = throughput(r, s) / throughput(theirs, s)
+                token_ratio = (throughput(r, s) * r["completion_len"]) / (
+                    throughput(theirs, s) * theirs["completion_len"]
+                )
+                note = f"{ratio:.2f}x ({token_ratio:.2f}x tok)"
+                spread = "{:.2f} +- {:.2f}x".format(*mean_std(repeat_ratios(r, theirs, s)))
             print(
-                f"{path:<9} {tokens:>10.1f} {trainer:<7} {throughput(r, s):>13.1f} "
+                f"{path:<9} {tokens:>10.1f} {trainer:<17} {throughput(r, s):>13.1f} "
                 f"{throughput(r, s) * r['completion_len']:>9.0f} {per_step:>7.3f} "
-                f"{r['completion_len']:>8.1f} {len(r['step_seconds']):>5} {note:>14}"
+                f"{r['wall']:>6.1f} {r['completion_len']:>8.1f} {len(r['step_seconds']):>5} "
+                f"{note:>16} {spread:>15}"
             )
     print(
-        "ratio: completions/s of r1v2 over TRL's (in parentheses: generated tokens/s); "
-        "prompt tok: mean prompt length, image tokens included"
+        "ratio: completions/s of r1v2 over TRL's over all timed steps (in parentheses: "
+        "generated tokens/s); per repeat: the ratio within each repeat, mean +- std; "
+        "prompt tok: mean prompt length, image tokens included; run s: a run's wall time "
+        "(model loading, compiling and the untimed warm-up step included)"
     )
     return 0
 

@@ -15,6 +15,7 @@ from r1v2.model.assemble import assemble
 from r1v2.model.policy import Policy, SamplingConfig
 from r1v2.rollout import (
     ENGINES,
+    CompiledEngine,
     ContinuousBatchingEngine,
     RolloutEngine,
     TransformersEngine,
@@ -168,13 +169,14 @@ def test_max_new_tokens_and_ignore_eos(vlm):
 
 
 def test_engines_follow_the_protocol_and_build_by_name(lm):
-    assert ENGINES == ("transformers", "continuous")
-    for name, cls in zip(ENGINES, (TransformersEngine, ContinuousBatchingEngine)):
+    assert ENGINES == ("transformers", "compiled", "continuous")
+    for name, cls in zip(ENGINES, (TransformersEngine, CompiledEngine, ContinuousBatchingEngine)):
         engine = build_engine(name, lm, share_prefix=True)
         assert type(engine) is cls and isinstance(engine, RolloutEngine)
         engine.sync_weights()  # shares the policy's modules: nothing to do
     assert build_engine("transformers", lm, share_prefix=True).share_prefix
-    with pytest.raises(R1V2Error, match="unknown rollout engine 'vllm'.*transformers, continuous"):
+    assert build_engine("compiled", lm, share_prefix=True).share_prefix
+    with pytest.raises(R1V2Error, match="unknown rollout engine 'vllm'.*transformers, compiled"):
         build_engine("vllm", lm)
 
 

@@ -376,6 +376,7 @@ class Policy:
         batch_size: int | None = None,
         streamer: Any = None,
         share_prefix: bool = False,
+        decode: Any = None,
     ) -> Rollout:
         """Sample ``group_size`` completions per prompt.
 
@@ -385,7 +386,9 @@ class Policy:
         ``TextStreamer``) receives the new tokens as they are generated (one sequence).
         ``share_prefix``: prefill each prompt once per call and decode its samples from its
         expanded KV cache (:meth:`_shared_cache`); the same random draws, so the same samples
-        up to float rounding of the logits.
+        up to float rounding of the logits. ``decode``: a function with :meth:`_generate`'s
+        arguments and result that samples instead of transformers ``generate``
+        (:class:`r1v2.rollout.CompiledEngine`).
         """
         sampling = sampling or SamplingConfig()
         sampling.validate()
@@ -393,11 +396,12 @@ class Policy:
         embeds = self.prompt_embeds(batch)  # [P, Tp, H]
         mask = batch.attention_mask.to(self.device)  # [P, Tp]
         n = len(batch) * group_size
+        decode = decode or self._generate
         chunks = []
         for sl in iter_chunks(n, batch_size):
             rows = torch.arange(sl.start, sl.stop, device=self.device) // group_size  # [n_c]
             cache = self._shared_cache(embeds, mask, rows) if share_prefix else None
-            chunks.append(self._generate(embeds[rows], mask[rows], sampling, streamer, cache))
+            chunks.append(decode(embeds[rows], mask[rows], sampling, streamer, cache))
         width = max(c.shape[1] for c in chunks)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         row = 0

@@ -172,15 +172,18 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "bench/prefix_sharing.py (toy-sized VLM, CPU, 8 prompts x G=8, 64 new tokens): steps "
         "1.2x faster with the toy's 39-token prompts, 1.3-1.6x with 111-token ones",
     )
-    engine: Literal["transformers", "continuous"] = option(
+    engine: Literal["transformers", "compiled", "continuous"] = option(
         "transformers",
         "rollout engine (r1v2.rollout): transformers = transformers generate on padded batches "
-        "(share_prefix applies); continuous = transformers' continuous batching (paged KV cache, "
-        "finished sequences replaced as they end, each prompt prefilled once and forked to its G "
-        "samples; text-only and InternVL policies, not with sharding=fsdp; greedy outputs equal, "
-        "sampled ones other draws). Measured on a CPU (one thread, 8 prompts x G=8, 64 new "
-        "tokens; bench/RESULTS.md): continuous gives 0.2-0.3x the tokens/s of transformers; "
-        "unmeasured on GPU, where transformers enables its CUDA graphs only with flash attention",
+        "(share_prefix applies); compiled = the same with each decode step run through "
+        "torch.compile (compiled on the first step: 10-25 s on 2 CPU cores at the toy's sizes; "
+        "share_prefix applies; not with sharding=fsdp; greedy outputs equal, sampled ones the "
+        "same draws up to float rounding); continuous = transformers' continuous batching "
+        "(paged KV cache, finished sequences replaced as they end, each prompt prefilled once "
+        "and forked to its G samples; text-only and InternVL policies, not with "
+        "sharding=fsdp; greedy outputs equal, sampled ones other draws). Measured on a CPU "
+        "(one thread, bench/RESULTS.md): continuous gives "
+        "0.2-0.3x the tokens/s of transformers; unmeasured on GPU",
     )
     clip_low: float = option(
         0.2, "epsilon_low of the clipped ratio (TRL: epsilon; verl: clip_ratio_low)"
