@@ -14,11 +14,14 @@ Measured, on one device, for ``P`` prompts x ``G`` samples with one image tile e
 
 - ``rollout/<engine>``: completion tokens/s of each rollout engine in :data:`ENGINES`
   (``transformers``: transformers ``generate`` through :class:`r1v2.rollout.TransformersEngine`,
-  every sample prefilling its own copy of the prompt; ``continuous``: transformers' continuous
+  every sample prefilling its own copy of the prompt; ``compiled``: r1v2's sampling loop with
+  torch.compile'd decode steps, :class:`r1v2.rollout.CompiledEngine`, each prompt prefilled
+  once and its KV cache expanded to its G samples (``share_prefix``), compiled in the
+  untimed warm-up call; ``continuous``: transformers' continuous
   batching through :class:`r1v2.rollout.ContinuousBatchingEngine`, each prompt prefilled once
   and forked to its G samples, the manager built and its cache sized for each call), sampling
-  at temperature 1 with EOS held off (``min_new_tokens`` for ``generate``, no EOS for
-  continuous batching) so every completion has ``max_new_tokens`` tokens. The step rows use
+  at temperature 1 with EOS held off (``min_new_tokens`` for ``generate``, no EOS for the
+  others) so every completion has ``max_new_tokens`` tokens. The step rows use
   the first engine's rollout;
 - ``reference``: per-token log-probs of the batch under a frozen copy of the model (the KL
   reference of eq. 8), no gradients;
@@ -78,7 +81,12 @@ from PIL import Image
 from r1v2.algos.grpo import group_advantages, loss_normalizer, policy_loss
 from r1v2.model.freeze import MODES, model_parts, set_trainable
 from r1v2.model.policy import Policy, PromptBatch, SamplingConfig
-from r1v2.rollout import ContinuousBatchingEngine, RolloutEngine, TransformersEngine
+from r1v2.rollout import (
+    CompiledEngine,
+    ContinuousBatchingEngine,
+    RolloutEngine,
+    TransformersEngine,
+)
 
 GIB = 1024**3
 
@@ -302,6 +310,12 @@ def transformers_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngi
     return TransformersEngine(policy)
 
 
+def compiled_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
+    """r1v2's CompiledEngine (torch.compile'd decode steps) with ``share_prefix`` on, as
+    ``r1v2 grpo`` runs it. Fixed lengths: EOS is switched off."""
+    return CompiledEngine(policy, share_prefix=True, ignore_eos=True)
+
+
 def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
     """transformers' continuous batching through r1v2's ContinuousBatchingEngine. Fixed
     lengths: the manager drops ``min_new_tokens``, so EOS is switched off instead."""
@@ -311,10 +325,11 @@ def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine
 # name -> factory(policy, sampling) -> engine; a vLLM engine would be added here.
 ENGINES: dict[str, Callable[[Policy, SamplingConfig], RolloutEngine]] = {
     "transformers": transformers_engine,
+    "compiled": compiled_engine,
     "continuous": continuous_engine,
 }
 # Engines that run each prompt's prefill once for its G samples (FLOPs count it once).
-PREFILL_ONCE = {"continuous"}
+PREFILL_ONCE = {"compiled", "continuous"}
 
 
 # ---- measuring -----------------------------------------------------------------------------
@@ -690,8 +705,9 @@ def notes(meta: dict, rows: list[dict]) -> list[str]:
         f"(about {100 * meta['attention_extra']:.0f}% more here) is not counted",
         "r1v2 re-encodes all P images in each micro-batch of the update (Policy.logprobs per "
         "micro-batch); the vision FLOPs above count each image once",
-        f"rollout engines: {', '.join(meta['engines'])}; continuous batching prefills each "
-        "prompt once for its G samples; transformers uses CUDA graphs and its decode fast path "
+        f"rollout engines: {', '.join(meta['engines'])}; compiled (share_prefix on, compiled "
+        "in the untimed warm-up) and continuous batching prefill each prompt once for its G "
+        "samples; transformers uses CUDA graphs and its decode fast path "
         "for it only with flash attention (here: "
         f"{'available' if meta.get('flash_attn') else 'not installed, so neither'})",
         "step rows = generation + reference + update timings; their tokens/s/GPU is the "

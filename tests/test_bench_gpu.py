@@ -38,6 +38,7 @@ FIELDS = {
 }
 NAMES = [
     "rollout/transformers",
+    "rollout/compiled",
     "rollout/continuous",
     "reference",
     "update/adapter",
@@ -86,8 +87,9 @@ def test_figures_agree_with_each_other(dry_run):
     assert meta["fixed_lengths"] is True
     assert rows["rollout/transformers"]["tokens"] == 2 * 2 * 8
     assert rows["rollout/transformers"]["min_completion_tokens"] == 8
-    assert rows["rollout/continuous"]["tokens"] == 2 * 2 * 8
-    assert rows["rollout/continuous"]["min_completion_tokens"] == 8
+    for engine in ("compiled", "continuous"):
+        assert rows[f"rollout/{engine}"]["tokens"] == 2 * 2 * 8
+        assert rows[f"rollout/{engine}"]["min_completion_tokens"] == 8
     total = rows["update/all"]["tokens"]
     assert total == round(2 * 2 * (w["mean_prompt_tokens"] + 8))
     assert rows["reference"]["tokens"] == rows["update/adapter"]["tokens"] == total

@@ -38,6 +38,26 @@ def test_float32_matches_naive(chunk_size):
     torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size", [2, 3, 7, 256])
+def test_blocks_of_several_rows_match_naive(chunk_size):
+    """B=5, T=3, V=50 on a strided view (the caller's ``logits[:, :-1]``): a row in pieces
+    (2), one row a block (3), two rows a block and a last block of one (7), all rows (256)."""
+    logits, ids, w = _pair((5, 4, 50), torch.float32, seed=1)
+    ids, w = ids[:, :-1], w[:, :-1]
+
+    def shifted(fn):
+        x = logits.detach().clone().requires_grad_()
+        out = fn(x[:, :-1], ids) if fn is _naive else fn(x[:, :-1], ids, chunk_size=chunk_size)
+        (out * w).sum().backward()
+        return out.detach(), x.grad
+
+    ours, g_ours = shifted(token_logprobs)
+    ref, g_ref = shifted(_naive)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-6)
+    assert not g_ours[:, -1].any()  # the position no token reads gets no gradient
+
+
 def test_bfloat16_matches_naive():
     """bf16 logits, V=1000: both upcast the same bf16 values to float32, so the log-probs
     agree to float32 rounding (atol 1e-5). The gradients are the same float32 numbers rounded

@@ -19,10 +19,18 @@ CHUNK_ELEMENTS = 1 << 24  # default chunk: 2^24 float32 values = 64 MiB
 
 
 def _blocks(shape: torch.Size, chunk_size: int):
-    """Index pairs ``(b, slice of T)`` covering a ``[B, T]`` grid, ``chunk_size`` rows each."""
-    for b in range(shape[0]):
-        for start in range(0, shape[1], chunk_size):
-            yield b, slice(start, min(start + chunk_size, shape[1]))
+    """Index pairs ``(slice of B, slice of T)`` covering a ``[B, T]`` grid with at most
+    ``chunk_size`` positions each: whole rows, as many as fit, when a row fits (few, large
+    blocks for short sequences or a small vocabulary), else one row in pieces."""
+    batch, length = shape
+    if length <= chunk_size:
+        rows_per_block = max(1, chunk_size // max(length, 1))
+        for b in range(0, batch, rows_per_block):
+            yield slice(b, min(b + rows_per_block, batch)), slice(0, length)
+        return
+    for b in range(batch):
+        for start in range(0, length, chunk_size):
+            yield slice(b, b + 1), slice(start, min(start + chunk_size, length))
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -39,15 +47,15 @@ class _TokenLogprobs(torch.autograd.Function):
         out = torch.empty(ids.shape, dtype=acc, device=logits.device)  # [B, T]
         lse = torch.empty_like(out)  # [B, T]
         for b, rows in _blocks(ids.shape, chunk_size):
-            block = logits[b, rows].to(acc, copy=True)  # [c, V], never a view
+            block = logits[b, rows].to(acc, copy=True)  # [n, c, V], never a view
             if temperature != 1.0:
                 block.div_(temperature)
-            picked = block.gather(-1, ids[b, rows, None]).squeeze(-1)  # [c]
-            # logsumexp in place (torch.logsumexp would allocate a second [c, V] buffer)
-            top = block.amax(dim=-1, keepdim=True)  # [c, 1]
+            picked = block.gather(-1, ids[b, rows, None]).squeeze(-1)  # [n, c]
+            # logsumexp in place (torch.logsumexp would allocate a second [n, c, V] buffer)
+            top = block.amax(dim=-1, keepdim=True)  # [n, c, 1]
             top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-            total = block.sub_(top).exp_().sum(dim=-1)  # [c]
-            lse[b, rows] = total.log_() + top.squeeze(-1)  # [c]
+            total = block.sub_(top).exp_().sum(dim=-1)  # [n, c]
+            lse[b, rows] = total.log_() + top.squeeze(-1)  # [n, c]
             out[b, rows] = picked - lse[b, rows]
             del block
         ctx.save_for_backward(logits, ids, lse)
@@ -65,12 +73,12 @@ class _TokenLogprobs(torch.autograd.Function):
         grad_out = grad_out.to(lse.dtype)  # [B, T]
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # [B, T, V]
         for b, rows in _blocks(ids.shape, ctx.chunk_size):
-            g = grad_out[b, rows, None] / tau  # [c, 1]
-            block = logits[b, rows].to(lse.dtype, copy=True)  # [c, V], never a view
+            g = grad_out[b, rows, None] / tau  # [n, c, 1]
+            block = logits[b, rows].to(lse.dtype, copy=True)  # [n, c, V], never a view
             if tau != 1.0:
                 block.div_(tau)
-            block.sub_(lse[b, rows, None]).exp_().mul_(-g)  # [c, V]: -softmax * g
-            block.scatter_add_(-1, ids[b, rows, None], g)  # [c, V]: + onehot * g
+            block.sub_(lse[b, rows, None]).exp_().mul_(-g)  # [n, c, V]: -softmax * g
+            block.scatter_add_(-1, ids[b, rows, None], g)  # [n, c, V]: + onehot * g
             grad[b, rows] = block
             del block
         return grad, None, None, None

@@ -61,16 +61,23 @@ from r1v2.model.policy import (
 class CompiledEngine:
     """Samples with a compiled decode step on the policy's model (shares its weights, so
     :meth:`sync_weights` has nothing to copy); ``share_prefix`` and ``batch_size`` as in
-    :class:`r1v2.rollout.TransformersEngine`. ``failed``: why compiling failed, after which
-    decoding stays eager (None while it works)."""
+    :class:`r1v2.rollout.TransformersEngine`. ``ignore_eos``: never stop at EOS, every
+    completion runs to ``max_new_tokens`` (for benchmarks). ``failed``: why compiling failed,
+    after which decoding stays eager (None while it works)."""
 
     def __init__(
-        self, policy: Policy, *, batch_size: int | None = None, share_prefix: bool = False
+        self,
+        policy: Policy,
+        *,
+        batch_size: int | None = None,
+        share_prefix: bool = False,
+        ignore_eos: bool = False,
     ):
         refuse_sharded(policy)
         self.policy = policy
         self.batch_size = batch_size
         self.share_prefix = share_prefix
+        self.ignore_eos = ignore_eos
         self.failed: str | None = None
         self._compiled: Callable[..., Any] | None = None  # built on first use
 
@@ -131,7 +138,7 @@ class CompiledEngine:
         cache = kv_cache(out)
         logits = out.logits[:, -1].float()  # [B, V]
         warpers = logits_warpers(sampling)
-        eos = torch.tensor(policy.eos_ids, device=embeds.device)
+        eos = torch.tensor([] if self.ignore_eos else policy.eos_ids, device=embeds.device)
         attention = mask.long()  # [B, Tp + t]
         position = positions[:, -1:]  # [B, 1]
         done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
