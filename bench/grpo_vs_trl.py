@@ -47,8 +47,8 @@ shared machine's speed drifts by tens of percent between repeats). Torch uses on
 by default: on a machine shared with other jobs, two threads on two busy cores made every
 step tens of times slower for both trainers.
 
-Run: ``python bench/grpo_vs_trl.py`` (about 5 minutes on 2 CPU cores; ``--paths text`` alone
-takes one; ``--help`` for options). Needs ``trl`` (``pip install trl==1.16.0``).
+Run: ``python bench/grpo_vs_trl.py`` (about 7 minutes on 2 CPU cores; ``--paths text`` alone
+takes two; ``--help`` for options). Needs ``trl`` (``pip install trl==1.16.0``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ import torch
 # Every setting both trainers read. The command line overrides the first five.
 SETTINGS = {
     "steps": 20,  # timed optimizer steps per run, text path
-    "vlm_steps": 5,  # timed optimizer steps per run, vision-language path
+    "vlm_steps": 10,  # timed optimizer steps per run, vision-language path
     "warmup": 1,  # untimed optimizer steps before them
     "prompts_per_step": 4,
     "group_size": 8,  # G

@@ -21,7 +21,7 @@ Sample order is group-major: sample ``i`` belongs to prompt ``i // G``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,7 +376,7 @@ class Policy:
         batch_size: int | None = None,
         streamer: Any = None,
         share_prefix: bool = False,
-        decode: Any = None,
+        decode: Callable[..., torch.Tensor] | None = None,
     ) -> Rollout:
         """Sample ``group_size`` completions per prompt.
 

@@ -13,7 +13,7 @@ bookkeeping. This engine
   samples: :meth:`r1v2.model.policy.Policy.generate`, which calls :meth:`decode` per batch);
 - runs every decode step (``input_ids`` ``[B, 1]``, the dynamic KV cache) through
   ``torch.compile(model, dynamic=True)``: one graph serves every cache length and prompt
-  length (the first change of batch size recompiles once, after which the batch size is
+  length (a first change of batch size may recompile once, after which the batch size is
   symbolic too);
 - samples as ``generate`` does: float32 logits, transformers' own temperature, top-k and
   top-p warpers in ``generate``'s order, a softmax and one ``torch.multinomial`` over the
@@ -24,8 +24,8 @@ bookkeeping. This engine
   only, as in scoring (``generate`` counts the left padding; rotary attention depends only on
   position differences, so the two agree up to rounding).
 
-The first call compiles (10-25 s on 2 CPU cores at the toy's sizes; torch keeps compiled
-kernels in its on-disk cache, so a later process with the same shapes compiles faster). The
+The first call compiles (about 30 s on 2 CPU cores at the toy's sizes with an empty cache,
+a few seconds once torch's on-disk cache holds the kernels; bench/RESULTS.md). The
 weights are graph inputs, so training's in-place updates and the reference's in-place swap
 reach the compiled step without recompiling. A model whose forward the compiler cannot
 trace decodes eagerly after a one-line warning. Refused: a policy sharded across processes
@@ -138,7 +138,8 @@ class CompiledEngine:
         cache = kv_cache(out)
         logits = out.logits[:, -1].float()  # [B, V]
         warpers = logits_warpers(sampling)
-        eos = torch.tensor([] if self.ignore_eos else policy.eos_ids, device=embeds.device)
+        eos_ids = [] if self.ignore_eos else policy.eos_ids
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=embeds.device)
         attention = mask.long()  # [B, Tp + t]
         position = positions[:, -1:]  # [B, 1]
         done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)

@@ -7,8 +7,8 @@ copy the weights in :meth:`RolloutEngine.sync_weights` and be added to :data:`EN
 
 - ``transformers``: :class:`TransformersEngine`, transformers ``generate`` (padded batches,
   a dynamic KV cache; prefix sharing with ``share_prefix``).
-- ``compiled``: :class:`r1v2.rollout.compiled.CompiledEngine`, the same with each decode step
-  run through ``torch.compile`` (compiled on first use).
+- ``compiled``: :class:`r1v2.rollout.compiled.CompiledEngine`, the same prefill, then a
+  sampling loop whose decode step runs through ``torch.compile`` (compiled on first use).
 - ``continuous``: :class:`r1v2.rollout.continuous.ContinuousBatchingEngine`, transformers'
   continuous batching (paged KV cache, finished sequences replaced as they end).
 """
@@ -84,8 +84,8 @@ ENGINES = ("transformers", "compiled", "continuous")
 
 def build_engine(name: str, policy: Policy, *, share_prefix: bool = False) -> RolloutEngine:
     """The engine called ``name`` (one of :data:`ENGINES`) on ``policy``. ``share_prefix``
-    applies to the transformers and compiled engines; continuous batching always prefills a prompt once
-    for its samples."""
+    applies to the transformers and compiled engines; continuous batching always prefills a
+    prompt once for its samples."""
     if name == "transformers":
         return TransformersEngine(policy, share_prefix=share_prefix)
     if name == "compiled":
