@@ -707,8 +707,8 @@ def notes(meta: dict, rows: list[dict]) -> list[str]:
         "micro-batch); the vision FLOPs above count each image once",
         f"rollout engines: {', '.join(meta['engines'])}; compiled (share_prefix on, compiled "
         "in the untimed warm-up) and continuous batching prefill each prompt once for its G "
-        "samples; transformers uses CUDA graphs and its decode fast path "
-        "for it only with flash attention (here: "
+        "samples; transformers uses CUDA graphs and its decode fast path for continuous "
+        "batching only with flash attention (here: "
         f"{'available' if meta.get('flash_attn') else 'not installed, so neither'})",
         "step rows = generation + reference + update timings; their tokens/s/GPU is the "
         "definition of EasyR1's/verl's perf/throughput (all tokens / (step time x GPUs))",

@@ -24,13 +24,14 @@ On each path both trainers get
 
 Every weight trains in both (TRL's default; r1v2 ``trainable=all``). r1v2 runs once per
 rollout engine of ``--engines`` (default: ``transformers``, its default, and ``compiled``,
-the same ``generate`` with torch.compile'd decode steps), each against the same TRL runs
-(TRL's defaults: transformers ``generate`` with a dynamic cache; its
-``cache_implementation="static"`` lets transformers compile decoding on a GPU, not on a CPU
-by default), with r1v2's defaults otherwise (``share_prefix`` on: each prompt runs through the LLM once per group, in
-generation and in the update); its Selective Sample Buffer is switched off (TRL has no
-counterpart; it would only reorder which samples are trained on, not how many). The questions
-have no lettered choices, so both score answers the same way.
+the same prefill and a sampling loop whose decode step runs through ``torch.compile``), each
+against the same TRL runs (TRL's defaults: transformers ``generate`` with a dynamic cache;
+its ``cache_implementation="static"`` lets transformers compile decoding on a GPU, not on a
+CPU by default), with r1v2's defaults otherwise (``share_prefix`` on: each prompt runs
+through the LLM once per group, in generation and in the update); its Selective Sample
+Buffer is switched off (TRL has no counterpart; it would only reorder which samples are
+trained on, not how many). The questions have no lettered choices, so both score answers the
+same way.
 
 Each trainer runs ``warmup + steps`` optimizer steps per run (``--steps`` on the text path,
 ``--vlm-steps`` on the vision-language one), ``repeats`` runs each, the order reversed every
