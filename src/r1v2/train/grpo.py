@@ -170,7 +170,7 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "included. Same log-probs and gradients (fp32: within 1e-5) and the same random draws; "
         "false: every sample carries its own copy of the prompt. Measured by "
         "bench/prefix_sharing.py (toy-sized VLM, CPU, 8 prompts x G=8, 64 new tokens): steps "
-        "1.2x faster with the toy's 39-token prompts, 1.3-1.6x with 111-token ones",
+        "1.2-1.3x faster with the toy's 39-token prompts, 1.3-1.6x with 111-token ones",
     )
     engine: Literal["transformers", "compiled", "continuous"] = option(
         "transformers",
