@@ -183,7 +183,7 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "finished sequences replaced as they end, each prompt prefilled once and forked to its "
         "G samples; text-only and InternVL policies, not with sharding=fsdp; greedy outputs "
         "equal, sampled ones other draws). Measured on a CPU (one thread, bench/RESULTS.md): "
-        "compiled generates 1.4-1.8x faster than transformers (GRPO steps 1.2-1.4x) at the "
+        "compiled generates 1.3-1.8x faster than transformers (GRPO steps 1.1-1.4x) at the "
         "toy's sizes; continuous gives 0.2-0.3x the tokens/s of transformers; neither measured "
         "on a GPU yet",
     )
