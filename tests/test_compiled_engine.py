@@ -6,9 +6,10 @@ weight changes, decodes eagerly when compiling fails, and trains through ``r1v2 
 from __future__ import annotations
 
 import pytest
+import test_rollout_engines as engines
 import torch
 from fixtures.worlds import tiny_world
-from test_rollout_engines import GREEDY, TEXTS, assert_same_rollout, dirs, lm, vlm, vlm_items  # noqa: F401  (module fixtures)
+from test_rollout_engines import GREEDY, TEXTS, assert_same_rollout, vlm_items
 
 from r1v2.config import resolve
 from r1v2.errors import R1V2Error
@@ -17,9 +18,12 @@ from r1v2.rollout import CompiledEngine, RolloutEngine, TransformersEngine, buil
 from r1v2.train.grpo import GRPOConfig, train
 from r1v2.train.metrics import read_metrics
 
+# the tiny text and vision-language policies of test_rollout_engines (module fixtures)
+dirs, lm, vlm = engines.dirs, engines.lm, engines.vlm
+
 
 @pytest.mark.parametrize("share_prefix", [False, True])
-def test_greedy_equals_the_transformers_engine(lm, vlm, share_prefix):  # noqa: F811
+def test_greedy_equals_the_transformers_engine(lm, vlm, share_prefix):
     for policy, items in ((lm, TEXTS), (vlm, vlm_items())):
         engine = build_engine("compiled", policy, share_prefix=share_prefix)
         assert type(engine) is CompiledEngine and isinstance(engine, RolloutEngine)
@@ -40,7 +44,7 @@ def test_greedy_equals_the_transformers_engine(lm, vlm, share_prefix):  # noqa: 
         SamplingConfig(max_new_tokens=12),
     ],
 )
-def test_sampling_draws_the_same_numbers(lm, sampling):  # noqa: F811
+def test_sampling_draws_the_same_numbers(lm, sampling):
     """The same seed gives the transformers engine's samples (a near tie could tell them
     apart through float rounding; none occurs on this model), another seed others."""
     engine = CompiledEngine(lm, share_prefix=True)
@@ -54,7 +58,7 @@ def test_sampling_draws_the_same_numbers(lm, sampling):  # noqa: F811
     assert not torch.equal(c.completion_ids[:, :4], b.completion_ids[:, :4])
 
 
-def test_weight_updates_reach_the_compiled_step(lm):  # noqa: F811
+def test_weight_updates_reach_the_compiled_step(lm):
     engine = CompiledEngine(lm)
     before = engine.generate(TEXTS, GREEDY)
     head = lm.model.get_output_embeddings().weight
@@ -70,7 +74,7 @@ def test_weight_updates_reach_the_compiled_step(lm):  # noqa: F811
             head.copy_(saved)
 
 
-def test_a_failed_compile_decodes_eagerly(lm, capsys):  # noqa: F811
+def test_a_failed_compile_decodes_eagerly(lm, capsys):
     engine = CompiledEngine(lm)
     calls = []
 
@@ -89,7 +93,7 @@ def test_a_failed_compile_decodes_eagerly(lm, capsys):  # noqa: F811
     assert calls == [1]  # tried once, never again
 
 
-def test_short_completions_and_refusals(lm):  # noqa: F811
+def test_short_completions_and_refusals(lm):
     one = CompiledEngine(lm).generate(TEXTS, SamplingConfig(max_new_tokens=1), group_size=2)
     assert one.completion_ids.shape == (6, 1)
     with pytest.raises(R1V2Error, match="engine=compiled takes no streamer"):
