@@ -35,7 +35,7 @@ trace decodes eagerly after a one-line warning. Refused: a policy sharded across
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,20 +50,20 @@ from r1v2.errors import R1V2Error
 from r1v2.model.policy import (
     CACHE_KWARG,
     Policy,
-    PromptBatch,
-    Rollout,
     SamplingConfig,
     kv_cache,
     prefill,
 )
+from r1v2.rollout.engine import TransformersEngine
 
 
-class CompiledEngine:
+class CompiledEngine(TransformersEngine):
     """Samples with a compiled decode step on the policy's model (shares its weights, so
     :meth:`sync_weights` has nothing to copy); ``share_prefix`` and ``batch_size`` as in
-    :class:`r1v2.rollout.TransformersEngine`. ``ignore_eos``: never stop at EOS, every
-    completion runs to ``max_new_tokens`` (for benchmarks). ``failed``: why compiling failed,
-    after which decoding stays eager (None while it works)."""
+    :class:`r1v2.rollout.TransformersEngine`, whose ``generate`` it runs with
+    :meth:`decode` in place of transformers ``generate``. ``ignore_eos``: never stop at EOS,
+    every completion runs to ``max_new_tokens`` (for benchmarks). ``failed``: why compiling
+    failed, after which decoding stays eager (None while it works)."""
 
     def __init__(
         self,
@@ -74,38 +74,13 @@ class CompiledEngine:
         ignore_eos: bool = False,
     ):
         refuse_sharded(policy)
-        self.policy = policy
-        self.batch_size = batch_size
-        self.share_prefix = share_prefix
+        super().__init__(policy, batch_size=batch_size, share_prefix=share_prefix)
         self.ignore_eos = ignore_eos
         self.failed: str | None = None
         self._compiled: Callable[..., Any] | None = None  # built on first use
 
-    def generate(
-        self,
-        items: Sequence[Any] | PromptBatch,
-        sampling: SamplingConfig | None = None,
-        *,
-        group_size: int = 1,
-    ) -> Rollout:
-        policy = self.policy
-        refuse_sharded(policy)
-        was_training = policy.model.training
-        policy.model.eval()  # no dropout while sampling
-        try:
-            return policy.generate(
-                items,
-                sampling,
-                group_size=group_size,
-                batch_size=self.batch_size,
-                share_prefix=self.share_prefix,
-                decode=self.decode,
-            )
-        finally:
-            policy.model.train(was_training)
-
-    def sync_weights(self) -> None:
-        """Nothing to copy: generation runs on the policy's own modules."""
+    def _generate_options(self) -> dict[str, Any]:
+        return {"share_prefix": self.share_prefix, "decode": self.decode}
 
     @torch.no_grad()
     def decode(
@@ -119,6 +94,7 @@ class CompiledEngine:
         """New token ids ``[B, T_new]`` (the pad id after each row's first EOS) for prompt
         embeddings ``embeds`` ``[B, Tp, H]`` with ``mask`` ``[B, Tp]`` (left padding); ``cache``:
         the KV cache of their first ``Tp - 1`` tokens (``share_prefix``), or None."""
+        refuse_sharded(self.policy)  # sharded after the engine was built
         if streamer is not None:
             raise R1V2Error("engine=compiled takes no streamer: use engine=transformers")
         policy, model = self.policy, self.policy.model

@@ -67,15 +67,20 @@ class TransformersEngine:
         was_training = self.policy.model.training
         self.policy.model.eval()  # no dropout while sampling
         try:
-            shared = {"share_prefix": True} if self.share_prefix else {}
+            extra = self._generate_options()
             return self.policy.generate(
-                items, sampling, group_size=group_size, batch_size=self.batch_size, **shared
+                items, sampling, group_size=group_size, batch_size=self.batch_size, **extra
             )
         finally:
             self.policy.model.train(was_training)
 
     def sync_weights(self) -> None:
         """Nothing to copy: generation runs on the policy's own modules."""
+
+    def _generate_options(self) -> dict[str, Any]:
+        """Keywords for the policy's ``generate`` beyond the batch (only those set: a
+        policy's ``generate`` need not take them)."""
+        return {"share_prefix": True} if self.share_prefix else {}
 
 
 # The names a config's ``engine`` field takes (r1v2 grpo); build_engine makes them.
