@@ -118,11 +118,14 @@ def test_training_stats_from_hand_made_rows():
 
 
 def test_offline_and_sampled_mpo_pairs_are_told_apart():
-    """Offline pairs are read, not scored: no score gap on any round. A sampled round that
-    built no pair has no gap either, and does not make a run offline."""
-    offline = [{"step": s, "epoch": 1, "pairs_built": 16, "pairs_kept": 16} for s in (1, 2)]
+    """MPO marks a round of offline pairs (read, not sampled and scored) ``offline``. A
+    sampled round that kept no pair has no score gap, as offline rounds have none, and still
+    does not make a run offline."""
+    offline = [
+        {"step": s, "epoch": 1, "pairs_built": 16, "pairs_kept": 16, "offline": 1.0} for s in (1, 2)
+    ]
     sampled = [
-        {"step": 1, "epoch": 1, "pairs_built": 0, "pairs_kept": 0, "score_gap_mean": None},
+        {"step": 1, "epoch": 1, "pairs_built": 4, "pairs_kept": 0, "score_gap_mean": None},
         {"step": 2, "epoch": 1, "pairs_built": 5, "pairs_kept": 3, "score_gap_mean": 1.5},
     ]
     assert pairs_text(training_stats(offline)) == "32 offline pairs in 2 steps"

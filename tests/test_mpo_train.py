@@ -137,6 +137,7 @@ def test_loop_logs_every_metric_and_checkpoints(world, tmp_path):
         assert r["prompts"] == 4 and r["epoch"] == 1 and r["round"] == r["step"]
         # rules=[] and threshold 0: every prompt gives a pair (3 responses, distinct scores)
         assert r["pairs_built"] == r["pairs_kept"] == 4 and r["score_gap_mean"] > 0
+        assert "offline" not in r  # sampled and scored pairs
         assert r["chosen_reward"] == pytest.approx(0.1 * r["chosen_logratio"])
         assert r["reward_margin"] == pytest.approx(r["chosen_reward"] - r["rejected_reward"])
         assert r["loss"] == pytest.approx(0.8 * r["loss_dpo"] + 0.2 * r["loss_bco"] + r["loss_nll"])
@@ -498,6 +499,7 @@ def test_offline_pairs_train_without_generating(world, tmp_path, monkeypatch):
         (5, 2, 1),
     ]
     assert rows[0]["score_gap_mean"] is None and "rule_pass_accuracy" not in rows[0]
+    assert all(r["offline"] == 1.0 for r in rows)  # the report tells offline runs by it
     assert rows[0]["loss"] == pytest.approx(0.693147, abs=1e-6) and rows[0]["reward_margin"] == 0
     assert rows[1]["loss"] < rows[0]["loss"] and rows[1]["reward_margin"] > 0
     bad = tmp_path / "bad.jsonl"

@@ -537,9 +537,9 @@ PATH_PARTS = {
 def settings_changed(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The fields where an arm's recorded config and its config now differ, as ``key (before
     -> now)`` (display fields and fields only one of them has are not compared)."""
-    from r1v2.train.stage import _flat
+    from r1v2.train.stage import flat_config
 
-    before, after = _flat(recorded), _flat(now)
+    before, after = flat_config(recorded), flat_config(now)
 
     def key(name: str, value: Any) -> Any:
         parts = PATH_PARTS.get(name)

@@ -71,11 +71,7 @@ def training_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
         stats["rounds"] = float(len(rounds))
         stats["pairs_kept"] = float(sum(r["pairs_kept"] or 0 for r in rounds))
         stats["pairs_built"] = float(sum(r.get("pairs_built") or 0 for r in rounds))
-        built = [r for r in rounds if r.get("pairs_built")]
-        # offline pairs are read, not scored: no score gap on any round that built pairs
-        stats["offline"] = float(
-            bool(built) and all(r.get("score_gap_mean") is None for r in built)
-        )
+        stats["offline"] = float(any(r.get("offline") for r in rounds))
         racc = [r["reward_accuracy"] for r in steps if r.get("reward_accuracy") is not None]
         if racc:
             stats["reward_accuracy"] = _mean(racc)

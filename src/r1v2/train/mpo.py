@@ -666,7 +666,13 @@ def next_round(run: MPORun) -> RoundState:
             for r in records
         ]
         n = float(len(pairs))
-        stats = {"prompts": n, "pairs_built": n, "pairs_kept": n, "score_gap_mean": math.nan}
+        stats = {
+            "prompts": n,
+            "pairs_built": n,
+            "pairs_kept": n,
+            "score_gap_mean": math.nan,
+            "offline": 1.0,  # read from the pairs file, not sampled and scored
+        }
         return RoundState(index, pairs, stats)
     shard = cfg.prompts_per_round // world
     indices = run.sampler.next(cfg.prompts_per_round)[rank * shard : (rank + 1) * shard]

@@ -323,11 +323,13 @@ def clear_folder(out: Path) -> None:
             child.unlink()
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict with nested sections as dotted keys (``{"optim": {"lr": 1}}`` ->
+    ``{"optim.lr": 1}``); loss ``weights`` stay one value."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict) and k != "weights":
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat_config(v, f"{prefix}{k}."))
         else:
             out[prefix + k] = v
     return out
@@ -339,7 +341,7 @@ def check_resumable(
     """Refuse to continue a checkpoint whose run was configured differently (top-level fields
     outside ``resumable``; keys an older checkpoint lacks are not compared), or one already
     past ``cfg.max_steps``."""
-    before, now = _flat(saved), _flat(to_dict(cfg))
+    before, now = flat_config(saved), flat_config(to_dict(cfg))
     changed = [
         f"{k} ({before[k]!r} -> {now[k]!r})"
         for k in sorted(before.keys() & now.keys())
