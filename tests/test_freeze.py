@@ -158,8 +158,22 @@ def test_text_only_model_trains_all(checkpoint):
     n = sum(p.numel() for p in lm.parameters())
     assert report.parts == {"llm": (n, n)} and report.share == 1.0
     assert all(p.requires_grad for p in lm.parameters())
-    with pytest.raises(R1V2Error, match="needs part\\(s\\) adapter"):
-        set_trainable(lm, "adapter")
+
+
+def test_text_only_model_default_trains_the_llm_with_a_note(checkpoint, capsys):
+    """The default trainable=adapter on a plain causal LM trains it whole (one note line),
+    and with LoRA only its LoRA layers; asking for a vision encoder it lacks is refused."""
+    lm = AutoModelForCausalLM.from_pretrained(checkpoint[1])
+    n = sum(p.numel() for p in lm.parameters())
+    capsys.readouterr()
+    assert set_trainable(lm, "adapter").parts == {"llm": (n, n)}
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and "text-only LM has no adapter" in note[0]
+    report = set_trainable(lm, "llm+adapter", lora=LoraSettings(r=2, alpha=4))
+    assert all(p.requires_grad == ("lora_" in name) for name, p in lm.named_parameters())
+    assert 0 < report.trainable < report.total
+    with pytest.raises(R1V2Error, match="needs part\\(s\\) adapter, vision"):
+        set_trainable(lm, "adapter+vision")
 
 
 def test_bad_requests(checkpoint, monkeypatch):

@@ -7,6 +7,7 @@ The paper found adapter-only training best (adapter-only > LLM+adapter > adapter
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Literal
 
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 
 from r1v2.config import option
 from r1v2.errors import R1V2Error
+from r1v2.model.families import family_of
+from r1v2.model.families.base import Part
 
 Trainable = Literal["adapter", "llm+adapter", "adapter+vision", "all"]
 MODES: dict[str, tuple[str, ...]] = {
@@ -63,19 +66,11 @@ class TrainableReport:
         )
 
 
-def model_parts(model: nn.Module) -> dict[str, list[nn.Module]]:
-    """The model's parts: ``vision``, ``adapter``, ``llm`` (LM head included).
-
-    A plain causal LM (no vision tower) is all ``llm``.
-    """
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "vision_tower"):
-        return {
-            "vision": [inner.vision_tower],
-            "adapter": [inner.multi_modal_projector],
-            "llm": [inner.language_model, model.get_output_embeddings()],
-        }
-    return {"llm": [model]}
+def model_parts(model: nn.Module) -> dict[str, list[Part]]:
+    """The model's parts: ``vision``, ``adapter``, ``llm`` (LM head included), as its family
+    (:mod:`r1v2.model.families`) names them: disjoint modules (and bare parameters, such as
+    LLaVA-OneVision's ``image_newline``). A plain causal LM is all ``llm``."""
+    return family_of(model, vision=hasattr(model, "get_image_features")).parts(model)
 
 
 def set_trainable(
@@ -90,17 +85,27 @@ def set_trainable(
     With ``lora``, the LLM part trains through LoRA layers injected in place into the LLM
     (the model keeps its class and its forward/generate); the LLM's own weights stay frozen.
     LoRA needs a mode that trains the LLM (``llm+adapter`` or ``all``). ``all`` means every
-    part the model has, so a plain causal LM (text-only) takes ``all`` only. Returns the counts (printed when ``verbose``).
+    part the model has. A plain causal LM (text-only) has one part, the LLM: ``adapter`` (the
+    default) and ``llm+adapter`` train it whole (or its LoRA layers), with a one-line note;
+    ``adapter+vision`` is refused. Returns the counts (printed when ``verbose``).
     """
     if trainable not in MODES:
         raise R1V2Error(f"config field 'trainable': {trainable!r} is not one of {', '.join(MODES)}")
     parts = model_parts(model)
     wanted = tuple(parts) if trainable == "all" else MODES[trainable]
+    if list(parts) == ["llm"] and trainable in ("adapter", "llm+adapter"):
+        how = "its LoRA layers" if lora is not None else "all of it"
+        print(
+            f"note: trainable={trainable}: a text-only LM has no adapter, so the LLM trains "
+            f"({how}); set trainable=all to say so",
+            file=sys.stderr,
+        )
+        wanted = ("llm",)
     missing = [p for p in wanted if p not in parts]
     if missing:
         raise R1V2Error(
             f"config field 'trainable': {trainable!r} needs part(s) {', '.join(missing)}, "
-            f"which this model lacks (it has: {', '.join(parts)}); use 'all'"
+            f"which this model lacks (it has: {', '.join(parts)})"
         )
     if lora is not None and "llm" not in wanted:
         raise R1V2Error(
@@ -113,11 +118,11 @@ def set_trainable(
     for p in model.parameters():
         p.requires_grad_(False)
     for name in wanted:
-        for module in parts[name]:
-            for param_name, p in module.named_parameters():
+        for part in parts[name]:
+            for param_name, p in _named_parameters(part):
                 if lora is None or name != "llm" or "lora_" in param_name:
                     p.requires_grad_(True)
-    report = TrainableReport({name: _counts(modules) for name, modules in parts.items()})
+    report = TrainableReport({name: _counts(items) for name, items in parts.items()})
     if verbose:
         print(report)
     return report
@@ -160,10 +165,16 @@ def _inject_lora(module: nn.Module, settings: LoraSettings) -> None:
         raise R1V2Error(f"LoRA target_modules {settings.target_modules}: {e}") from e
 
 
-def _counts(modules: list[nn.Module]) -> tuple[int, int]:
+def _named_parameters(part: Part) -> list[tuple[str, nn.Parameter]]:
+    if isinstance(part, nn.Parameter):
+        return [("", part)]
+    return list(part.named_parameters())
+
+
+def _counts(parts: list[Part]) -> tuple[int, int]:
     seen: dict[int, torch.nn.Parameter] = {}
-    for m in modules:
-        for p in m.parameters():
+    for part in parts:
+        for _, p in _named_parameters(part):
             seen[id(p)] = p  # a tied LM head is counted once
     trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
     return trainable, sum(p.numel() for p in seen.values())

@@ -20,6 +20,7 @@ Sample order is group-major: sample ``i`` belongs to prompt ``i // G``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from r1v2.algos.logprobs import token_logprobs
 from r1v2.config import option
 from r1v2.data.images import open_image
 from r1v2.errors import R1V2Error
+from r1v2.model.families import Family, family_of
 
 
 @dataclasses.dataclass
@@ -82,39 +84,175 @@ class Prompt:
 
 @dataclasses.dataclass
 class PromptBatch:
-    """``P`` rendered, tokenised, left-padded prompts and their pixels.
+    """``P`` rendered, tokenised, left-padded prompts and their image tensors.
 
     ``input_ids``/``attention_mask`` are ``[P, Tp]`` (mask bool, True = a real token);
-    ``pixel_values`` is ``[I, C, H, W]`` for the ``I`` image tiles of all prompts in order
-    (``tiles[p]`` of them for prompt ``p``), or None when no prompt has an image.
+    ``pixel_values`` holds the pixels of all prompts in order (``tiles[p]`` rows of it for
+    prompt ``p``: image tiles for InternVL, patches for Qwen, one row per prompt for
+    Idefics3), or None when no prompt has an image. The family's other processor outputs:
+    ``vision`` (image-aligned, e.g. Qwen's ``image_grid_thw``; ``vision_rows[key][p]`` rows
+    per prompt), ``tokens`` (per token, ``[P, Tp]``: ``mm_token_type_ids``,
+    ``token_type_ids``) and ``positions`` (``[3, P, Tp]`` M-RoPE positions, None for 1-D
+    positions counted from the mask). ``images[p]``: prompt ``p``'s image count.
     """
 
     input_ids: torch.Tensor  # [P, Tp]
     attention_mask: torch.Tensor  # [P, Tp] bool
-    pixel_values: torch.Tensor | None  # [I, C, H, W]
+    pixel_values: torch.Tensor | None  # [I, ...]
     tiles: list[int]
     texts: list[str]
+    vision: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    vision_rows: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # each [P, Tp]
+    positions: torch.Tensor | None = None  # [3, P, Tp]
+    images: list[int] | None = None  # None: one image per tile
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def image_counts(self) -> list[int]:
+        return list(self.tiles) if self.images is None else list(self.images)
+
     def select(self, indices: Sequence[int]) -> PromptBatch:
-        """The prompts at ``indices`` (in that order), with their pixels."""
+        """The prompts at ``indices`` (in that order, repeats allowed), with their images."""
         idx = list(indices)
         pixels = None
         if self.pixel_values is not None:
-            starts = [0]
-            for n in self.tiles:
-                starts.append(starts[-1] + n)
-            rows = [r for i in idx for r in range(starts[i], starts[i + 1])]
-            pixels = self.pixel_values[rows] if rows else None
+            pixels = take_rows(self.pixel_values, self.tiles, idx)
+            pixels = pixels if len(pixels) else None
         return PromptBatch(
             input_ids=self.input_ids[idx],
             attention_mask=self.attention_mask[idx],
             pixel_values=pixels,
             tiles=[self.tiles[i] for i in idx],
             texts=[self.texts[i] for i in idx],
+            vision={k: take_rows(v, self.vision_rows[k], idx) for k, v in self.vision.items()},
+            vision_rows={k: [rows[i] for i in idx] for k, rows in self.vision_rows.items()},
+            tokens={k: v[idx] for k, v in self.tokens.items()},
+            positions=None if self.positions is None else self.positions[:, idx],
+            images=None if self.images is None else [self.images[i] for i in idx],
         )
+
+
+def take_rows(values: torch.Tensor, rows: Sequence[int], idx: Sequence[int]) -> torch.Tensor:
+    """The rows of ``values`` (dim 0) of the prompts ``idx``, prompt ``p`` owning the next
+    ``rows[p]`` of them."""
+    starts = [0]
+    for n in rows:
+        starts.append(starts[-1] + n)
+    picked = [r for i in idx for r in range(starts[i], starts[i + 1])]
+    return values[picked]
+
+
+@dataclasses.dataclass
+class PromptInputs:
+    """What the language model reads of ``P`` prompts: their embeddings with the image
+    features merged in, and whatever else the family's forward needs beside them.
+
+    ``positions`` ``[3, P, Tp]`` (M-RoPE) or None (1-D, counted from ``mask``);
+    ``token_types`` ``[P, Tp]`` (Gemma 3's ``token_type_ids``) or None; ``visual`` ``[P, Tp]``
+    bool and ``deepstack`` (each ``[P, Tp, H]``, zero off the image slots): Qwen3-VL's
+    deepstack features, or None. Completion tokens are text: after the prompt they get the
+    next positions, token type 0 and no deepstack feature.
+    """
+
+    family: Family
+    input_ids: torch.Tensor  # [P, Tp]
+    embeds: torch.Tensor  # [P, Tp, H]
+    mask: torch.Tensor  # [P, Tp] bool
+    positions: torch.Tensor | None = None  # [3, P, Tp]
+    token_types: torch.Tensor | None = None  # [P, Tp]
+    visual: torch.Tensor | None = None  # [P, Tp] bool
+    deepstack: list[torch.Tensor] | None = None  # each [P, Tp, H]
+
+    def rows(self, idx: torch.Tensor) -> PromptInputs:
+        """The prompts ``idx`` ``[B]`` (repeats allowed), differentiably."""
+        return PromptInputs(
+            self.family,
+            self.input_ids[idx],
+            self.embeds[idx],
+            self.mask[idx],
+            None if self.positions is None else self.positions[:, idx],
+            None if self.token_types is None else self.token_types[idx],
+            None if self.visual is None else self.visual[idx],
+            None if self.deepstack is None else [d[idx] for d in self.deepstack],
+        )
+
+    def prompt_positions(self) -> torch.Tensor:
+        """``[P, Tp]`` or ``[3, P, Tp]``: the prompts' position ids."""
+        if self.positions is not None:
+            return self.positions
+        return (self.mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [P, Tp]
+
+    def next_positions(self, new_mask: torch.Tensor) -> torch.Tensor:
+        """Position ids ``[B, T]`` (or ``[3, B, T]``) of ``T`` tokens after the prompts, whose
+        mask is ``new_mask`` ``[B, T]`` (1-D: real tokens counted on from the prompt's)."""
+        if self.positions is None:
+            mask = torch.cat([self.mask, new_mask], dim=1).long()  # [B, Tp + T]
+            return (mask.cumsum(dim=1) - 1).clamp(min=0)[:, self.mask.shape[1] :]
+        steps = torch.arange(1, new_mask.shape[1] + 1, device=self.positions.device)  # [T]
+        return self.positions[..., -1:] + steps  # [3, B, T]
+
+    def forward(
+        self,
+        model: torch.nn.Module,
+        new_embeds: torch.Tensor | None = None,
+        new_mask: torch.Tensor | None = None,
+        *,
+        upto: int | None = None,
+        **kwargs: Any,
+    ):
+        """One forward of the prompts (their first ``upto`` tokens) followed by
+        ``new_embeds`` ``[B, T, H]`` (mask ``new_mask`` ``[B, T]``), with the family's
+        positions, token types and deepstack features; ``kwargs`` go to the model."""
+        tp = self.mask.shape[1] if upto is None else upto
+        embeds, mask = self.embeds[:, :tp], self.mask[:, :tp]
+        positions = self.prompt_positions()[..., :tp]
+        token_types, visual = self.token_types, self.visual
+        token_types = None if token_types is None else token_types[:, :tp]
+        visual = None if visual is None else visual[:, :tp]
+        deepstack = None if self.deepstack is None else [d[:, :tp] for d in self.deepstack]
+        if new_embeds is not None:
+            embeds = torch.cat([embeds, new_embeds.to(embeds.dtype)], dim=1)
+            positions = torch.cat([positions, self.next_positions(new_mask)], dim=-1)
+            mask = torch.cat([mask, new_mask], dim=1)  # [B, Tp + T]
+            pad = new_mask.new_zeros(new_mask.shape)  # [B, T]: text, no image slot
+            token_types = None if token_types is None else torch.cat([token_types, pad.long()], 1)
+            if visual is not None:
+                visual = torch.cat([visual, pad.bool()], dim=1)
+                deepstack = [torch.cat([d, torch.zeros_like(new_embeds)], 1) for d in deepstack]
+        extra = {} if token_types is None else {"token_type_ids": token_types}
+        with deepstack_injected(model, self.family, visual, deepstack):
+            return model(
+                inputs_embeds=embeds,
+                attention_mask=mask.long(),
+                position_ids=positions,
+                **extra,
+                **kwargs,
+            )
+
+
+@contextlib.contextmanager
+def deepstack_injected(model, family: Family, visual, deepstack) -> Iterator[None]:
+    """While inside, the language model of ``model`` (Qwen3-VL) adds ``deepstack`` (each
+    ``[B, T, H]``) at the ``visual`` ``[B, T]`` slots in its first layers, as the model's own
+    forward does when it computes the image features itself."""
+    target = family.deepstack_target(model) if visual is not None else None
+    if target is None or not bool(visual.any()):
+        yield
+        return
+
+    def inject(module, args, kwargs):
+        kwargs["visual_pos_masks"] = visual
+        kwargs["deepstack_visual_embeds"] = [d[visual] for d in deepstack]  # each [F, H]
+        return args, kwargs
+
+    handle = target.register_forward_pre_hook(inject, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @dataclasses.dataclass
@@ -217,8 +355,8 @@ class Policy:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.system_prompt = system_prompt
         self.is_vlm = hasattr(processor, "image_processor") and hasattr(model, "get_image_features")
+        self.family = family_of(model, vision=self.is_vlm)
         self.image_token_id = model.config.image_token_id if self.is_vlm else None
-        self.image_seq_length = getattr(processor, "image_seq_length", None)
         self.eos_ids = _eos_ids(model, self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else self.eos_ids[0]
@@ -308,16 +446,8 @@ class Policy:
         if not prompts:
             raise R1V2Error("no prompts given")
         texts = [self.render(p) for p in prompts]
-        images = [im for p in prompts for im in p.images]
-        if self.is_vlm:
-            enc = self.processor(
-                text=texts,
-                images=images or None,
-                padding=True,
-                padding_side="left",
-                return_tensors="pt",
-            )
-        else:
+        counts = [len(p.images) for p in prompts]
+        if not self.is_vlm:
             enc = self.tokenizer(
                 texts,
                 padding=True,
@@ -325,44 +455,91 @@ class Policy:
                 add_special_tokens=False,
                 return_tensors="pt",
             )
-        input_ids = enc["input_ids"]
-        pixel_values = enc.get("pixel_values") if images else None
-        tiles = [0] * len(prompts)
-        if pixel_values is not None:
-            per_row = (input_ids == self.image_token_id).sum(dim=1)  # [P]
-            tiles = [int(n) // self.image_seq_length for n in per_row]
+            return PromptBatch(
+                enc["input_ids"], enc["attention_mask"].bool(), None, [0] * len(prompts), texts
+            )
+        family = self.family
+        images = None
+        if any(counts):
+            nested = [list(p.images) for p in prompts]
+            images = nested if family.nested_images else [im for ims in nested for im in ims]
+        enc = self.processor(
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
+        )
+        input_ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        slots = (input_ids == self.image_token_id).sum(dim=1).tolist()  # [P]
+        vision = {k: enc[k] for k in family.image_keys if images and k in enc}
+        rows = family.vision_rows(vision, counts, slots) if vision else {}
+        tokens = {k: enc[k] for k in family.token_keys if k in enc}
+        positions = (
+            family.positions(self.model, input_ids, mask, tokens, vision) if vision else None
+        )
+        pixel_values = vision.pop("pixel_values", None)
+        tiles = rows.pop("pixel_values", [0] * len(prompts))
         return PromptBatch(
             input_ids=input_ids,
-            attention_mask=enc["attention_mask"].bool(),
+            attention_mask=mask,
             pixel_values=pixel_values,
             tiles=tiles,
             texts=texts,
+            vision=vision,
+            vision_rows=rows,
+            tokens=tokens,
+            positions=positions,
+            images=counts,
         )
 
     def prompt_embeds(
         self, batch: PromptBatch, model: torch.nn.Module | None = None
     ) -> torch.Tensor:
-        """``[P, Tp, H]`` token embeddings with each prompt's image features merged in.
+        """``[P, Tp, H]`` token embeddings with each prompt's image features merged in
+        (:meth:`prompt_inputs`)."""
+        return self.prompt_inputs(batch, model).embeds
 
-        Runs the vision encoder and adapter once over all images of the batch. Gradients reach
-        whichever of them has trainable parameters; a frozen encoder records no graph.
+    def prompt_inputs(
+        self, batch: PromptBatch, model: torch.nn.Module | None = None
+    ) -> PromptInputs:
+        """What the language model reads of the prompts (:class:`PromptInputs`).
+
+        Runs the vision encoder and adapter once over all images of the batch (the family's
+        :meth:`~r1v2.model.families.Family.image_features`) and merges the features at the
+        image-token slots, in order. Gradients reach whichever of them has trainable
+        parameters; a frozen encoder records no graph.
         """
         model = model if model is not None else self.model
-        device = self.device
+        device, family = self.device, self.family
         input_ids = batch.input_ids.to(device)
         embeds = model.get_input_embeddings()(input_ids)  # [P, Tp, H]
-        if batch.pixel_values is None:
-            return embeds
-        pixels = batch.pixel_values.to(device=device, dtype=embeds.dtype)
-        features = model.get_image_features(pixel_values=pixels, return_dict=True)
-        features = features.pooler_output  # [I, image_seq_length, H]
+        tokens = {k: v.to(device) for k, v in batch.tokens.items()}
+        token_types = next((tokens[k] for k in family.forward_token_keys if k in tokens), None)
+        inputs = PromptInputs(
+            family,
+            input_ids,
+            embeds,
+            batch.attention_mask.to(device),
+            None if batch.positions is None else batch.positions.to(device),
+            token_types,
+        )
         slots = input_ids == self.image_token_id  # [P, Tp]
-        if int(slots.sum()) != features.shape[0] * features.shape[1]:
+        if batch.pixel_values is None or not bool(slots.any()):
+            return inputs
+        vision = {k: v.to(device) for k, v in batch.vision.items()}
+        vision["pixel_values"] = batch.pixel_values.to(device=device, dtype=embeds.dtype)
+        features = family.image_features(model, vision, batch.image_counts)
+        if int(slots.sum()) != features.embeds.shape[0]:
             raise R1V2Error(
                 f"prompt has {int(slots.sum())} image tokens but the images give "
-                f"{features.shape[0] * features.shape[1]} features"
+                f"{features.embeds.shape[0]} features"
             )
-        return embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+        where = slots.unsqueeze(-1)  # [P, Tp, 1]
+        inputs.embeds = embeds.masked_scatter(where, features.embeds.to(embeds.dtype))
+        if features.deepstack:
+            inputs.visual = slots
+            inputs.deepstack = [
+                torch.zeros_like(embeds).masked_scatter(where, f.to(embeds.dtype))
+                for f in features.deepstack
+            ]
+        return inputs
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -393,15 +570,15 @@ class Policy:
         sampling = sampling or SamplingConfig()
         sampling.validate()
         batch = items if isinstance(items, PromptBatch) else self.encode(items)
-        embeds = self.prompt_embeds(batch)  # [P, Tp, H]
-        mask = batch.attention_mask.to(self.device)  # [P, Tp]
+        inputs = self.prompt_inputs(batch)  # embeddings [P, Tp, H], ...
         n = len(batch) * group_size
         decode = decode or self._generate
+        own = self.family.own_prefill
         chunks = []
         for sl in iter_chunks(n, batch_size):
             rows = torch.arange(sl.start, sl.stop, device=self.device) // group_size  # [n_c]
-            cache = self._shared_cache(embeds, mask, rows) if share_prefix else None
-            chunks.append(decode(embeds[rows], mask[rows], sampling, streamer, cache))
+            cache = self._shared_cache(inputs, rows, always=own) if share_prefix or own else None
+            chunks.append(decode(inputs.rows(rows), sampling, streamer, cache))
         width = max(c.shape[1] for c in chunks)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         row = 0
@@ -443,33 +620,43 @@ class Policy:
         }
         return GenerationConfig(**{**values, **extra})
 
-    def _shared_cache(self, embeds, mask, rows: torch.Tensor):
+    def _shared_cache(self, inputs: PromptInputs, rows: torch.Tensor, *, always: bool = False):
         """The KV cache of the first ``Tp - 1`` tokens of the prompts ``rows`` ``[B]`` name,
         computed once per distinct prompt and expanded to the ``B`` sequences (None when no
-        prompt repeats: nothing to share). ``generate`` then runs only each sequence's last
-        prompt token, whose logits give the first sampled token as without the cache."""
+        prompt repeats and not ``always``: nothing to share). ``generate`` then runs only each
+        sequence's last prompt token, whose logits give the first sampled token as without
+        the cache. ``always``: families whose prompts only r1v2 can prefill."""
         prompts, local = rows.unique(return_inverse=True)  # [P'], [B]
-        if len(prompts) == len(rows) or embeds.shape[1] < 2:
+        tp = inputs.mask.shape[1]
+        if (len(prompts) == len(rows) and not always) or tp < 2:
             return None
-        cache = kv_cache(prefill(self.model, embeds[prompts, :-1], mask[prompts, :-1]))
+        cache = kv_cache(prefill(self.model, inputs.rows(prompts), upto=tp - 1))
         cache.batch_select_indices(local)  # [P', ...] -> [B, ...]
         return cache
 
     def _generate(
-        self, embeds, mask, sampling: SamplingConfig, streamer=None, cache=None
+        self, inputs: PromptInputs, sampling: SamplingConfig, streamer=None, cache=None
     ) -> torch.Tensor:
-        """New token ids ``[B, T_new]`` for prompt embeddings ``[B, Tp, H]`` (``cache``: the KV
-        cache of their first tokens, from :meth:`_shared_cache`)."""
-        config = self.generation_config(sampling)
+        """New token ids ``[B, T_new]`` for prompts ``inputs`` (``B`` of them; ``cache``: the
+        KV cache of their first tokens, from :meth:`_shared_cache`)."""
+        kwargs = {
+            "attention_mask": inputs.mask.long(),
+            "generation_config": self.generation_config(sampling),
+            "synced_gpus": self.synced_gpus,
+            "streamer": streamer,
+            CACHE_KWARG: cache,
+        }
+        if inputs.positions is not None:  # M-RoPE: generate steps all three axes on
+            kwargs["position_ids"] = inputs.positions
+        if self.family.own_prefill and cache is not None:
+            # Every prompt token but the last is in the cache, and the last is text: generate
+            # embeds it from its id (Gemma 3's generate takes no inputs_embeds).
+            prompt = inputs.input_ids
+            return self.model.generate(input_ids=prompt, **kwargs)[:, prompt.shape[1] :]
+        if inputs.token_types is not None:
+            kwargs["token_type_ids"] = inputs.token_types
         # With inputs_embeds and no input_ids, generate returns only the new tokens.
-        return self.model.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask.long(),
-            generation_config=config,
-            synced_gpus=self.synced_gpus,
-            streamer=streamer,
-            **{CACHE_KWARG: cache},
-        )
+        return self.model.generate(inputs_embeds=inputs.embeds, **kwargs)
 
     # ---- scoring -------------------------------------------------------------------------
 
@@ -520,8 +707,7 @@ class Policy:
         if len(used) < len(prompts) and not self.synced_gpus:
             prompts, prompt_index = prompts.select(used.tolist()), index
         prompt_index = prompt_index.to(device)
-        embeds = self.prompt_embeds(prompts, model=model)  # [P, Tp, H]
-        prompt_mask = prompts.attention_mask.to(device)  # [P, Tp]
+        inputs = self.prompt_inputs(prompts, model=model)  # embeddings [P, Tp, H], ...
         ids = completion_ids.to(device)
         cmask = completion_mask.to(device).bool()
         out = []
@@ -530,29 +716,21 @@ class Policy:
             distinct, local = rows.unique(return_inverse=True)  # [P_c], [n_c]
             # share when some prompt repeats (sharded: always, every process calls alike)
             if share_prefix and (len(distinct) < len(rows) or self.synced_gpus):
-                e, m = embeds[distinct], prompt_mask[distinct]
-                logps = self._score_shared(model, e, m, local, ids[sl], cmask[sl], temperature)
+                part = inputs.rows(distinct)
+                logps = self._score_shared(model, part, local, ids[sl], cmask[sl], temperature)
             else:
-                e, m = embeds[rows], prompt_mask[rows]
-                logps = self._score(model, e, m, ids[sl], cmask[sl], temperature)
+                logps = self._score(model, inputs.rows(rows), ids[sl], cmask[sl], temperature)
             out.append(logps)
         return torch.cat(out, dim=0)  # [N, Tc]
 
-    def _score(self, model, prompt_embeds, prompt_mask, ids, cmask, temperature: float):
-        """Log-probs ``[B, Tc]`` for one micro-batch."""
+    def _score(self, model, inputs: PromptInputs, ids, cmask, temperature: float):
+        """Log-probs ``[B, Tc]`` for one micro-batch (prompts ``inputs``, one per row)."""
         tc = ids.shape[1]
         if tc == 0:
             return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
         completion_embeds = model.get_input_embeddings()(ids)  # [B, Tc, H]
-        embeds = torch.cat([prompt_embeds, completion_embeds.to(prompt_embeds.dtype)], dim=1)
-        mask = torch.cat([prompt_mask, cmask], dim=1)  # [B, Tp + Tc]
-        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
-        out = model(
-            inputs_embeds=embeds,
-            attention_mask=mask.long(),
-            position_ids=position_ids,
-            logits_to_keep=tc + 1,
-            use_cache=False,
+        out = inputs.forward(
+            model, completion_embeds, cmask, logits_to_keep=tc + 1, use_cache=False
         )
         logits = out.logits[:, :-1]  # [B, Tc, V]: position Tp-1+t predicts completion token t
         if temperature != 1.0:
@@ -560,9 +738,9 @@ class Policy:
         logps = token_logprobs(logits, ids)  # [B, Tc]
         return logps.masked_fill(~cmask, 0.0)
 
-    def _score_shared(self, model, prompt_embeds, prompt_mask, rows, ids, cmask, temperature):
+    def _score_shared(self, model, inputs: PromptInputs, rows, ids, cmask, temperature):
         """:meth:`_score` with each prompt run once: log-probs ``[B, Tc]`` of completions ``ids``
-        ``[B, Tc]`` whose prompts are ``rows`` ``[B]`` into ``prompt_embeds`` ``[P, Tp, H]``.
+        ``[B, Tc]`` whose prompts are ``rows`` ``[B]`` into ``inputs`` (``P`` prompts).
 
         One forward of the ``P`` prompts keeps its KV cache (under grad, with its graph); the
         cache is expanded to the ``B`` completions (an index, whose backward sums the ``G``
@@ -573,18 +751,17 @@ class Policy:
         tc = ids.shape[1]
         if tc == 0:
             return torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-        out = prefill(model, prompt_embeds, prompt_mask)  # logits [P, 1, V]
+        out = prefill(model, inputs)  # logits [P, 1, V]
         first = token_logprobs(out.logits[rows], ids[:, :1], temperature=temperature)  # [B, 1]
         cache = kv_cache(out)
         cache.batch_select_indices(rows)  # [P, ...] -> [B, ...], differentiable
-        mask = torch.cat([prompt_mask[rows], cmask], dim=1)  # [B, Tp + Tc]
-        position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp + Tc]
-        tp = prompt_mask.shape[1]
+        expanded = inputs.rows(rows)
+        mask = torch.cat([expanded.mask, cmask], dim=1)  # [B, Tp + Tc]
         completion_embeds = model.get_input_embeddings()(ids)  # [B, Tc, H]
         rest = model(
-            inputs_embeds=completion_embeds.to(prompt_embeds.dtype),
+            inputs_embeds=completion_embeds.to(inputs.embeds.dtype),
             attention_mask=mask.long(),  # the cache's Tp positions, then the Tc new ones
-            position_ids=position_ids[:, tp:],
+            position_ids=expanded.next_positions(cmask),
             use_cache=True,
             **{CACHE_KWARG: cache},
         ).logits[:, :-1]  # [B, Tc - 1, V]: position t predicts token t + 1 (the last: unused)
@@ -604,18 +781,11 @@ def kv_cache(output) -> Any:
     return getattr(output, CACHE_KWARG)
 
 
-def prefill(model, embeds: torch.Tensor, mask: torch.Tensor):
-    """One forward of left-padded prompt embeddings ``[P, Tp, H]`` (``mask`` ``[P, Tp]``
-    bool) that keeps the KV cache (:func:`kv_cache` of the output) and the last position's
-    ``.logits`` ``[P, 1, V]``. Positions count real tokens only, as everywhere here."""
-    position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [P, Tp]
-    return model(
-        inputs_embeds=embeds,
-        attention_mask=mask.long(),
-        position_ids=position_ids,
-        use_cache=True,
-        logits_to_keep=1,
-    )
+def prefill(model, inputs: PromptInputs, *, upto: int | None = None):
+    """One forward of left-padded prompts (their first ``upto`` tokens) that keeps the KV
+    cache (:func:`kv_cache` of the output) and the last position's ``.logits``
+    ``[P, 1, V]``, with the family's positions (1-D ones count real tokens only)."""
+    return inputs.forward(model, upto=upto, use_cache=True, logits_to_keep=1)
 
 
 def completion_masks(

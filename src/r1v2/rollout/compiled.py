@@ -50,6 +50,7 @@ from r1v2.errors import R1V2Error
 from r1v2.model.policy import (
     CACHE_KWARG,
     Policy,
+    PromptInputs,
     SamplingConfig,
     kv_cache,
     prefill,
@@ -85,28 +86,28 @@ class CompiledEngine(TransformersEngine):
     @torch.no_grad()
     def decode(
         self,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
+        inputs: PromptInputs,
         sampling: SamplingConfig,
         streamer: Any = None,
         cache: Any = None,
     ) -> torch.Tensor:
-        """New token ids ``[B, T_new]`` (the pad id after each row's first EOS) for prompt
-        embeddings ``embeds`` ``[B, Tp, H]`` with ``mask`` ``[B, Tp]`` (left padding); ``cache``:
-        the KV cache of their first ``Tp - 1`` tokens (``share_prefix``), or None."""
+        """New token ids ``[B, T_new]`` (the pad id after each row's first EOS) for the ``B``
+        prompts ``inputs`` (embeddings ``[B, Tp, H]``, left padding); ``cache``: the KV cache
+        of their first ``Tp - 1`` tokens (``share_prefix``), or None."""
         refuse_sharded(self.policy)  # sharded after the engine was built
         if streamer is not None:
             raise R1V2Error("engine=compiled takes no streamer: use engine=transformers")
         policy, model = self.policy, self.policy.model
+        embeds, mask = inputs.embeds, inputs.mask
         batch = embeds.shape[0]
-        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, Tp]
+        positions = inputs.prompt_positions()  # [B, Tp] or [3, B, Tp]
         if cache is None:
-            out = prefill(model, embeds, mask)
-        else:  # the prompts' last token against the cache of the others
+            out = prefill(model, inputs)
+        else:  # the prompts' last token (text) against the cache of the others
             out = model(
                 inputs_embeds=embeds[:, -1:],
                 attention_mask=mask.long(),
-                position_ids=positions[:, -1:],
+                position_ids=positions[..., -1:],
                 use_cache=True,
                 logits_to_keep=1,
                 **{CACHE_KWARG: cache},
@@ -117,7 +118,7 @@ class CompiledEngine(TransformersEngine):
         eos_ids = [] if self.ignore_eos else policy.eos_ids
         eos = torch.tensor(eos_ids, dtype=torch.long, device=embeds.device)
         attention = mask.long()  # [B, Tp + t]
-        position = positions[:, -1:]  # [B, 1]
+        position = positions[..., -1:]  # [B, 1] or [3, B, 1]
         done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         tokens: list[torch.Tensor] = []
         for t in range(sampling.max_new_tokens):
