@@ -35,7 +35,7 @@ from r1v2.algos.logprobs import token_logprobs
 from r1v2.config import option
 from r1v2.data.images import open_image
 from r1v2.errors import R1V2Error
-from r1v2.model.families import Family, family_of
+from r1v2.model.families import Family, family_of, family_of_config
 
 
 @dataclasses.dataclass
@@ -397,6 +397,7 @@ class Policy:
                 f"{path / 'config.json'}: cannot read the model config: {reason}"
             ) from e
         if policy_kind(config, path) == "vlm":
+            family_of_config(config)  # an unsupported family: one line, before loading it
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
             processor = AutoProcessor.from_pretrained(path)
         else:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import transformers as tf
 
+from r1v2.data.synthetic import vocabulary
 from r1v2.toy.tokenizer import word_tokenizer
 
 WORDS = (
@@ -55,7 +56,7 @@ MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 
 
 def _tokenizer(placeholder: str, specials: list[str], named: dict[str, str] | None = None):
     tok = word_tokenizer(
-        WORDS,
+        dict.fromkeys([*WORDS, *vocabulary()]),
         extra_special_tokens=specials,
         chat_template=CHAT_TEMPLATE.replace("@IMAGE@", placeholder),
     )
@@ -294,7 +295,6 @@ def gemma3():
         sliding_window=16,
         layer_types=["sliding_attention", "full_attention"],
     )
-    text.pop("max_position_embeddings")
     config = tf.Gemma3Config(
         text_config=text,
         vision_config={"model_type": "siglip_vision_model", **_siglip()},
@@ -308,7 +308,24 @@ def gemma3():
     return tf.Gemma3ForConditionalGeneration(config), processor
 
 
+def internvl():
+    """r1v2's own assembled InternVL (:func:`r1v2.model.assemble.assemble` of a tiny
+    InternViT-style encoder and a tiny Qwen2 LM)."""
+    import tempfile
+
+    from r1v2.model.assemble import assemble
+    from r1v2.toy.tiny import tiny_llm, tiny_vision
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vision = tiny_vision(Path(tmp) / "vision")
+        llm = tiny_llm(dict.fromkeys([*WORDS, *vocabulary()]), Path(tmp) / "llm", hidden_size=64)
+        vlm = assemble(vision, llm, Path(tmp) / "vlm", verbose=False)
+        model = tf.AutoModelForImageTextToText.from_pretrained(vlm)
+        return model, tf.AutoProcessor.from_pretrained(vlm)
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "internvl": internvl,
     "qwen2_vl": qwen2_vl,
     "qwen2_5_vl": qwen2_5_vl,
     "qwen3_vl": qwen3_vl,
@@ -322,7 +339,8 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
 
 def build_family(name: str, out_dir: str | Path, *, seed: int = 0) -> Path:
     """Save a tiny random checkpoint of family ``name`` (a key of :data:`BUILDERS`) and its
-    processor to ``out_dir``; return the folder."""
+    processor to ``out_dir``; return the folder. The tokenizer knows the synthetic task's
+    words (:func:`r1v2.data.synthetic.vocabulary`), so the checkpoints train on it."""
     if name not in BUILDERS:
         raise ValueError(f"unknown family {name!r}: expected one of {', '.join(BUILDERS)}")
     torch.manual_seed(seed)

@@ -29,7 +29,15 @@ FAMILIES: tuple[Family, ...] = (
 )
 BY_MODEL_TYPE = {t: family for family in FAMILIES for t in family.model_types}
 
-__all__ = ["FAMILIES", "TEXT", "Family", "ImageFeatures", "family_of", "supported"]
+__all__ = [
+    "FAMILIES",
+    "TEXT",
+    "Family",
+    "ImageFeatures",
+    "family_of",
+    "family_of_config",
+    "supported",
+]
 
 
 def supported() -> str:
@@ -43,10 +51,17 @@ def family_of(model: nn.Module, *, vision: bool = True) -> Family:
     raises an R1V2Error naming its class and the supported families."""
     if not vision:
         return TEXT
-    model_type = getattr(model.config, "model_type", None)
+    return family_of_config(model.config, type(model).__name__)
+
+
+def family_of_config(config, name: str | None = None) -> Family:
+    """:func:`family_of` from a vision-language checkpoint's config (before loading it);
+    ``name`` its class (default: the config's ``architectures``)."""
+    model_type = getattr(config, "model_type", None)
     if model_type in BY_MODEL_TYPE:
         return BY_MODEL_TYPE[model_type]
+    name = name or " ".join(getattr(config, "architectures", None) or [type(config).__name__])
     raise R1V2Error(
-        f"{type(model).__name__} (model_type {model_type!r}) is a vision-language model "
-        f"r1v2 does not support yet; supported: {supported()}"
+        f"{name} (model_type {model_type!r}) is a vision-language model r1v2 does not "
+        f"support yet; supported: {supported()}"
     )
