@@ -16,7 +16,7 @@ from r1v2.model.freeze import set_trainable
 from r1v2.model.policy import Policy, Prompt, SamplingConfig
 from r1v2.rollout.compiled import CompiledEngine
 from r1v2.rollout.engine import TransformersEngine
-from r1v2.toy.families import BUILDERS, build_family
+from r1v2.toy.families import BUILDERS, build_family, reference_greedy, reference_logprobs
 
 NAMES = list(BUILDERS)
 G = 2
@@ -78,34 +78,6 @@ def completions(policy: Policy, n: int, length: int = 7):
     return tokens, torch.arange(length)[None] < lengths[:, None]
 
 
-def own_inputs(policy: Policy, prompt: Prompt) -> dict:
-    """The processor's outputs for one prompt alone (no padding), as a user would pass them."""
-    images = None
-    if prompt.images:
-        images = [list(prompt.images)] if policy.family.nested_images else list(prompt.images)
-    text = [policy.render(prompt)]
-    return dict(policy.processor(text=text, images=images, return_tensors="pt"))
-
-
-def naive_logprobs(policy: Policy, items, ids, cmask, temperature=1.0):
-    """transformers' own forward of each sample alone (prompt + its completion, the model
-    computing positions, masks and image features itself), log-softmax, gather."""
-    rows = []
-    for i in range(ids.shape[0]):
-        enc = own_inputs(policy, items[i // G])
-        tp = enc["input_ids"].shape[1]
-        new = ids[i : i + 1, : int(cmask[i].sum())]  # [1, L]
-        enc["input_ids"] = torch.cat([enc["input_ids"], new], dim=1)
-        enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(new)], dim=1)
-        for key in ("mm_token_type_ids", "token_type_ids"):
-            if key in enc:
-                enc[key] = torch.cat([enc[key], torch.zeros_like(new)], dim=1)
-        logits = policy.model(**enc).logits[0, tp - 1 : -1].float() / temperature  # [L, V]
-        logps = logits.log_softmax(-1).gather(-1, new[0, :, None])[:, 0]  # [L]
-        rows.append(torch.cat([logps, logps.new_zeros(ids.shape[1] - len(logps))]))
-    return torch.stack(rows)  # [N, Tc]
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_logprobs_equal_transformers_forward(checkpoints, name):
     """Batched with left padding, a text-only prompt mixed in, two image sizes, micro-batches
@@ -117,7 +89,7 @@ def test_logprobs_equal_transformers_forward(checkpoints, name):
     ids, cmask = completions(policy, len(items) * G)
     with torch.no_grad():
         for temperature in (1.0, 0.7):
-            want = naive_logprobs(policy, items, ids, cmask, temperature)
+            want = reference_logprobs(policy, items, ids, cmask, G, temperature)
             for share in (False, True):
                 got = policy.logprobs(
                     batch,
@@ -150,23 +122,8 @@ def test_the_exactness_check_catches_a_missing_family_input(
     ids, cmask = completions(policy, len(items) * G)
     with torch.no_grad():
         got = policy.logprobs(policy.encode(items), ids, cmask, group_size=G)
-        want = naive_logprobs(policy, items, ids, cmask)
+        want = reference_logprobs(policy, items, ids, cmask, G)
     assert (got - want).abs().max() > 5e-5  # at least 5x the tolerance above
-
-
-def reference_greedy(policy: Policy, items, max_new_tokens: int) -> list[list[int]]:
-    out = []
-    for prompt in items:
-        enc = own_inputs(policy, prompt)
-        ids = policy.model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=policy.eos_ids,
-            pad_token_id=policy.pad_id,
-        )[0, enc["input_ids"].shape[1] :]
-        out.append(ids.tolist())
-    return out
 
 
 def kept(rollout) -> list[list[int]]:
@@ -226,7 +183,7 @@ def test_grpo_gradient_equals_naive_twin(checkpoints, name):
     ids, cmask = completions(policy, len(items) * G)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
     with torch.no_grad():
-        old = naive_logprobs(policy, items, ids, cmask) + 0.05 * torch.randn(ids.shape)
+        old = reference_logprobs(policy, items, ids, cmask, G) + 0.05 * torch.randn(ids.shape)
         ref = old - 0.1
 
     def grads(logps):
@@ -240,7 +197,7 @@ def test_grpo_gradient_equals_naive_twin(checkpoints, name):
     loss, got = grads(
         policy.logprobs(batch, ids, cmask, group_size=G, micro_batch_size=3, share_prefix=True)
     )
-    naive_loss, want = grads(naive_logprobs(policy, items, ids, cmask))
+    naive_loss, want = grads(reference_logprobs(policy, items, ids, cmask, G))
     torch.testing.assert_close(loss, naive_loss, rtol=0, atol=1e-6)
     assert got.keys() == want.keys()
     assert any(any(a in n for a in ADAPTER[name]) for n in got)  # the adapter is reached

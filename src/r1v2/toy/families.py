@@ -349,3 +349,54 @@ def build_family(name: str, out_dir: str | Path, *, seed: int = 0) -> Path:
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+# ---- references: what transformers itself computes, one prompt at a time -----------------
+
+
+def own_inputs(policy, prompt) -> dict:
+    """The processor's outputs for one prompt alone (no padding), as a user passes them to
+    the model (``policy``: a :class:`r1v2.model.policy.Policy`, ``prompt`` a ``Prompt``)."""
+    images = None
+    if prompt.images:
+        images = [list(prompt.images)] if policy.family.nested_images else list(prompt.images)
+    return dict(policy.processor(text=[policy.render(prompt)], images=images, return_tensors="pt"))
+
+
+@torch.no_grad()
+def reference_greedy(policy, prompts, max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy completion ids from ``model.generate`` of that prompt alone."""
+    out = []
+    for prompt in prompts:
+        enc = own_inputs(policy, prompt)
+        ids = policy.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=policy.eos_ids,
+            pad_token_id=policy.pad_id,
+        )[0, enc["input_ids"].shape[1] :]
+        out.append(ids.tolist())
+    return out
+
+
+def reference_logprobs(policy, prompts, ids, mask, group_size: int, temperature: float = 1.0):
+    """Per-token log-probs ``[N, Tc]`` of completions ``ids`` (mask ``mask``, ``N = len(prompts)
+    * group_size``, group-major) from transformers' own forward of each sample alone: prompt
+    and completion through the model, which computes positions, attention masks and image
+    features itself; log-softmax of logits / ``temperature``, gathered. Runs under the
+    caller's grad mode (the naive twin of :meth:`r1v2.model.policy.Policy.logprobs`)."""
+    rows = []
+    for i in range(ids.shape[0]):
+        enc = own_inputs(policy, prompts[i // group_size])
+        tp = enc["input_ids"].shape[1]
+        new = ids[i : i + 1, : int(mask[i].sum())]  # [1, L]
+        enc["input_ids"] = torch.cat([enc["input_ids"], new], dim=1)
+        enc["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(new)], dim=1)
+        for key in ("mm_token_type_ids", "token_type_ids"):
+            if key in enc:
+                enc[key] = torch.cat([enc[key], torch.zeros_like(new)], dim=1)
+        logits = policy.model(**enc).logits[0, tp - 1 : -1].float() / temperature  # [L, V]
+        logps = logits.log_softmax(-1).gather(-1, new[0, :, None])[:, 0]  # [L]
+        rows.append(torch.cat([logps, logps.new_zeros(ids.shape[1] - len(logps))]))
+    return torch.stack(rows)  # [N, Tc]
