@@ -235,6 +235,7 @@ def test_code_runs_unprivileged_when_root():
 
 
 def test_working_dir_is_fresh_and_removed(monkeypatch):
+    code_mod._get_sandbox()  # the once-per-process sandbox probe makes a folder of its own
     made = []
     real_mkdtemp = code_mod.tempfile.mkdtemp
 

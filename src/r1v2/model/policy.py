@@ -1,7 +1,9 @@
 """The policy: prompts with images in, sampled completions and per-token log-probs out.
 
-A :class:`Policy` wraps an assembled vision-language model (``InternVLForConditionalGeneration``
-and its processor) or a plain causal LM (and its tokenizer). It
+A :class:`Policy` wraps a vision-language model of a supported family (Qwen2-VL, Qwen2.5-VL,
+Qwen3-VL, InternVL, LLaVA, LLaVA-OneVision, Idefics3/SmolVLM, Gemma 3; its processor beside
+it; what differs between families lives in :mod:`r1v2.model.families`) or a plain causal LM
+(and its tokenizer). It
 
 - renders chat prompts (question, lettered choices, images) through the chat template, whose
   generation prompt ends in ``<think>\\n``;
@@ -343,8 +345,8 @@ class Policy:
     """A model plus its processor (VLM) or tokenizer (text-only LM).
 
     Args:
-        model: ``InternVLForConditionalGeneration`` (or another model with
-            ``get_image_features``), or any causal LM for text-only prompts.
+        model: a vision-language model of a supported family (:mod:`r1v2.model.families`),
+            or any causal LM for text-only prompts.
         processor: the model's processor (VLM) or tokenizer (text-only).
         system_prompt: an optional system turn placed before every prompt.
     """
