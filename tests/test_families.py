@@ -275,3 +275,16 @@ def test_an_unknown_vision_language_family_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert "PaliGemmaForConditionalGeneration" in err[0] and "Qwen3-VL" in err[0]
+
+
+def test_a_chat_template_kept_by_the_processor_only(checkpoints):
+    """LLaVA-style checkpoints keep their chat template beside the processor only: the
+    prompts render as with the tokenizer's."""
+    policy = Policy.from_pretrained(checkpoints("llava"))
+    want = [policy.render(p) for p in prompts()]
+    policy.processor.chat_template = policy.tokenizer.chat_template
+    policy.tokenizer.chat_template = None
+    assert [policy.render(p) for p in prompts()] == want
+    policy.processor.chat_template = None
+    with pytest.raises(R1V2Error, match="neither the tokenizer nor the processor"):
+        policy.render(prompts()[0])

@@ -437,10 +437,18 @@ class Policy:
             )
         else:
             messages.append({"role": "user", "content": prompt.text})
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise R1V2Error("the tokenizer has no chat template (assemble the model first)")
+        # The tokenizer's template, else the processor's (LLaVA-style checkpoints keep theirs
+        # in chat_template.json beside the processor only).
+        template = getattr(self.tokenizer, "chat_template", None) or (
+            getattr(self.processor, "chat_template", None) if self.is_vlm else None
+        )
+        if not template:
+            raise R1V2Error(
+                "neither the tokenizer nor the processor has a chat template "
+                "(assemble the model first, or add one to the checkpoint)"
+            )
         return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
     def encode(self, items: Sequence[Any]) -> PromptBatch:
