@@ -4,7 +4,7 @@ Every test that runs code starts real subprocesses (about 0.1 s each). The prote
 depend on the machine (the uid drop, RLIMIT_NPROC, the namespaces, the private /tmp) skip with
 the reason where :func:`sandbox_info` says they are not available.
 
-Hostile cases (13), each asserting containment:
+Hostile cases (14), each asserting containment:
 
 1. an infinite loop (and a sleeper) is killed at the deadline: test_infinite_loop_is_killed
 2. a fork bomb dies against RLIMIT_NPROC: test_fork_bomb_is_contained
@@ -24,6 +24,8 @@ Hostile cases (13), each asserting containment:
 11. reading root's files: test_code_runs_unprivileged_when_root
 12. a solution that never reads its (large) input: test_a_solution_that_never_reads_its_input
 13. a correct and a wrong solution: test_correct_solution_scores_one_and_wrong_zero
+14. reading the host's world-readable files (the project, the data and its answers, /etc,
+    /root): test_host_files_cannot_be_read, test_the_answers_file_cannot_be_printed
 """
 
 import json
@@ -32,6 +34,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -505,3 +508,81 @@ def test_data_check_names_a_code_sample_with_malformed_tests(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{path}:2: field 'metadata.tests': malformed" in out, out
     assert "1 samples loaded, 1 rows with problems" in out, out
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def own_root_or_skip():
+    info = sandbox_info()
+    if not info["own_root"]:
+        pytest.skip(f"no root of its own here (mount namespace, pivot_root): {info}")
+
+
+def test_host_files_cannot_be_read(tmp_path):
+    """A solution that prints the first line of the project's pyproject.toml, for a test that
+    expects exactly that line, scores 0; so does every other host path tried."""
+    own_root_or_skip()
+    first = (PROJECT / "pyproject.toml").read_text().splitlines()[0]
+    leak = block(f"print(open({str(PROJECT / 'pyproject.toml')!r}).readline().strip())")
+    assert code_reward(leak, [{"input": "", "output": first}]) == 0.0
+    (tmp_path / "data.jsonl").write_text('{"answer": "42"}\n')
+    files = [
+        PROJECT / "pyproject.toml",
+        PROJECT / "README.md",
+        PROJECT / "src" / "r1v2" / "__init__.py",
+        tmp_path / "data.jsonl",
+        Path(code_mod.__file__),
+        *[Path("/etc") / n for n in ("passwd", "group", "hostname", "hosts", "shadow")],
+        Path.home() / ".bashrc",
+        Path("/proc/1/environ"),
+    ]
+    # Folders: nothing in them but the path down to the Python installation (and the
+    # dynamic linker's cache in /etc).
+    folders = [PROJECT, tmp_path, Path("/etc"), Path("/etc/ssh"), Path.home(), Path("/work")]
+    python = [*Path(sys.base_prefix).parts, "ld.so.cache"]
+    probe = block(
+        "import os\n"
+        "def readable(p):\n"
+        "    try:\n"
+        "        with open(p, 'rb') as f:\n"
+        "            return bool(f.read(1))\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "def listed(p, allowed):\n"
+        "    try:\n"
+        "        return [n for n in os.listdir(p) if n not in allowed]\n"
+        "    except OSError:\n"
+        "        return []\n"
+        f"seen = [p for p in {[str(p) for p in files]!r} if readable(p)]\n"
+        f"seen += [p for p in {[str(p) for p in folders]!r} if listed(p, {list(python)!r})]\n"
+        "print(seen or 'none')"
+    )
+    assert code_reward(probe, [{"input": "", "output": "none"}]) == 1.0
+
+
+def test_the_standard_library_works_in_its_own_root():
+    """What solutions use still imports: the extension modules load their system libraries."""
+    own_root_or_skip()
+    code = block(
+        "import ssl, hashlib, zlib, sqlite3, ctypes, decimal, fractions, heapq, bisect, json\n"
+        "import typing, functools, itertools, collections, math, re, random, string\n"
+        "print(hashlib.sha256(b'x').hexdigest()[:8], zlib.crc32(b'x'), random.Random(0).random() < 1)"
+    )
+    assert code_reward(code, [{"input": "", "output": "2d711642 2363233923 True"}]) == 1.0
+
+
+def test_the_answers_file_cannot_be_printed(tmp_path):
+    """A code sample whose expected output is the start of a toy build's test set (the
+    benchmark's answers): a solution that prints that file scores 0 through
+    sample_code_reward, as training and eval score it."""
+    own_root_or_skip()
+    from r1v2.data.synthetic import generate
+    from r1v2.rewards.code import sample_code_reward
+
+    generate(3, 0, tmp_path / "data" / "test")
+    answers = tmp_path / "data" / "test" / "samples.jsonl"
+    head = answers.read_text()[:40]
+    cheat = block(f"print(open({str(answers)!r}).read()[:40])")
+    meta = {"tests": [{"input": "", "output": head}]}
+    assert sample_code_reward(cheat, meta) == 0.0

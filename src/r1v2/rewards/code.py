@@ -52,6 +52,15 @@ The sandbox, per process (what works is detected once, at the first call; see
   ``--mount-proc`` the code sees only its own processes in ``/proc`` (not the parent's
   ``/proc/PID/environ``).
 - stdout read up to :data:`MAX_OUTPUT_BYTES`; a process that writes more is killed and fails.
+- a root of its own: in the mount namespace that ``--mount-proc`` makes, the runner builds a
+  small tmpfs root with read-only binds of the system libraries and the standard library (its
+  site-packages hidden), ``/etc/ld.so.cache``, ``/dev/null`` and the random devices, a fresh
+  ``/proc``, empty ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock`` (private, discarded
+  with the namespace) and the working directory at its own path, and ``pivot_root`` s into it
+  (:data:`_ROOT`). No other host path exists for the code: not the project, its data, the
+  benchmark's answers, ``/etc`` or ``/root``. Third-party packages (numpy) are not there
+  either: solutions get the standard library, as LiveCodeBench's do. Where this fails
+  (detected once), the code sees the host's filesystem (a warning is logged) and gets:
 - a private ``/tmp``: in the mount namespace that ``--mount-proc`` makes, the runner bind-mounts
   the temporary working directory over the world-writable directories (:data:`PRIVATE_DIRS`:
   ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``) before it drops privileges, so what the
@@ -84,6 +93,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -107,6 +117,9 @@ _STARTUP_GRACE_S = 2.0  # interpreter start-up under load, on top of the time bu
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # World-writable directories the runner covers with its working directory (a private /tmp).
 PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# What the sandbox's own root binds from the host, read-only (with the standard library).
+SYSTEM_LIBS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32")
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 
 # A fence: ``` and an info string, the body, then ``` at the start of a line.
 _BLOCK = re.compile(r"```([^\n`]*)\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
@@ -157,6 +170,85 @@ def private_dirs(targets):
             os._exit(3)  # 4096: MS_BIND. Detected as working: no run rather than a shared /tmp
     os.close(fd)
 """
+# A root of nothing but what Python needs (in the mount namespace of our own): a small tmpfs
+# mounted over the working directory (the host's copy stays as it is), holding read-only binds
+# of the system libraries (``/usr/lib``, ``/lib``: extension modules load them) and of the
+# standard library (its site-packages covered by an empty tmpfs), ``/etc/ld.so.cache``, a few
+# devices, a fresh ``/proc``, empty ``/tmp``-style folders, and the working directory at its
+# own path; then ``pivot_root`` into it and the old root detached. Any other host path, the
+# project and its data included, does not exist for the code.
+_ROOT = r"""
+def private_root(spec):
+    import ctypes, platform
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_void_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    RDONLY, NOSUID, NODEV, NOEXEC, REMOUNT, BIND, REC, PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
+    KEEP = {2: NOSUID, 4: NODEV, 8: NOEXEC, 1024: 1024, 2048: 2048, 4096: 1 << 21}
+
+    def mount(src, dst, kind, flags, data=None):
+        if libc.mount(src and src.encode(), dst.encode(), kind and kind.encode(), flags,
+                      data and data.encode()):
+            raise OSError(ctypes.get_errno(), "mount %s" % dst)
+
+    def bind(src, dst, read_only=True):
+        if os.path.isdir(src):
+            os.makedirs(dst, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            open(dst, "a").close()
+        mount(src, dst, None, BIND | REC)
+        if read_only:  # a bind's remount keeps the flags the kernel locked on the source
+            f = os.statvfs(dst).f_flag
+            kept = sum(v for k, v in KEEP.items() if f & k)
+            mount(None, dst, None, REMOUNT | BIND | RDONLY | NOSUID | kept)
+
+    work = os.getcwd()
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    mount(None, "/", None, REC | PRIVATE)
+    mount("tmpfs", work, "tmpfs", NOSUID | NODEV, "size=%dk,mode=755" % spec["size_kb"])
+    new = work  # the new root's tree is built under it, then it becomes /
+    done = []
+    for path in spec["read_only"]:
+        if os.path.islink(path) and path.count("/") == 1:  # /lib -> usr/lib
+            os.symlink(os.readlink(path), new + path)
+        elif os.path.exists(path) and not any(path.startswith(d + "/") for d in done):
+            bind(path, new + path)
+            done.append(path)
+    for path in spec["hidden"]:  # site-packages inside a bound tree: an empty tmpfs over it
+        if os.path.isdir(new + path):
+            mount("tmpfs", new + path, "tmpfs", RDONLY | NOSUID | NODEV, "size=4k")
+    for path in spec["devices"]:
+        if os.path.exists(path):
+            bind(path, new + path, read_only=False)
+    for path in spec["scratch"]:
+        os.makedirs(new + path, exist_ok=True)
+        os.chmod(new + path, 0o1777)
+    os.makedirs(new + "/proc", exist_ok=True)
+    mount("proc", new + "/proc", "proc", NOSUID | NODEV | NOEXEC)
+    os.makedirs(new + work, exist_ok=True)
+    mount("/proc/self/fd/%d" % fd, new + work, None, BIND)  # the working directory itself
+    os.close(fd)
+    os.chdir(new)
+    number = {"x86_64": 155, "aarch64": 41}[platform.machine()]  # SYS_pivot_root
+    if libc.syscall(number, b".", b"."):
+        raise OSError(ctypes.get_errno(), "pivot_root")
+    if libc.umount2(b".", 2):  # MNT_DETACH: the old root, stacked on the new one
+        raise OSError(ctypes.get_errno(), "umount old root")
+    os.chdir(work)
+    sys.path[:] = [p for p in sys.path if os.path.isdir(p)]
+"""
+_ROOT_PROBE = (
+    "import os, sys\n"
+    + _ROOT
+    + _DROP
+    + "import json\nspec = json.loads(sys.argv[1])\nprivate_root(spec)\n"
+    + "if spec['drop']:\n    drop(*spec['drop'])\n"
+    + f"import {_PROBE_MODULES}\n"
+    + "assert not os.path.exists(sys.argv[2]), sys.argv[2]\n"
+    + "open('/tmp/r1v2-probe', 'w').close()\n"
+)
+
 _PRIVATE_PROBE = (
     "import os\n"
     + _PRIVATE
@@ -170,6 +262,7 @@ _PRIVATE_PROBE = (
 _RUNNER = (
     _DROP
     + _PRIVATE
+    + _ROOT
     + r"""
 import json, resource, signal
 
@@ -178,9 +271,11 @@ with open("job.json") as f:
 os.unlink("job.json")
 for name, value in job["limits"].items():
     resource.setrlimit(getattr(resource, name), (value, value))
-if job["private"]:
+if job["root"]:
+    private_root(job["root"])
+elif job["private"]:
     private_dirs(job["private"])
-del private_dirs
+del private_dirs, private_root
 if job["drop"]:
     drop(*job["drop"])
 del drop
@@ -266,6 +361,7 @@ class _Sandbox:
     drop: tuple[int, int] | None  # (uid, gid) the runner switches to, or None
     nproc: bool  # whether RLIMIT_NPROC is effective (and so set)
     private: tuple[str, ...] = ()  # the directories the runner covers (PRIVATE_DIRS), or ()
+    root: bool = False  # whether the runner pivots into a root of its own (_ROOT)
 
 
 _sandbox_lock = threading.Lock()
@@ -291,6 +387,38 @@ def _probe_private(prefix: tuple[str, ...]) -> tuple[str, ...]:
     try:
         cmd = [*prefix, sys.executable, "-I", "-c", _PRIVATE_PROBE, json.dumps(PRIVATE_DIRS)]
         return PRIVATE_DIRS if _probe(cmd, cwd=workdir) else ()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def root_spec() -> dict[str, Any]:
+    """What the runner's own root holds (:data:`_ROOT`): read-only system libraries and the
+    standard library, its site-packages hidden, a few devices, empty scratch folders."""
+    paths = sysconfig.get_paths()
+    stdlib = sorted({paths["stdlib"], paths["platstdlib"]})
+    packages = {paths["purelib"], paths["platlib"], "/usr/lib/python3/dist-packages"}
+    packages |= {p for p in sys.path if p.endswith(("site-packages", "dist-packages"))}
+    return {
+        "read_only": [*SYSTEM_LIBS, *stdlib, "/etc/ld.so.cache"],
+        "hidden": sorted(packages),
+        "devices": list(DEVICES),
+        "scratch": list(PRIVATE_DIRS),
+        "size_kb": 2 * MAX_FILE_BYTES >> 10,
+    }
+
+
+def _probe_root(prefix: tuple[str, ...], drop: tuple[int, int] | None) -> bool:
+    """Whether the runner can pivot into its own root inside ``prefix``'s namespaces, import
+    the standard library there (as ``drop``'s user) and not see a host file (this one)."""
+    if "--mount-proc" not in prefix:
+        return False
+    workdir = tempfile.mkdtemp(prefix="r1v2-code-probe-")
+    try:
+        spec = json.dumps({**root_spec(), "drop": drop})
+        cmd = [*prefix, sys.executable, "-I", "-c", _ROOT_PROBE, spec, os.path.abspath(__file__)]
+        if drop:
+            os.chown(workdir, *drop)
+        return _probe(cmd, cwd=workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -329,10 +457,16 @@ def _detect() -> _Sandbox:
     if not prefix:
         log.warning("code sandbox: no network namespace (unshare): the code has network access")
     nproc = drop is not None or (not root and "--user" in prefix)
-    private = _probe_private(prefix)
+    own_root = _probe_root(prefix, drop)
+    private = PRIVATE_DIRS if own_root else _probe_private(prefix)
+    if not own_root:
+        log.warning(
+            "code sandbox: no root of its own (mount namespace, pivot_root): the code can read "
+            "the host's world-readable files"
+        )
     if not private:
         log.warning("code sandbox: no private /tmp (mount namespace): the code shares /tmp")
-    return _Sandbox(prefix=prefix, drop=drop, nproc=nproc, private=private)
+    return _Sandbox(prefix=prefix, drop=drop, nproc=nproc, private=private, root=own_root)
 
 
 def _get_sandbox() -> _Sandbox:
@@ -354,6 +488,7 @@ def sandbox_info() -> dict[str, Any]:
         "private_proc": "--mount-proc" in box.prefix,
         "nproc_limit": box.nproc,
         "private_tmp": bool(box.private),
+        "own_root": box.root,
         "prefix": list(box.prefix),
     }
 
@@ -532,7 +667,9 @@ def _run(job: dict[str, Any], stdin: str | None, wall_s: float, memory_mb: int) 
     workdir = tempfile.mkdtemp(prefix="r1v2-code-")
     try:
         with open(os.path.join(workdir, "job.json"), "w") as f:
-            json.dump({**job, "limits": limits, "drop": box.drop, "private": box.private}, f)
+            root = root_spec() if box.root else None
+            json.dump({**job, "limits": limits, "drop": box.drop, "private": box.private,
+                       "root": root}, f)  # fmt: skip
         stdin_file = None
         if stdin is not None:
             stdin_file = os.path.join(workdir, "stdin.txt")
