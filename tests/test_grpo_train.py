@@ -1,5 +1,6 @@
 """The GRPO trainer end to end on a tiny random VLM and synthetic prompts."""
 
+import json
 import os
 import signal
 import subprocess
@@ -466,6 +467,19 @@ def test_resume_refuses_another_config_and_a_finished_past_run(world, tmp_path):
     # raising max_steps continues the same run
     train(resolve(GRPOConfig, None, _args(world, out, "max_steps=3")))
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+
+
+def test_resume_refuses_prompts_whose_answers_changed(tmp_path):
+    """GRPO resumed on a pool whose answers were edited is refused, naming the data."""
+    world = tiny_world(tmp_path / "w", 8)
+    out = tmp_path / "run"
+    train(resolve(GRPOConfig, None, _args(world, out, "max_steps=1", "save_steps=1")))
+    samples = world / "data" / "samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    rows[0]["answer"] = "99"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(R1V2Error, match=r"trained on other data: the rows of .*data changed"):
+        train(resolve(GRPOConfig, None, _args(world, out, "max_steps=2")))
 
 
 def test_a_new_run_never_touches_an_earlier_one_without_overwrite(world, tmp_path):

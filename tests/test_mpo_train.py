@@ -508,6 +508,25 @@ def test_offline_pairs_train_without_generating(world, tmp_path, monkeypatch):
         train(_cfg(world, tmp_path / "o2", f"data={bad}"))
 
 
+def test_resume_refuses_pairs_that_changed(world, tmp_path):
+    """A run on offline pairs, then the file's chosen and rejected swapped: resuming is
+    refused in one line naming the data (it continued at step 2 on the swapped pairs
+    before); the unchanged file resumes."""
+    file = _offline_pairs(world, tmp_path / "pairs" / "toy.jsonl")
+    out = tmp_path / "run"
+    args = [f"data={file}", f"rm_path={tmp_path / 'none'}", "prompts_per_round=4"]
+    train(_cfg(world, out, *args, "max_steps=1", "save_steps=1"))
+    original = file.read_text()
+    rows = [json.loads(line) for line in original.splitlines()]
+    swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
+    file.write_text("".join(json.dumps(r) + "\n" for r in swapped))
+    with pytest.raises(R1V2Error, match=r"trained on other data: the rows of .*toy.jsonl changed"):
+        train(_cfg(world, out, *args, "max_steps=2"))
+    file.write_text(original)
+    train(_cfg(world, out, *args, "max_steps=2"))
+    assert [r["step"] for r in read_metrics(out)] == [1, 2]
+
+
 def test_cli_mpo_pairs_then_mpo_on_them(world, tmp_path, monkeypatch, capsys):
     """`r1v2 mpo pairs` writes the pairs of one round in the offline layout (they load back);
     `r1v2 mpo` trains on that file and on the prompt pool, and prints its summary."""

@@ -40,6 +40,7 @@ from r1v2.train.stage import (
     ScoredSetup,
     StageRun,
     check_resumable,
+    check_same_data,
     clear_folder,
     end_processes,
     gather_lists,
@@ -517,6 +518,7 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         check_resumable(
             state.get("config", {}), cfg, ckpt, state["step"], RESUMABLE | {"share_prefix"}
         )
+        check_same_data(state, pool, cfg.data, ckpt)
     root_call = _root_call(cfg, policy, accelerator)
     reference = None
     if start_weights is not None:

@@ -66,6 +66,7 @@ from r1v2.train.stage import (
     RunSettings,
     StageRun,
     check_resumable,
+    check_same_data,
     clear_folder,
     end_processes,
     gather_lists,
@@ -592,6 +593,7 @@ def setup(cfg: MPOConfig) -> MPORun:
         state = load_checkpoint(ckpt, policy.model, rank=accelerator.process_index)[0]
         saved = guard_resumable(state.get("config", {}), cfg, ckpt)
         check_resumable(saved, cfg, ckpt, state["step"], RESUMABLE)
+        check_same_data(state, pool, cfg.data, ckpt)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg.optim, params, cfg.max_steps)
     run = MPORun(

@@ -15,6 +15,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -126,6 +129,7 @@ class StageRun:
     guard: Any  # r1v2.train.guard.HallucinationGuard
     probe_items: list[Any]
     policy: Any  # r1v2.model.policy.Policy
+    pool: list[Any]  # the rows the run trains on
 
     @property
     def rank(self) -> int:
@@ -172,7 +176,7 @@ class StageRun:
             self.out,
             step,
             model=self.policy.model,
-            trainer_state=state,
+            trainer_state={**state, "data_digest": data_digest(self.pool)},
             keep_last=cfg.keep_last,
             meta={"model": str(cfg.model), "trainable": cfg.trainable, **meta},
             rank=self.rank,
@@ -333,6 +337,39 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[prefix + k] = v
     return out
+
+
+def data_digest(rows: list[Any]) -> str:
+    """A content hash of the rows a run read (every field of every Sample or pair, in order;
+    embedded image bytes by their own hash): the same rows give the same digest, a changed,
+    swapped, added or removed row another."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, bytes):
+            return "sha256:" + hashlib.sha256(value).hexdigest()
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+    digest = hashlib.sha256()
+    for row in rows:
+        fields = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else vars(row)
+        digest.update(json.dumps(plain(fields), sort_keys=True).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def check_same_data(state: dict[str, Any], rows: list[Any], data: Any, ckpt: Path) -> None:
+    """Refuse to continue a checkpoint trained on other rows than ``rows`` (read from
+    ``data``); a checkpoint written before digests were recorded is not compared."""
+    saved = state.get("data_digest")
+    if saved is not None and saved != data_digest(rows):
+        raise R1V2Error(
+            f"{ckpt} was trained on other data: the rows of {data} changed since (their "
+            "digest differs). To train on the new data use another output_dir, or "
+            "resume=never overwrite=true to replace this run"
+        )
 
 
 def check_resumable(
