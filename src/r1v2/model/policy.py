@@ -319,6 +319,16 @@ def to_prompt(item: Any) -> Prompt:
     return Prompt(text, tuple(open_image(im) for im in images))
 
 
+# A token covers rarely more than this many characters: longer texts are refused untokenised.
+CHARS_PER_POSITION = 64
+
+
+def prompt_name(item: Any, index: int) -> str:
+    """How errors name a prompt: its sample id when it has one."""
+    name = getattr(item, "id", None)
+    return f"prompt {name!r}" if name else f"prompt {index}"
+
+
 def policy_kind(config: Any, path: str | Path) -> str:
     """``"vlm"`` or ``"lm"``: how a checkpoint with this transformers ``config`` loads as a
     policy. Raises R1V2Error for one that is neither, e.g. a vision encoder alone (an input of
@@ -416,6 +426,30 @@ class Policy:
         return next(self.model.parameters()).device
 
     @property
+    def context_length(self) -> int | None:
+        """The language model's positions (``max_position_embeddings``), or None."""
+        config = self.model.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        return getattr(text, "max_position_embeddings", None)
+
+    def check_length(self, text: str, tokens: int | None, what: str) -> None:
+        """Refuse ``what`` (``text``, ``tokens`` long when known) when it is longer than the
+        context; far longer texts are refused before they are tokenised."""
+        limit = self.context_length
+        if limit is None:
+            return
+        if tokens is None and len(text) > CHARS_PER_POSITION * limit:
+            raise R1V2Error(
+                f"{what} is {len(text):,} characters: far longer than the model's context of "
+                f"{limit:,} positions (max_position_embeddings); shorten it"
+            )
+        if tokens is not None and tokens > limit:
+            raise R1V2Error(
+                f"{what} is {tokens:,} tokens: longer than the model's context of {limit:,} "
+                "positions (max_position_embeddings); shorten it"
+            )
+
+    @property
     def opens_think(self) -> bool:
         """Whether the chat template's generation prompt opens a think block (R1 style): then
         only an answer after ``</think>`` counts in training rewards."""
@@ -451,12 +485,16 @@ class Policy:
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
 
-    def encode(self, items: Sequence[Any]) -> PromptBatch:
-        """Render and tokenise prompts (left padding); process their images."""
+    def encode(self, items: Sequence[Any], names: Sequence[str] | None = None) -> PromptBatch:
+        """Render and tokenise prompts (left padding); process their images. A prompt longer
+        than the model's context is refused, named by ``names`` (default: its sample id)."""
         prompts = [to_prompt(item) for item in items]
         if not prompts:
             raise R1V2Error("no prompts given")
         texts = [self.render(p) for p in prompts]
+        names = names or [prompt_name(item, i) for i, item in enumerate(items)]
+        for text, name in zip(texts, names):
+            self.check_length(text, None, name)
         counts = [len(p.images) for p in prompts]
         if not self.is_vlm:
             enc = self.tokenizer(
@@ -466,6 +504,7 @@ class Policy:
                 add_special_tokens=False,
                 return_tensors="pt",
             )
+            self._check_lengths(enc["attention_mask"], names)
             return PromptBatch(
                 enc["input_ids"], enc["attention_mask"].bool(), None, [0] * len(prompts), texts
             )
@@ -478,6 +517,7 @@ class Policy:
             text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
         )
         input_ids, mask = enc["input_ids"], enc["attention_mask"].bool()
+        self._check_lengths(mask, names)
         slots = (input_ids == self.image_token_id).sum(dim=1).tolist()  # [P]
         vision = {k: enc[k] for k in family.image_keys if images and k in enc}
         rows = family.vision_rows(vision, counts, slots) if vision else {}
@@ -499,6 +539,10 @@ class Policy:
             positions=positions,
             images=counts,
         )
+
+    def _check_lengths(self, mask: torch.Tensor, names: Sequence[str]) -> None:
+        for n, name in zip(mask.sum(dim=1).tolist(), names):
+            self.check_length("", int(n), name)
 
     def prompt_embeds(
         self, batch: PromptBatch, model: torch.nn.Module | None = None

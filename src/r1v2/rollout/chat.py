@@ -57,6 +57,9 @@ def run(cfg: ChatConfig) -> int:
     if cfg.image and not policy.is_vlm:
         raise R1V2Error(f"{cfg.model} is a text-only model: it cannot take --image")
     images = tuple(open_image(path) for path in cfg.image)
+    policy.check_length(cfg.question, None, "the question")
+    batch = policy.encode([Prompt(cfg.question, images)], names=["the question"])
+    check_room(policy, batch.input_ids.shape[1], cfg.max_new_tokens)
     sampling = SamplingConfig(
         max_new_tokens=cfg.max_new_tokens,
         do_sample=cfg.temperature > 0,
@@ -64,6 +67,18 @@ def run(cfg: ChatConfig) -> int:
     )
     torch.manual_seed(cfg.seed)
     streamer = TextStreamer(policy.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    policy.generate([Prompt(cfg.question, images)], sampling, streamer=streamer)
+    policy.generate(batch, sampling, streamer=streamer)
     sys.stdout.flush()
     return 0
+
+
+def check_room(policy, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a question whose answer would run past the model's context."""
+    limit = policy.context_length
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        room = limit - prompt_tokens
+        hint = f"lower --max-new-tokens to {room} or less" if room > 0 else "shorten the question"
+        raise R1V2Error(
+            f"the question takes {prompt_tokens:,} tokens and --max-new-tokens {max_new_tokens:,} "
+            f"more: past the model's context of {limit:,} positions; {hint}"
+        )

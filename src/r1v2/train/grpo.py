@@ -235,6 +235,12 @@ class GRPOConfig(RunSettings, ScoredSetup):
         check_range("prompts_per_generate", self.prompts_per_generate, 1)
         if self.group_size < 2:
             raise R1V2Error("config field 'group_size' must be >= 2 (advantages compare a group)")
+        if not self.generation.do_sample:
+            raise R1V2Error(
+                "config field 'generation.do_sample' is false: a group's rollouts would all be "
+                "the same greedy completion, every group would tie and GRPO would learn "
+                "nothing; sample (generation.do_sample=true)"
+            )
         for name in ("prompts_per_step", "micro_batch_size", "ppo_epochs"):
             if getattr(self, name) < 1:
                 raise R1V2Error(f"config field '{name}' must be >= 1")

@@ -32,6 +32,7 @@ micro-batches.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,16 @@ def collate_pairs(policy, pairs: list[TrainPair]):
         ids[i, : len(s)] = s
         mask[i, : len(s)] = True
     index = torch.arange(b).repeat(2)  # [2B]
-    return policy.encode([p.item for p in pairs]), index, ids, mask
+    prompts = policy.encode([p.item for p in pairs])
+    limit = policy.context_length
+    if limit is not None:
+        prompt_lengths = prompts.attention_mask.sum(dim=1).tolist()  # [B]
+        for p, n in zip(pairs, prompt_lengths):
+            longest = int(n) + max(len(p.chosen), len(p.rejected))
+            policy.check_length(
+                "", longest, f"pair {getattr(p.item, 'id', '?')!r} (prompt and response)"
+            )
+    return prompts, index, ids, mask
 
 
 def pair_loss(policy, reference, batch, *, weights, beta: float, delta: float, normalizer: float):
@@ -552,15 +562,37 @@ def load_reward_model(cfg: PairSettings, device):
 
 
 def load_data(cfg: MPOConfig) -> tuple[list[Any], bool]:
-    """``(pool, offline)``: the prompt pool, or the pairs of an offline pairs file."""
+    """``(pool, offline)``: the prompt pool, or the pairs of an offline pairs file (pairs
+    whose chosen and rejected are the same text dropped, with a warning: they carry no
+    preference)."""
     if not is_pairs_data(cfg.data):
         return load_pool(cfg.data), False
     result = load_pairs(cfg.data, on_bad=cfg.on_bad)
     if result.skipped:
         print(result.summary())
-    if not result.pairs:
+    pairs = [p for p in result.pairs if p.chosen != p.rejected]
+    if len(pairs) < len(result.pairs):
+        same = [p.id for p in result.pairs if p.chosen == p.rejected]
+        if not pairs:
+            raise R1V2Error(
+                f"{cfg.data}: chosen equals rejected in every pair ({len(same)}, e.g. "
+                f"{same[0]}): nothing to prefer"
+            )
+        print(
+            f"warning: {cfg.data}: dropped {len(same)} of {len(result.pairs)} pairs whose "
+            f"chosen equals rejected (e.g. {same[0]})",
+            file=sys.stderr,
+        )
+    if not pairs:
         raise R1V2Error(f"{cfg.data}: no pairs")
-    return result.pairs, True
+    return pairs, True
+
+
+def check_pair_sizes(pairs: list[Any], policy) -> None:
+    """Refuse an offline pair far longer than the model's context before tokenising it."""
+    for p in pairs:
+        text = p.question + max(p.chosen, p.rejected, key=len)
+        policy.check_length(text, None, f"pair {p.id!r}")
 
 
 def setup(cfg: MPOConfig) -> MPORun:
@@ -585,6 +617,8 @@ def setup(cfg: MPOConfig) -> MPORun:
         )
     probe_items = load_probe(cfg.probe_data, cfg.probe_size)  # refused here without scenes
     policy = load_policy(cfg, accelerator.device)
+    if offline:
+        check_pair_sizes(pool, policy)
     report = set_trainable(policy.model, cfg.trainable)
     reference = Reference(policy.model)  # pi_0: the starting weights, before a checkpoint loads
     reward_model = None if offline else load_reward_model(cfg, policy.device)
@@ -904,10 +938,16 @@ def build_pairs_file(cfg: MPOPairsConfig) -> dict[str, float]:
         )
         for k, p in enumerate(pairs)
     ]
-    write_pairs(records, out)
     stats = round_stats(counts, cfg.rules)
-    write_atomic(Path(str(out) + ".stats.json"), json.dumps(stats, indent=2) + "\n")
-    print(f"{len(records)} pairs from {len(items)} prompts -> {out}  ({json.dumps(stats)})")
+    plain = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in stats.items()}
+    if not records:
+        raise R1V2Error(
+            f"no pair kept from {len(items)} prompts, nothing written to {out} "
+            f"({json.dumps(plain)}): see no_valid_chosen and the threshold"
+        )
+    write_pairs(records, out)
+    write_atomic(Path(str(out) + ".stats.json"), json.dumps(plain, indent=2) + "\n")
+    print(f"{len(records)} pairs from {len(items)} prompts -> {out}  ({json.dumps(plain)})")
     return stats
 
 
