@@ -339,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     config_cls = _load(cmd.config)
-    ns = _command_parser(cmd, config_cls).parse_args(_bare_bools(rest, config_cls))
+    # intermixed: key=value overrides and positionals may follow --flags (plot RUN --out F k=v)
+    ns = _command_parser(cmd, config_cls).parse_intermixed_args(_bare_bools(rest, config_cls))
     try:
         config_file, overrides, positional = _split_args(ns.args, cmd)
         flags = [(k[4:], v) for k, v in vars(ns).items() if k.startswith("cfg:")]

@@ -111,12 +111,24 @@ class PairsLoadResult:
 
 def is_pairs_data(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> bool:
     """Whether ``paths`` hold preference pairs rather than Samples: the first row of the first
-    data file has ``chosen`` or ``rejected`` (an empty or unreadable first file: False, and
-    the Sample loader reports it)."""
+    data file has ``chosen`` or ``rejected``, or a field close to one of them (a misspelt
+    ``choosen``, read as a pair so that the error names the pair's fields) while it has
+    neither of a Sample's ``answer`` and ``kind``. An empty or unreadable first file: False,
+    and the Sample loader reports it."""
+    import difflib
+
     files = find_data_files(paths)
     for _, record in read_rows(files[0]):
-        return isinstance(record, dict) and ("chosen" in record or "rejected" in record)
+        if not isinstance(record, dict):
+            return False
+        if "chosen" in record or "rejected" in record:
+            return True
+        near = [k for k in record if difflib.get_close_matches(str(k), PAIR_ONLY, cutoff=0.75)]
+        return bool(near) and "answer" not in record and "kind" not in record
     return False
+
+
+PAIR_ONLY = ("chosen", "rejected")
 
 
 def load_pairs(

@@ -156,6 +156,15 @@ class EvalConfig:
         check_range("judge_backoff", self.judge_backoff, 0)
         if self.judge_url is not None and not self.judge_model:
             raise ConfigError("judge_url needs judge_model (the model name the endpoint serves)")
+        if self.judge_url is not None:
+            from urllib.parse import urlparse
+
+            url = urlparse(self.judge_url)
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ConfigError(
+                    f"config field 'judge_url': {self.judge_url!r} is not an http(s) URL "
+                    "(e.g. http://127.0.0.1:8000/v1)"
+                )
 
     def generation_settings(self) -> dict:
         """What changes generated text: part of the response cache's key."""

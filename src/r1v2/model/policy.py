@@ -65,15 +65,17 @@ class SamplingConfig:
         0, "sample among the k likeliest tokens; 0 = off; not reflected in the scores (TRL: top_k)"
     )
 
-    def validate(self) -> None:
+    def validate(self, prefix: str = "") -> None:
+        """Check the fields; errors name them with ``prefix`` (``generation.`` where the
+        settings are a config's ``generation`` section)."""
         if self.max_new_tokens < 1:
-            raise R1V2Error("config field 'max_new_tokens' must be >= 1")
+            raise R1V2Error(f"config field '{prefix}max_new_tokens' must be >= 1")
         if self.do_sample and self.temperature <= 0:
-            raise R1V2Error("config field 'temperature' must be > 0 when sampling")
+            raise R1V2Error(f"config field '{prefix}temperature' must be > 0 when sampling")
         if not 0 < self.top_p <= 1:
-            raise R1V2Error("config field 'top_p' must be in (0, 1]")
+            raise R1V2Error(f"config field '{prefix}top_p' must be in (0, 1]")
         if self.top_k < 0:
-            raise R1V2Error("config field 'top_k' must be >= 0")
+            raise R1V2Error(f"config field '{prefix}top_k' must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,13 +410,19 @@ class Policy:
             raise R1V2Error(
                 f"{path / 'config.json'}: cannot read the model config: {reason}"
             ) from e
-        if policy_kind(config, path) == "vlm":
+        from safetensors import SafetensorError
+
+        vision = policy_kind(config, path) == "vlm"
+        if vision:
             family_of_config(config)  # an unsupported family: one line, before loading it
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
-            processor = AutoProcessor.from_pretrained(path)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            processor = load_tokenizer(path)
+        try:
+            auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+            model = auto.from_pretrained(path, dtype=dtype)
+            processor = AutoProcessor.from_pretrained(path) if vision else load_tokenizer(path)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated, missing
+            lines = str(e).strip().splitlines()
+            reason = lines[0] if lines else type(e).__name__
+            raise R1V2Error(f"{path}: cannot load the checkpoint: {reason}") from e
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device is not None:

@@ -34,11 +34,19 @@ class ChatConfig:
     def validate(self) -> None:
         if not self.question.strip():
             raise R1V2Error("the question is empty")
+        try:
+            self.question.encode("utf-8")
+        except UnicodeEncodeError as e:  # undecodable bytes on the command line
+            raise R1V2Error(
+                f"field 'question': not valid UTF-8 (an undecodable byte at character {e.start})"
+            ) from e
         if self.max_new_tokens < 1:
             raise R1V2Error("config field 'max_new_tokens' must be >= 1")
         if self.temperature < 0:
             raise R1V2Error("config field 'temperature' must be >= 0")
         for path in self.image:
+            if Path(path).is_dir():
+                raise R1V2Error(f"field 'image': {path} is a folder, not an image file")
             if not Path(path).is_file():
                 raise R1V2Error(f"field 'image': file not found: {path}")
 

@@ -224,7 +224,7 @@ class GRPOConfig(RunSettings, ScoredSetup):
     def validate(self) -> None:
         """Every value checked before anything loads; errors name the dotted field."""
         self.validate_run()
-        self.generation.validate()
+        self.generation.validate("generation.")
         self.optim.validate()
         self.ssb.validate()
         check_range("kl_coef", self.kl_coef, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,9 +105,10 @@ class MetricsLogger:
 METRICS_FILE = "metrics.jsonl"
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, numbers: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` (``path`` is the file or the run folder holding it); a
-    missing file or a bad line is an error naming the file and line."""
+    missing file, a bad line or a field of ``numbers`` that holds something other than a
+    number (or null) is an error naming the file, line and field."""
     from r1v2.errors import R1V2Error
 
     path = Path(path)
@@ -123,5 +125,9 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             raise R1V2Error(f"{file}:{number}: malformed JSON ({e})") from e
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise R1V2Error(f"{file}:{number}: field 'step': expected an integer step")
+        for key in numbers:
+            value = row.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+                raise R1V2Error(f"{file}:{number}: field '{key}': expected a number, got {value!r}")
         rows.append(row)
     return rows

@@ -157,7 +157,7 @@ class PairSettings(PolicySetup):
 
     def validate(self) -> None:
         """Every value checked before anything loads; errors name the dotted field."""
-        self.generation.validate()
+        self.generation.validate("generation.")
         self.repeat.validate()
         if self.n < 2:
             raise R1V2Error("config field 'n' must be >= 2 (a pair needs two responses)")

@@ -118,7 +118,8 @@ def plot_runs(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    data = [read_metrics(r) for r in runs]
+    plotted = [key for key, _ in PANELS] + ["effective_ratio_before_replay"]
+    data = [read_metrics(r, numbers=plotted) for r in runs]
     labels = labels or [Path(r).name if Path(r).is_dir() else Path(r).parent.name for r in runs]
     fig = Figure(figsize=(11, 7), dpi=110)
     FigureCanvasAgg(fig)

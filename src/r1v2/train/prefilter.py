@@ -43,7 +43,7 @@ class PrefilterConfig(ScoredSetup):
     progress: bool = option(True, "show a progress bar")
 
     def validate(self) -> None:
-        self.generation.validate()
+        self.generation.validate("generation.")
         if self.k < 2:
             raise R1V2Error("config field 'k' must be >= 2 (equal rewards need at least two)")
 
