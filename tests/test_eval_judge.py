@@ -397,6 +397,42 @@ def test_judge_through_the_cli(endpoint, tmp_path, monkeypatch):
     assert main(argv) == 0 and len(e.requests) == 1  # the verdict came from OUT/judge_cache.jsonl
 
 
+def test_an_unreachable_judge_is_named_and_always_mode_exits_2(tmp_path, capsys):
+    """Nothing listening, 3 items, judge_when=always: each failed item is named on the console
+    and in results.json, and the command exits 2 (it exited 0 and printed only the counts)."""
+    import socket
+
+    from r1v2.cli import main
+
+    with socket.socket() as sock:  # a port with nothing listening on it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rows = [
+        {"id": f"q{i}", "question": "How long?", "images": [], "answer": "2", "kind": "math"}
+        for i in range(3)
+    ]
+    bench = tmp_path / "b.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resp = tmp_path / "r.jsonl"
+    resp.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "run": 0, "response": "\\boxed{2}"}) + "\n" for r in rows
+        )
+    )
+    argv = ["eval", "--responses", str(resp), "--bench", f"b:samples={bench}"]
+    argv += ["--out", str(tmp_path / "o"), "--judge-url", f"http://127.0.0.1:{port}/v1"]
+    argv += ["--judge-model", "m", "--judge-when", "always", "--judge-retries", "1"]
+    argv += ["--judge-timeout", "2", "--judge-backoff", "0"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "judge: 3 of 3 items failed after their retries" in err and "q0 run 0" in err
+    assert "every judge call failed (3 items" in err
+    judge = json.loads((tmp_path / "o" / "results.json").read_text())["judge"]
+    assert sorted(judge["failed_items"]) == ["q0 run 0", "q1 run 0", "q2 run 0"]
+    assert "Connect" in (judge["last_error"] or "") or "refused" in (judge["last_error"] or "")
+
+
 # ---- hardening: the judge fails loudly and stays bounded ------------------------------------
 
 

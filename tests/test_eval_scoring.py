@@ -161,3 +161,31 @@ def test_unscorable_answers_are_wrong_unscorable_references_none():
     assert score_accuracy("\\boxed{A}", sample("E", ("3", "5"))) is None
     assert score_any_of("\\boxed{@@}", sample("1", answers=["\\frac{1}{", "1"])) == 0.0
     assert score_any_of("\\boxed{1}", sample("1", answers=["\\frac{1}{", "1"])) == 1.0
+
+
+# Free-form multiple-choice answers as published models write them, with the verdict
+# MathVista's official scorer gives (the letter names the option; its own text after it in
+# parentheses, after a colon or a dot, changes nothing; another option's text makes it wrong).
+LETTER_FORMS = [
+    ("Thus, the answer is B (70°).", "B", True),
+    ("the answer is A (6cm).", "B", False),
+    ("So the answer is B (no).", "B", True),
+    ("The answer is B: 70°", "B", True),
+    ("Answer: B. 70°", "B", True),
+    ("The correct option is (B) 70°.", "B", True),
+    ("the answer is B", "B", True),
+    ("The answer is (C).", "B", False),
+    ("Hence the answer is B (80°).", "B", False),  # B with C's text: no answer
+    ("The answer is B (the largest angle).", "B", True),
+    ("Answer: 70°", "B", True),  # the option text alone
+    ("Answer: 80°", "B", False),
+    ("so it is D.", "B", False),
+    ("Final answer: b (70°)", "B", True),
+]
+
+
+@pytest.mark.parametrize("response, answer, right", LETTER_FORMS)
+def test_letter_forms_agree_with_the_official_verdicts(response, answer, right):
+    sample = Sample("q", "Which angle?", (), answer, ("60°", "70°", "80°", "90°"), "choice", {})
+    text, _ = rule_input(response, sample, "accuracy")
+    assert score_accuracy(text, sample) == float(right)

@@ -350,3 +350,24 @@ def test_unparsable_prediction_is_wrong_unparsable_reference_is_none():
     the pair cannot be scored."""
     assert accuracy_reward(r"\boxed{@@}", r"\frac{1}{2}") == 0.0
     assert accuracy_reward(r"\boxed{\frac{1}{2}}", "@@") is None
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_scores_correctly(tmp_path):
+    """The verification workers do not re-run the caller's script: a plain script (no
+    ``if __name__ == "__main__":``) gets 1.0 for a correct answer, once, and no
+    multiprocessing bootstrapping error (it printed one per worker and got 0.0 before)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "score.py"
+    script.write_text(
+        "from r1v2.rewards import accuracy_reward\n"
+        "print('score', accuracy_reward('\\\\boxed{\\\\frac{1}{2}}', '0.5'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["score 1.0"]
+    assert "bootstrapping" not in done.stderr

@@ -316,6 +316,8 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
             err.print(f"[yellow]{line}[/yellow]")
     if judge is not None:
         err.print(f"judge: {judge.stats}")
+        if judge.failed_items:
+            err.print(_judge_failed(judge), style="red", markup=False, soft_wrap=True)
     doc = results_document(results, model=cfg.model, responses=cfg.responses, settings=settings)
     if judge is not None:
         doc["judge"] = judge.summary()
@@ -328,6 +330,18 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         table.add_row(*row)
     Console().print(table)
     err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    summary = judge.summary() if judge is not None else None
+    if (
+        summary
+        and cfg.judge_when == "always"
+        and summary["asked"]
+        and (summary["failed"] == summary["asked"])
+    ):
+        raise R1V2Error(
+            f"every judge call failed ({summary['failed']} items; last: "
+            f"{summary['last_error']}); judge_when=always needs the judge (results are written, "
+            "scored by rules)"
+        )
     if judge is not None and judge.stopped and cfg.judge_when != "undecided":
         raise R1V2Error(
             f"the judge stopped after {judge.max_failures} failures in a row; judge_when="
@@ -335,6 +349,16 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
             "not asked; judge_when=undecided accepts that)"
         )
     return 0
+
+
+def _judge_failed(judge: JudgeClient) -> str:
+    """The console line for items whose judge call failed after its retries."""
+    s = judge.summary()
+    shown = ", ".join(s["failed_items"][:5]) + (", ..." if len(s["failed_items"]) > 5 else "")
+    return (
+        f"judge: {s['failed']} of {s['asked']} items failed after their retries (last: "
+        f"{s['last_error']}): {shown}; they are scored by rules (results.json: judge.failed_items)"
+    )
 
 
 def _judge_stopped(judge: JudgeClient) -> str:

@@ -341,9 +341,10 @@ def clearly_wrong(response: str, sample: Sample) -> bool:
     return _plain(pred) and all(_plain(r) for r in refs)
 
 
-def judge_item(sample: Sample, response: str) -> JudgeItem:
+def judge_item(sample: Sample, response: str, name: str = "") -> JudgeItem:
     tail = response.rsplit("</think>", 1)[-1].strip() or response
-    return JudgeItem(judge_question(sample), judge_reference(sample), tail[-JUDGE_TAIL_CHARS:])
+    question, reference = judge_question(sample), judge_reference(sample)
+    return JudgeItem(question, reference, tail[-JUDGE_TAIL_CHARS:], id=name or sample.id)
 
 
 def score_benchmark(
@@ -389,7 +390,8 @@ def score_benchmark(
         if on_judge_start is not None:
             on_judge_start(len(asked))
         verdicts = judge.judge_many(
-            [judge_item(s, x.response or "") for s, x in asked], on_done=on_judged
+            [judge_item(s, x.response or "", f"{x.id} run {x.run}") for s, x in asked],
+            on_done=on_judged,
         )
         for (_, x), v in zip(asked, verdicts):
             if v is NOT_ASKED:  # the judge had stopped (too many failures in a row)

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +72,7 @@ class JudgeItem:
     question: str
     reference: str
     response: str
+    id: str = field(default="", compare=False)  # for reports only: the judge never sees it
 
 
 def load_prompt(path: str | Path | None = None) -> str:
@@ -342,6 +343,7 @@ class JudgeClient:
         }
         self.last_errors: list[str] = []
         self.stopped = False  # max_failures items in a row were left undecided
+        self.failed_items: list[str] = []  # ids of the items left undecided (every try failed)
         self._failures_in_a_row = 0
         self._lock = threading.Lock()
         self._local = threading.local()  # requests sent for the item this thread is judging
@@ -461,6 +463,7 @@ class JudgeClient:
             return verdict
         with self._lock:
             self.stats["undecided"] += 1
+            self.failed_items.append(item.id)
             self._failures_in_a_row += 1
             self.stopped = self.stopped or self._failures_in_a_row >= self.max_failures
         return None
@@ -477,6 +480,7 @@ class JudgeClient:
                 "requests": self.stats["requests"],
                 "retries": self.stats["retries"],
                 "last_error": self.last_errors[-1] if self.last_errors else None,
+                "failed_items": list(self.failed_items),
             }
 
     def judge_many(

@@ -131,9 +131,24 @@ def option_index(text: str, options: Sequence[str]) -> int | None:
         return folded[0]
     letter = answers.as_letter(text, allow_lower=True)
     if letter is not None:
-        return letter if letter < len(options) else None
+        if letter >= len(options):
+            return None
+        return letter if _text_agrees(text, letter, options) else None
     same = [i for i, o in enumerate(options) if _same_number(text, o)]
     return same[0] if len(same) == 1 else None
+
+
+def _text_agrees(text: str, letter: int, options: Sequence[str]) -> bool:
+    """Whether the option text after a letter (``B (70°)``) does not name another option: a
+    letter with another option's text (``B (80°)`` when 80° is C) names none. Text that names
+    no option (an explanation) leaves the letter as it is."""
+    parts = answers.letter_and_text(text)
+    if parts is None or not parts[1]:
+        return True
+    rest, keys = _key(parts[1]), [_key(o) for o in options]
+    named = [i for i, k in enumerate(keys) if k.casefold() == rest.casefold()]
+    named = named or [i for i, o in enumerate(options) if _same_number(parts[1], o)]
+    return not named or letter in named
 
 
 def _same_number(a: str, b: str) -> bool:

@@ -139,17 +139,41 @@ _LETTER_TEXT = re.compile(
     r"(?:(?:option|choice|answer)\s*:?\s*)?(?:\(([A-Za-z])\)|([A-Za-z])[.:)])\s*\S.*",
     re.I | re.S | re.A,
 )
+# A letter with its option text after it in parentheses: "B (70°)", "option A (6cm)".
+_LETTER_PAREN = re.compile(
+    r"(?:(?:option|choice|answer)\s*:?\s*)?([A-Za-z])\s*\((.+)\)", re.I | re.S | re.A
+)
+
+
+def letter_and_text(text: str) -> tuple[str, str] | None:
+    """``(letter, text)`` when a cleaned answer is a letter followed by text: ``B (70°)``,
+    ``B. 70°``, ``B: 70°``, ``(B) 70°``; None otherwise."""
+    m = _LETTER_PAREN.fullmatch(text)
+    if m:
+        return m.group(1), m.group(2).strip()
+    m = _LETTER_TEXT.fullmatch(text)
+    if m:
+        letter = next(g for g in m.groups() if g)
+        rest = re.sub(
+            r"^(?:(?:option|choice|answer)\s*:?\s*)?\(?[A-Za-z][.:)]?\)?", "", text, flags=re.I
+        )
+        return letter, rest.strip()
+    return None
 
 
 def as_letter(text: str, *, allow_lower: bool) -> int | None:
     """The option index named by a multiple-choice answer, or None when it names none.
 
     Accepted (after :func:`clean`): ``B``, ``(B)``, ``B.``, ``B)``, ``B:``, ``Option B``, and a
-    letter followed by its option text (``(B) 5``, ``B. 5``). ``A`` is 0. Lower-case letters
+    letter followed by its option text (``(B) 5``, ``B. 5``, ``B: 5``, ``B (5)``). ``A`` is 0. Lower-case letters
     count only with ``allow_lower`` (a lone ``b`` is usually a variable unless the question
     lists options).
     """
-    m = _LETTER_BARE.fullmatch(text) or _LETTER_TEXT.fullmatch(text)
+    m = (
+        _LETTER_BARE.fullmatch(text)
+        or _LETTER_TEXT.fullmatch(text)
+        or _LETTER_PAREN.fullmatch(text)
+    )
     if m is None:
         return None
     letter = next(g for g in m.groups() if g)

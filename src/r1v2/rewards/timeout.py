@@ -11,9 +11,11 @@ ground types) and big-integer arithmetic stop at once on SIGTERM (a call is cut 
 uses it) can hold the caller up to 3 s past the limit before the SIGKILL.
 
 Workers are started with ``spawn``: a fork of a process with threads (the trainer's, pebble's
-own) can deadlock. As with any spawn-based pool, the worker imports the caller's main module
-under the name ``__mp_main__``, so a script that computes rewards must guard its entry point
-with ``if __name__ == "__main__":`` (the ``r1v2`` command, pytest and notebooks do).
+own) can deadlock. Unlike other spawn-based pools, the workers do not import the caller's
+main module (multiprocessing would re-run a script without an ``if __name__ == "__main__":``
+guard in every worker, whose own reward call then fails): the preparation data of the
+processes named :data:`WORKER_PREFIX` leaves it out, since the targets live in importable
+modules.
 
 Targets are named ``"module:function"`` and resolved in the worker; arguments and results are
 pickled. A pool that pebble declares broken (a worker killed while idle, by the OOM killer
@@ -35,6 +37,40 @@ from pebble import ProcessExpired, ProcessPool
 from r1v2.errors import R1V2Error
 
 POLL_SECONDS = 0.5  # how often a waiting call looks whether its pool broke
+WORKER_PREFIX = "r1v2-verify-"  # the names of this module's worker processes
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned worker whose name marks it, so that it starts without the main module."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = WORKER_PREFIX + self.name
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess
+
+
+def _without_main(get_preparation_data):
+    """multiprocessing's ``spawn.get_preparation_data``, minus the main module for workers."""
+
+    def prepare(name: str) -> dict[str, Any]:
+        data = get_preparation_data(name)
+        if name.startswith(WORKER_PREFIX):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    prepare.r1v2_without_main = True
+    return prepare
+
+
+def _install_without_main() -> None:
+    from multiprocessing import spawn
+
+    if not getattr(spawn.get_preparation_data, "r1v2_without_main", False):
+        spawn.get_preparation_data = _without_main(spawn.get_preparation_data)
 
 
 class CallTimeout(TimeoutError):
@@ -79,9 +115,8 @@ class WorkerPool:
             if self._pool is None or not self._pool.active:
                 if self._pool is not None:
                     self._pool.stop()  # broken: its workers are gone or going
-                self._pool = ProcessPool(
-                    self.max_workers, context=multiprocessing.get_context("spawn")
-                )
+                _install_without_main()
+                self._pool = ProcessPool(self.max_workers, context=_WorkerContext())
             return self._pool
 
     def call(self, target: str, args: tuple = (), timeout: float = 5.0) -> Any:

@@ -576,29 +576,82 @@ def _restore(run: GRPORun, state: dict[str, Any], ckpt: Path) -> None:
         run.best = state["best"]
 
 
+@dataclass
+class StepRollouts:
+    """Steps 1-2 on this process: its prompts' ``G`` rollouts each (group-major)."""
+
+    per_sample: list[Any]  # the prompt (Sample) of each rollout
+    texts: list[str]
+    completions: list[torch.Tensor]  # each [Tc]
+    prompt_tokens: int
+    seconds: float  # generation time
+
+
+@dataclass
+class StepBatch:
+    """Steps 3-5 over the whole step (every process's rollouts, in process order)."""
+
+    trajectories: list[Trajectory]
+    advantages: torch.Tensor  # [N'] after replay
+    rewards: Any  # this process's RewardResult
+    stats: dict[str, float]  # of the total reward's groups
+    rule_stats: dict[str, float]  # of the accuracy term's groups (empty without one)
+    replay_stats: dict[str, float]
+    reward_seconds: float
+
+
 def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     """Steps 1-7 of one GRPO step on this process; returns the step's metrics (averaged over
     processes) and whether the optimizer stepped."""
-    cfg, policy, rank, world = run.cfg, run.policy, run.rank, run.world
-    shard = cfg.prompts_per_step // world
-    # 1. prompts: this process's contiguous shard of the step's prompts
+    cfg, policy = run.cfg, run.policy
+    rollouts = roll_out(run, step)  # 1-2
+    batch = score_and_replay(run, rollouts, step)  # 3-5
+    n = len(rollouts.completions)
+    mine = slice(run.rank * n, (run.rank + 1) * n)
+    # 6. mu policy-update iterations on this process's share
+    policy.model.train()
+    update, stepped = policy_update(
+        policy,
+        collate(policy, batch.trajectories[mine]),
+        batch.advantages[mine],
+        cfg=cfg,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        params=run.params,
+        world_size=run.world,
+        reference=run.reference,
+        root_call=run.root_call,
+    )
+    metrics = step_metrics(run, rollouts, batch, update)  # 7
+    return mean_over_processes(metrics, run.accelerator), stepped
+
+
+def roll_out(run: GRPORun, step: int) -> StepRollouts:
+    """1. this process's contiguous shard of the step's prompts; 2. G rollouts per prompt
+    (timed: the metrics say where the step's time goes)."""
+    cfg, rank = run.cfg, run.rank
+    shard = cfg.prompts_per_step // run.world
     indices = run.sampler.next(cfg.prompts_per_step)[rank * shard : (rank + 1) * shard]
     items = [run.pool[i] for i in indices]
-    # 2. G rollouts per prompt (timed: the metrics say where the step's time goes)
     t0 = time.perf_counter()
     texts, completions, prompt_tokens = run.root_call(
         generate_shard, run.engine, items, cfg, step, rank * shard
     )
-    generation_seconds = time.perf_counter() - t0
-    generated = sum(len(c) for c in completions)
+    seconds = time.perf_counter() - t0
     per_sample = [items[i // cfg.group_size] for i in range(len(texts))]
-    # 3. hybrid reward (each process scores its own rollouts)
+    return StepRollouts(per_sample, texts, completions, prompt_tokens, seconds)
+
+
+def score_and_replay(run: GRPORun, rollouts: StepRollouts, step: int) -> StepBatch:
+    """3. the hybrid reward (each process scores its own rollouts); 4. group advantages and
+    5. the Selective Sample Buffer over the whole step's batch (gathered from every process,
+    in process order), so K processes decide as one."""
+    cfg, world = run.cfg, run.world
     t0 = time.perf_counter()
-    rewards = run.reward_fn(texts, per_sample)
+    rewards = run.reward_fn(rollouts.texts, rollouts.per_sample)
     reward_seconds = time.perf_counter() - t0
-    # 4. group advantages and 5. Selective Sample Buffer, over the whole step's batch
-    # (gathered from every process, in process order), so K processes decide as one
-    trajectories = gather_lists([Trajectory(s, c) for s, c in zip(per_sample, completions)], world)
+    pairs = zip(rollouts.per_sample, rollouts.completions)
+    trajectories = gather_lists([Trajectory(s, c) for s, c in pairs], world)
     total = gather_lists(list(rewards.total), world)
     floor = {"eps": cfg.ssb.eps, "std_floor": cfg.std_floor}
     advantages = group_advantages(total, cfg.group_size, **floor)  # [N]
@@ -616,51 +669,47 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     if cfg.ssb.enabled:
         rb = replay(trajectories, advantages, run.buffer, cfg.ssb.target_ratio, step=step)
         trajectories, advantages, replay_stats = rb.samples, rb.advantages, rb.stats
-    mine = slice(rank * len(completions), (rank + 1) * len(completions))
-    # 6. mu policy-update iterations on this process's share
-    policy.model.train()
-    update, stepped = policy_update(
-        policy,
-        collate(policy, trajectories[mine]),
-        advantages[mine],
-        cfg=cfg,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        params=run.params,
-        world_size=world,
-        reference=run.reference,
-        root_call=run.root_call,
+    return StepBatch(
+        trajectories, advantages, rewards, stats, rule_stats, replay_stats, reward_seconds
     )
-    # 7. metrics (rewards and effective ratios are those of the whole step already)
-    metrics = {
-        "reward_mean": stats["reward_mean"],
+
+
+def step_metrics(
+    run: GRPORun, rollouts: StepRollouts, batch: StepBatch, update: dict[str, float]
+) -> dict[str, float]:
+    """7. the step's metrics on this process (rewards and effective ratios are those of the
+    whole step already; times and token rates per process, as the field publishes them)."""
+    generated = sum(len(c) for c in rollouts.completions)
+    n = len(rollouts.completions)
+    replay_stats = batch.replay_stats
+    return {
+        "reward_mean": batch.stats["reward_mean"],
         **{  # reward/total is reward_mean under another name: logged once
             k.replace("reward/", "reward_"): v
-            for k, v in rewards.metrics().items()
+            for k, v in batch.rewards.metrics().items()
             if k != "reward/total"
         },
         "effective_ratio": replay_stats["effective_ratio_after"],
         "effective_ratio_before_replay": replay_stats["effective_ratio_before"],
-        "effective_ratio_rule": rule_stats.get("effective_ratio", math.nan),
-        "zero_std_group_fraction": stats["zero_variance_frac"],
+        "effective_ratio_rule": batch.rule_stats.get("effective_ratio", math.nan),
+        "zero_std_group_fraction": batch.stats["zero_variance_frac"],
         "kl": update.get("kl", 0.0),
         "approx_kl": update.get("approx_kl", 0.0),
         "clip_fraction": update.get("clip_frac", 0.0),
-        "response_length_mean": generated / len(completions),
+        "response_length_mean": generated / n,
         "ssb_size": float(len(run.buffer)),
         "replayed": replay_stats["replayed"],
         "replayed_advantage_sum": replay_stats["replayed_advantage_sum"],
         "loss": update.get("loss", math.nan),
         "grad_norm": update.get("grad_norm", math.nan),
         "lr": run.scheduler.get_last_lr()[0],
-        "rollouts": float(len(completions) * world),
+        "rollouts": float(n * run.world),
         # per process (= per GPU), as the field publishes throughput; see timing_metrics
-        "generation_seconds": generation_seconds,
-        "reward_seconds": reward_seconds,
-        "generated_tokens_per_second": generated / max(generation_seconds, 1e-9),
-        "rollout_tokens": float(prompt_tokens + generated),
+        "generation_seconds": rollouts.seconds,
+        "reward_seconds": batch.reward_seconds,
+        "generated_tokens_per_second": generated / max(rollouts.seconds, 1e-9),
+        "rollout_tokens": float(rollouts.prompt_tokens + generated),
     }
-    return mean_over_processes(metrics, run.accelerator), stepped
 
 
 def timing_metrics(metrics: dict[str, float], step_seconds: float) -> dict[str, float]:
