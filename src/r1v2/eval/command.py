@@ -330,6 +330,12 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
         table.add_row(*row)
     Console().print(table)
     err.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if judge is not None and judge.stopped and cfg.judge_when != "undecided":
+        raise R1V2Error(
+            f"the judge stopped after {judge.max_failures} failures in a row; judge_when="
+            f"{cfg.judge_when} needs it (results are written, scored by rules where it was "
+            "not asked; judge_when=undecided accepts that)"
+        )
     summary = judge.summary() if judge is not None else None
     if (
         summary
@@ -341,12 +347,6 @@ def run_eval(cfg: EvalConfig, generate: GenerateFn | None = None) -> int:
             f"every judge call failed ({summary['failed']} items; last: "
             f"{summary['last_error']}); judge_when=always needs the judge (results are written, "
             "scored by rules)"
-        )
-    if judge is not None and judge.stopped and cfg.judge_when != "undecided":
-        raise R1V2Error(
-            f"the judge stopped after {judge.max_failures} failures in a row; judge_when="
-            f"{cfg.judge_when} needs it (results are written, scored by rules where it was "
-            "not asked; judge_when=undecided accepts that)"
         )
     return 0
 
