@@ -19,7 +19,15 @@ from fixtures.eval_benchmarks import (
     write_samples,
 )
 
-from r1v2.eval.benchmarks import BenchmarkError, adapter_for, category, load_benchmark, parse_bench
+from r1v2.errors import R1V2Error
+from r1v2.eval.benchmarks import (
+    GPQA_WRONG,
+    BenchmarkError,
+    adapter_for,
+    category,
+    load_benchmark,
+    parse_bench,
+)
 from r1v2.eval.prompts import prompt_sample, prompt_text
 
 
@@ -268,3 +276,72 @@ def test_mathvista_answer_text_wins_over_letter(tmp_path):
     }
     b = load_benchmark(f"mathvista={write_jsonl(tmp_path / 'mv.jsonl', [row])}")
     assert b.samples[0].answer == "C"
+
+
+def write_gpqa(path, n: int) -> list[dict]:
+    """A GPQA-layout CSV (the published columns, the correct answer first) of ``n`` items."""
+    import csv
+
+    rows = [
+        {
+            "Record ID": f"rec{i}",
+            "Question": f"Which value is right in case {i}?",
+            "Correct Answer": f"right {i}",
+            "Incorrect Answer 1": f"wrong a{i}",
+            "Incorrect Answer 2": f"wrong b{i}",
+            "Incorrect Answer 3": f"wrong, with a comma and\na line break {i}",
+            "High-level domain": "Physics" if i % 2 else "Chemistry",
+            "Subdomain": "x",
+        }
+        for i in range(n)
+    ]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def test_gpqa_shuffles_the_choices_per_item_with_a_seed(tmp_path):
+    file = tmp_path / "gpqa_diamond.csv"
+    rows = write_gpqa(file, 40)
+    bench = load_benchmark(f"gpqa={file}")
+    assert bench.scorer == "accuracy" and len(bench.samples) == 40
+    for row, s in zip(rows, bench.samples):
+        assert s.id == row["Record ID"] and s.kind == "choice" and len(s.choices) == 4
+        assert s.choices["ABCD".index(s.answer)] == row["Correct Answer"]
+        assert set(s.choices) == {row[k] for k in ("Correct Answer", *GPQA_WRONG)}
+        assert s.metadata["category"] == row["High-level domain"]
+    letters = [s.answer for s in bench.samples]
+    assert set(letters) == set("ABCD")  # the correct answer is not always first
+    again = load_benchmark(f"gpqa={file}").samples
+    assert [s.choices for s in again] == [s.choices for s in bench.samples]
+    other = load_benchmark(f"gpqa[seed=1]={file}").samples
+    assert [s.choices for s in other] != [s.choices for s in bench.samples]
+    with pytest.raises(R1V2Error, match="gpqa takes the option seed, not shuffle"):
+        load_benchmark(f"gpqa[shuffle=1]={file}")
+
+
+def test_gpqa_through_the_cli(tmp_path, capsys):
+    from r1v2.cli import main
+
+    file = tmp_path / "gpqa.csv"
+    write_gpqa(file, 4)
+    samples = load_benchmark(f"gpqa={file}").samples
+    # two right (one by letter, one by the option's text), two wrong
+    answers = [f"\\boxed{{{samples[0].answer}}}", f"The answer is {samples[1].answer}."]
+    wrong = [c for c in "ABCD" if c != samples[2].answer][0]
+    answers += [f"\\boxed{{{wrong}}}", "I cannot tell."]
+    resp = tmp_path / "r.jsonl"
+    resp.write_text(
+        "".join(
+            json.dumps({"id": s.id, "run": 0, "response": a}) + "\n"
+            for s, a in zip(samples, answers)
+        )
+    )
+    out = tmp_path / "o"
+    assert (
+        main(["eval", "--responses", str(resp), "--bench", f"gpqa={file}", "--out", str(out)]) == 0
+    )
+    result = json.loads((out / "results.json").read_text())["benchmarks"]["gpqa"]
+    assert result["pass@1"] == 0.5

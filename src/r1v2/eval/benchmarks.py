@@ -4,7 +4,7 @@ Each adapter maps one row to a :class:`r1v2.data.schema.Sample` (or a :class:`Sk
 reason) and names the scorer that grades it (``r1v2.eval.scoring.SCORERS``). Every adapter puts
 the field its benchmark reports breakdowns by into ``metadata["category"]``.
 
-Files: ``.jsonl``, ``.json`` (a list of rows) or ``.parquet``; a folder is read recursively in
+Files: ``.jsonl``, ``.json`` (a list of rows), ``.parquet`` or ``.csv`` (with a header); a folder is read recursively in
 sorted order (MMMU ships one parquet per subject). For parquet, "line" in messages is the
 1-based row number. Images may be embedded (raw bytes, HF-style ``{"bytes": ..., "path": ...}``
 dicts, base64 strings or ``data:`` URIs) or files relative to the data file's folder.
@@ -27,6 +27,10 @@ Layouts (field names as published):
   (theorem proving) are skipped with a reason. category = subject.
 - ``aime2024``: ID, Problem, Solution, Answer (lower-case names are accepted too). Text only.
 - ``pope``: question_id, question, answer (yes/no), image, category.
+- ``gpqa`` (GPQA Diamond, main or extended; text only): the published CSV (or its parquet
+  export) with Question, Correct Answer, Incorrect Answer 1-3, Record ID, High-level domain.
+  The four answers are shuffled per item with a seed (option ``seed``, default 0:
+  ``gpqa[seed=1]=PATH``) and asked as letters A-D; category = High-level domain.
 - ``livecodebench`` (alias ``lcb``; code generation): question_id, question_title,
   question_content, platform, contest_id, contest_date, starter_code, difficulty,
   public_test_cases, private_test_cases (JSON, or base64 of zlib of a pickle, read without ever
@@ -59,7 +63,7 @@ from r1v2.data.schema import Sample
 from r1v2.data.text import json_loads, read_text
 from r1v2.errors import R1V2Error
 
-DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
@@ -155,6 +159,8 @@ def read_rows(path: str | Path) -> Iterator[Row]:
     for file in data_files(path):
         if file.suffix == ".parquet":
             yield from _parquet_rows(file)
+        elif file.suffix == ".csv":
+            yield from _csv_rows(file)
         elif file.suffix == ".json":
             yield from _json_rows(file)
         else:
@@ -199,6 +205,23 @@ def _json_rows(file: Path) -> Iterator[Row]:
         if not isinstance(row, dict):
             raise BenchmarkError(f"{file}:{i}: row {i} is not an object")
         yield Row(file, i, row)
+
+
+def _csv_rows(file: Path) -> Iterator[Row]:
+    """A CSV with a header row (GPQA's published files); line numbers count the header as 1
+    (a quoted field spanning lines counts as its first line)."""
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(_text(file), newline=""))
+    line = reader.line_num + 1
+    for data in reader:
+        if None in data:  # more cells than the header names
+            raise BenchmarkError(
+                f"{file}:{line}: more cells than the header's {len(reader.fieldnames or [])}"
+            )
+        yield Row(file, line, {k: (v if v != "" else None) for k, v in data.items()})
+        line = reader.line_num + 1
 
 
 def _parquet_rows(file: Path) -> Iterator[Row]:
@@ -568,6 +591,41 @@ def pope(row: Row):
     )
 
 
+GPQA_WRONG = ("Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def gpqa(row: Row, options: Any = None):
+    """GPQA (Diamond, or the main/extended sets): the correct answer and three incorrect ones,
+    shuffled per item by a seeded generator keyed on the item's id (the field's practice: the
+    published files list the correct answer first), asked as lettered choices."""
+    import random
+
+    seed = 0 if options is None else options
+    record = str(row.get("Record ID", "id", default=row.line))
+    right = str(row.get("Correct Answer", kind=str)).strip()
+    choices = [right, *(str(row.get(name, kind=str)).strip() for name in GPQA_WRONG)]
+    random.Random(f"gpqa:{seed}:{record}").shuffle(choices)
+    return _sample(
+        id=record,
+        question=row.get("Question", kind=str).strip(),
+        images=[],
+        answer=LETTERS[choices.index(right)],
+        choices=tuple(choices),
+        kind="choice",
+        metadata={"category": row.get("High-level domain", default=None)},
+    )
+
+
+def _gpqa_options(raw: dict[str, str]) -> int:
+    unknown = set(raw) - {"seed"}
+    if unknown:
+        raise BenchmarkError(f"gpqa takes the option seed, not {', '.join(sorted(unknown))}")
+    try:
+        return int(raw.get("seed", 0))
+    except ValueError as e:
+        raise BenchmarkError(f"gpqa option seed: expected an integer, got {raw['seed']!r}") from e
+
+
 def livecodebench(row: Row, options: Any = None):
     from r1v2.eval.livecodebench import Options, convert  # imports this module: loaded on use
 
@@ -605,6 +663,7 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("olympiadbench", olympiadbench, "olympiad"),
         Adapter("aime2024", aime2024, "accuracy"),
         Adapter("pope", pope, "yesno"),
+        Adapter("gpqa", gpqa, "accuracy", options=_gpqa_options),
         Adapter("livecodebench", livecodebench, "code", options=_livecodebench_options),
         # Sample files are shown as they are stored: the toy models know only their own words.
         Adapter("samples", None, "accuracy", instruct=False),
