@@ -72,14 +72,15 @@ def test_a_finished_arm_trained_otherwise_is_not_reused(tmp_path):
 
     cfg, start = demo("demo")
     recorded = to_dict(stage_config(cfg, MAIN[0], start))
-    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5, "config": recorded})
+    scores = {"accuracy": 0.5, "hallucination_rate": 0.1, "n": 500}
+    write_result(tmp_path / "demo", "mpo", {**scores, "config": recorded})
     check_unchanged(cfg, MAIN[0], start)  # the same settings: reused
     moved, moved_start = demo("moved")  # the same folder moved whole: the same runs
-    write_result(tmp_path / "moved", "mpo", {"accuracy": 0.5, "config": recorded})
+    write_result(tmp_path / "moved", "mpo", {**scores, "config": recorded})
     check_unchanged(moved, MAIN[0], moved_start)
     recorded["loss"]["beta"] = 0.1
     recorded["data"] = str(tmp_path / "demo" / "toy" / "data" / "train")
-    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5, "config": recorded})
+    write_result(tmp_path / "demo", "mpo", {**scores, "config": recorded})
     with pytest.raises(R1V2Error) as e:
         check_unchanged(cfg, MAIN[0], start)
     assert str(e.value) == (
@@ -90,7 +91,7 @@ def test_a_finished_arm_trained_otherwise_is_not_reused(tmp_path):
         "grpo_nossb, late_ssb, late_nossb, late_uniform, grpo_llm, grpo_vision) to train 'mpo' "
         "again"
     )
-    write_result(tmp_path / "demo", "mpo", {"accuracy": 0.5})  # no config recorded: reused
+    write_result(tmp_path / "demo", "mpo", scores)  # no config recorded: reused
     check_unchanged(cfg, MAIN[0], start)
 
 
@@ -271,7 +272,7 @@ def test_demo_fast_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = (out / "report.md").read_text()
     results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
-    assert set(results) == {"toy", "assembled", "mpo", "grpo"}
+    assert set(results) == {"toy", "assembled", "mpo", "grpo", "model"}  # model: its copy
 
     # The table is the stages' evaluations; the training lines are the runs' own metrics.
     for name, label in (

@@ -29,17 +29,22 @@ stays above its start plus the tolerance, the stage ends with the weights of its
 (by accuracy), so a stage that goes wrong (a weak reward model, say) hands on what it started
 from rather than what it broke.
 
-Every stage writes ``OUT/results/NAME.json`` when it finishes; a re-run skips the stages whose
-result is there, and a training stage that was interrupted resumes from its last checkpoint
-(``resume=auto``). Layout: ``OUT/toy`` (unless ``toy=`` names a build), ``OUT/runs/NAME``
-(each training run: metrics.jsonl, checkpoints, final/), ``OUT/results``, ``OUT/model``.
+Every stage writes ``OUT/results/NAME.json`` when it finishes, with its settings and a digest
+of each folder it read and wrote (:mod:`r1v2.toy.reuse`); a re-run skips a stage whose result
+is there, made from the same inputs, with what it wrote still as it wrote it. A stage made from
+other inputs is redone (the toy build, an evaluation, the late pool) or refused in one line
+naming what changed and what to remove (a training arm: its run may have taken an hour); a
+stage whose output is gone is redone, one whose output changed since is refused. A training
+stage that was interrupted resumes from its last checkpoint (``resume=auto``). ``OUT/model``
+is always the final stage's weights: recopied when that stage was redone. Layout: ``OUT/toy``
+(unless ``toy=`` names a build), ``OUT/runs/NAME`` (each training run: metrics.jsonl,
+checkpoints, final/), ``OUT/results``, ``OUT/model``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -48,6 +53,7 @@ from typing import Any
 
 from r1v2.config import option, resolve, to_dict
 from r1v2.errors import R1V2Error
+from r1v2.toy.reuse import changes, check_weights, digests, file_input, tree_digest
 
 RESULTS = "results"
 RUNS = "runs"
@@ -268,11 +274,15 @@ def result_path(out: Path, name: str) -> Path:
 
 
 def read_result(out: Path, name: str) -> dict[str, Any] | None:
+    """A stage's result, None when there is none; one that is not a result (a list, a field
+    missing) is refused in one line naming the file."""
+    from r1v2.toy.report import check_result
+
     path = result_path(out, name)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        return check_result(path, json.loads(path.read_text()))
     except ValueError:
         return None  # torn by a kill mid-write: the stage runs again
 
@@ -286,19 +296,114 @@ def write_result(out: Path, name: str, result: dict[str, Any]) -> None:
 
 
 def stage(
-    out: Path, name: str, work: Callable[[], dict[str, Any]], line: Callable[[dict], str]
+    out: Path,
+    name: str,
+    work: Callable[[], dict[str, Any]],
+    line: Callable[[dict], str],
+    inputs: dict[str, Any] | None = None,
+    outputs: dict[str, Path] | None = None,
+    adopt: bool = False,
 ) -> dict[str, Any]:
-    """Run ``work`` unless ``OUT/results/NAME.json`` holds its result; print one line."""
+    """Run ``work`` unless ``OUT/results/NAME.json`` holds its result, made from ``inputs``,
+    with ``outputs`` (the folders it wrote) as it wrote them; print one line. The result
+    records both. ``adopt``: a result written before inputs were recorded is reused (and
+    records them now) rather than redone."""
+    inputs, outputs = inputs or {}, outputs or {}
     done = read_result(out, name)
-    if done is not None:
+    why = None if done is None else redo_reason(out, name, done, inputs, outputs, adopt)
+    if done is not None and why is None:
         print(f"[{name}] done earlier: {line(done)}", flush=True)
         return done
-    print(f"[{name}] ...", flush=True)
+    print(f"[{name}] {why}: running it again" if why else f"[{name}] ...", flush=True)
     start = time.perf_counter()
     result = work()
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result.update(inputs=inputs, outputs=digests(outputs))
     write_result(out, name, result)
     print(f"[{name}] {line(result)} ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def redo_reason(
+    out: Path,
+    name: str,
+    done: dict[str, Any],
+    inputs: dict[str, Any],
+    outputs: dict[str, Path],
+    adopt: bool,
+) -> str | None:
+    """Why a finished stage must run again (None: reuse it). An output changed since the
+    stage wrote it is refused: what changed it may be the user's."""
+    missing = [p for p in outputs.values() if not p.exists()]
+    if missing:
+        return f"{missing[0]} is missing"
+    if "inputs" not in done:
+        if not adopt:
+            return "its result records no inputs (an earlier version of the demo)"
+        done.update(inputs=inputs, outputs=digests(outputs))
+        write_result(out, name, done)
+        return None
+    changed = changes(done["inputs"], inputs)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return f"made from other inputs: {'; '.join(changed[:3])}{more}"
+    return check_outputs(out, name, done, outputs, adopt)
+
+
+def check_outputs(
+    out: Path, name: str, done: dict[str, Any], outputs: dict[str, Path], adopt: bool
+) -> str | None:
+    """Compare a stage's folders (keyed by the end of their path, ``toy/vlm``: a demo folder
+    moved whole holds the same ones) with those its result records: another folder in their
+    place is a reason to redo the stage (``adopt``: it is recorded as it is); a folder changed
+    since it was written is refused."""
+    recorded = dict(done.get("outputs") or {})
+    for key, path in outputs.items():
+        if not isinstance(recorded.get(key), dict):
+            if not adopt:
+                return f"{path} is not a folder its result records"
+            recorded[key] = file_input(path)
+        before, now = recorded[key].get("digest"), tree_digest(path)
+        if before != now:
+            raise R1V2Error(
+                f"{path} changed since {result_path(out, name)} recorded it (digest {before} "
+                f"-> {now}); remove {path} to make it again (stage '{name}'), or give "
+                "another --out"
+            )
+    now = {k: {"path": str(p), "digest": recorded[k]["digest"]} for k, p in outputs.items()}
+    if any(done.get("outputs", {}).get(k) != v for k, v in now.items()):
+        done["outputs"] = {**recorded, **now}  # moved whole, or adopted: the record follows
+        write_result(out, name, done)
+    return None
+
+
+TOY_PARTS = ("lm", "vision", "vlm", "rm", "data/train", "data/test", "data/pairs")
+
+
+def toy_config(cfg: DemoConfig):
+    from r1v2.toy.build import ToyBuildConfig
+
+    values = {"out": str(cfg.toy_dir), "seed": cfg.seed, "progress": cfg.progress}
+    return _config(ToyBuildConfig, {**values, **cfg.budget.toy})
+
+
+def toy_stage(cfg: DemoConfig) -> dict[str, Any]:
+    """The toy stage: reused when the seed and the build's settings are those of its result
+    and its folders are those it recorded, as the build left them; else built (or refused:
+    :func:`build_toy`). Weights that cannot be read are refused before anything loads them."""
+    from r1v2.toy.build import stage_hashes
+
+    toy = cfg.toy_dir
+    check_weights([toy / part for part in TOY_PARTS[:4]])
+    hashes = stage_hashes(toy_config(cfg))
+    inputs = {"seed": cfg.seed, **{f"build.{k}": h for k, h in hashes.items()}}
+    outputs = {f"{toy.name}/{part}": toy / part for part in TOY_PARTS}
+    out = Path(cfg.out)
+    line = lambda r: _toy_line({**r, "toy": str(toy)})  # noqa: E731
+    result = stage(out, "toy", lambda: build_toy(cfg), line, inputs, outputs)
+    if result["toy"] != str(toy):  # the same toy build, moved (with the demo folder)
+        result["toy"] = str(toy)
+        write_result(out, "toy", result)
     return result
 
 
@@ -306,10 +411,9 @@ def build_toy(cfg: DemoConfig) -> dict[str, Any]:
     """Build the toy world into ``cfg.toy_dir``, or reuse it. A build there with other
     settings (another seed, or ``--fast`` sizes against full ones) is refused, not rebuilt:
     it may be the user's."""
-    from r1v2.toy.build import BUILD_FILE, ToyBuildConfig, build, stage_hashes
+    from r1v2.toy.build import BUILD_FILE, build, stage_hashes
 
-    values = {"out": str(cfg.toy_dir), "seed": cfg.seed, "progress": cfg.progress}
-    toy_cfg = _config(ToyBuildConfig, {**values, **cfg.budget.toy})
+    toy_cfg = toy_config(cfg)
     record_file = cfg.toy_dir / BUILD_FILE
     if record_file.is_file():
         try:
@@ -329,6 +433,7 @@ def build_toy(cfg: DemoConfig) -> dict[str, Any]:
     rm = record["stages"]["rm"]["metrics"]
     return {
         "toy": str(cfg.toy_dir),
+        "seed": cfg.seed,
         "built_seconds": record["seconds_this_call"],
         "rm_accuracy_hallucinated": rm.get("accuracy_hallucinated"),
         "rm_accuracy_repetitive": rm.get("accuracy_repetitive"),
@@ -486,6 +591,44 @@ def model_path(cfg: DemoConfig, name: str) -> Path:
     return Path(cfg.out) / RUNS / name / "final"
 
 
+def arm_inputs(cfg: DemoConfig, arm: Arm, start: Path) -> dict[str, Any]:
+    """What ``arm`` reads: its start model, training data, probe (and evaluation) data and
+    reward model, each with a digest, and the evaluation's size."""
+    c = stage_config(cfg, arm, start)
+    rm = c.rm_path if arm.kind == "mpo" else c.reward.rm_path
+    paths = {"model": start, "data": Path(c.data), "probe_data": Path(c.probe_data), "rm": Path(rm)}
+    return {**digests(paths), "eval_size": cfg.budget.eval_size}
+
+
+def assembled_stage(cfg: DemoConfig) -> dict[str, Any]:
+    """The assembled model's evaluation, redone when the model or the held-out set changed."""
+    vlm, test = model_path(cfg, "assembled"), cfg.toy_dir / "data" / "test"
+    inputs = {**digests({"model": vlm, "test": test}), "eval_size": cfg.budget.eval_size}
+    work = lambda: evaluate_model(cfg, vlm)  # noqa: E731
+    return stage(Path(cfg.out), "assembled", work, one_line, inputs)
+
+
+def late_pool_stage(cfg: DemoConfig) -> dict[str, Any]:
+    """``OUT/late_pool``, rebuilt when the model, the prompts or the reward model changed."""
+    model, toy = model_path(cfg, "grpo"), cfg.toy_dir
+    inputs = digests({"model": model, "data": toy / "data" / "train", "rm": toy / "rm"})
+    inputs.update(late_pool=cfg.budget.late_pool, seed=cfg.seed)
+    outputs = {LATE_POOL: Path(cfg.out) / LATE_POOL}
+    work = lambda: build_late_pool(cfg, model)  # noqa: E731
+    return stage(Path(cfg.out), LATE_POOL, work, _pool_line, inputs, outputs)
+
+
+def arm_stage(cfg: DemoConfig, arm: Arm) -> dict[str, Any]:
+    """A training arm: refused when it was trained with other settings or inputs, trained
+    again when its final model is gone."""
+    start = model_path(cfg, arm.start)
+    inputs = arm_inputs(cfg, arm, start)
+    check_unchanged(cfg, arm, start, inputs)
+    outputs = {f"{RUNS}/{arm.name}/final": model_path(cfg, arm.name)}
+    work = lambda: train_arm(cfg, arm, start)  # noqa: E731
+    return stage(Path(cfg.out), arm.name, work, one_line, inputs, outputs, adopt=True)
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
     """Every stage of the demo in order; returns the results by stage name."""
     out = Path(cfg.out)
@@ -496,25 +639,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
 
         torch.set_num_threads(cfg.threads)
     results: dict[str, dict[str, Any]] = {}
-    results["toy"] = stage(out, "toy", lambda: build_toy(cfg), _toy_line)
-    if not (cfg.toy_dir / "data" / "pairs").is_dir():  # built before the toy had its pairs
-        build_toy(cfg)
-    results["assembled"] = stage(
-        out, "assembled", lambda: evaluate_model(cfg, model_path(cfg, "assembled")), one_line
-    )
-    arms = MAIN + selected_arms(cfg)
-    for arm in arms:
+    results["toy"] = toy_stage(cfg)
+    results["assembled"] = assembled_stage(cfg)
+    for arm in MAIN + selected_arms(cfg):
         if arm.name in LATE and LATE_POOL not in results:
-            results[LATE_POOL] = stage(
-                out, LATE_POOL, lambda: build_late_pool(cfg, model_path(cfg, "grpo")), _pool_line
-            )
-        start = model_path(cfg, arm.start)
-        check_unchanged(cfg, arm, start)
-        results[arm.name] = stage(
-            out, arm.name, lambda arm=arm, start=start: train_arm(cfg, arm, start), one_line
-        )
+            results[LATE_POOL] = late_pool_stage(cfg)
+        results[arm.name] = arm_stage(cfg, arm)
         if arm.name == "grpo":
-            copy_model(model_path(cfg, "grpo"), out / "model")
+            copy_model(out, model_path(cfg, "grpo"))
     from r1v2.toy.report import write_report
 
     paths = write_report(out)
@@ -552,20 +684,27 @@ def settings_changed(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]
     ]
 
 
-def check_unchanged(cfg: DemoConfig, arm: Arm, start: Path) -> None:
+def check_unchanged(
+    cfg: DemoConfig, arm: Arm, start: Path, inputs: dict[str, Any] | None = None
+) -> None:
     """Refuse to reuse a finished arm whose recorded settings are not the demo's now (a
-    folder from another version of the demo, say): its numbers would stand under a label
-    they were not trained for."""
+    folder from another version of the demo, say), or whose recorded ``inputs`` (the digests
+    of what it read, :func:`arm_inputs`) differ from those now (another seed's toy, a start
+    model trained again): its numbers would stand under a label they were not trained for."""
     done = read_result(Path(cfg.out), arm.name)
-    if done is None or "config" not in done:
+    if done is None:
         return
-    changed = settings_changed(done["config"], to_dict(stage_config(cfg, arm, start)))
+    now = to_dict(stage_config(cfg, arm, start))
+    settings = settings_changed(done["config"], now) if "config" in done else []
+    read = changes(done.get("inputs") or {}, inputs) if inputs is not None else []
+    changed = settings + read
     if changed:
+        what = "settings" if not read else "inputs" if not settings else "settings and inputs"
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         after = [a.name for a in MAIN + ARMS if arm.name in _starts(a)]
         also = f" (and those of the arms that start from it: {', '.join(after)})" if after else ""
         raise R1V2Error(
-            f"{result_path(Path(cfg.out), arm.name)} was trained with other settings: "
+            f"{result_path(Path(cfg.out), arm.name)} was trained with other {what}: "
             f"{', '.join(changed[:3])}{more}; give another --out, or remove that file and "
             f"{Path(cfg.out) / RUNS / arm.name}{also} to train '{arm.name}' again"
         )
@@ -591,15 +730,28 @@ def selected_arms(cfg: DemoConfig) -> tuple[Arm, ...]:
     return tuple(a for a in ARMS if a.name in wanted)
 
 
-def copy_model(src: Path, dst: Path) -> None:
-    """OUT/model: the final model, copied whole (a re-run leaves a complete copy alone)."""
-    if (dst / "config.json").is_file():
-        return
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    os.replace(tmp, dst)
+def copy_model(out: Path, src: Path) -> None:
+    """``OUT/model``: the final model ``src``, copied whole. A copy the demo made earlier
+    (``results/model.json`` records its digest) of weights that are no longer the final ones
+    is replaced; other weights there are refused, not replaced: they may be the user's."""
+    dst = out / "model"
+    want, have = tree_digest(src), tree_digest(dst)
+    if have != want:
+        made = read_result(out, "model") or {}
+        if have is not None and made.get("digest") != have:
+            raise R1V2Error(
+                f"{dst} holds other weights than the final model {src} and "
+                f"{result_path(out, 'model')} does not record the demo copying them; remove "
+                f"{dst} (or give another --out) to copy the final model there"
+            )
+        from r1v2.fsutil import replace_dir
+
+        with replace_dir(dst, overwrite=True) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        print(f"[model] {dst}: the final model, copied from {src}", flush=True)
+    record = {"model": str(dst), "from": str(src), "digest": want}
+    if read_result(out, "model") != record:
+        write_result(out, "model", record)
 
 
 def run(cfg: DemoConfig) -> int:
@@ -662,4 +814,6 @@ def _quiet(cfg: DemoConfig) -> Callable[[str], None]:
 def _toy_line(result: dict[str, Any]) -> str:
     acc = result.get("rm_accuracy_hallucinated")
     rm = f"; reward model {acc:.1%} vs hallucinated responses" if acc is not None else ""
-    return f"toy world in {result['toy']} ({result['built_seconds']:.0f} s of building){rm}"
+    built = result.get("built_seconds")
+    took = f" ({built:.0f} s of building)" if isinstance(built, (int, float)) else ""
+    return f"toy world in {result['toy']}{took}{rm}"

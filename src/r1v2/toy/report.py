@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from r1v2.data.synthetic.scene import GRID
+from r1v2.errors import R1V2Error
 from r1v2.train.metrics import read_metrics
 
 STAGE_ROWS = (("assembled", "assembled (vision + adapter + LM)"),) + tuple(
@@ -26,10 +27,51 @@ STAGE_ROWS = (("assembled", "assembled (vision + adapter + LM)"),) + tuple(
 )
 
 
+NUMBER = (int, float)
+# The fields a stage's result must have, by stage name; other stages are evaluations.
+FIELDS: dict[str, dict[str, Any]] = {
+    "toy": {"toy": str},
+    "model": {"model": str, "digest": str},
+    "late_pool": dict.fromkeys(
+        ("scored", "kept", "solved", "solved_share", "tied", "mean_accuracy", "group_size"),
+        NUMBER,
+    ),
+}
+EVALUATION = {"accuracy": NUMBER, "hallucination_rate": NUMBER, "n": int}
+SECTIONS = ("config", "inputs", "outputs", "alignment")  # each a JSON object where present
+
+
+def check_result(path: Path, result: Any) -> dict[str, Any]:
+    """``result`` read from ``path`` (``results/NAME.json``) if it is a stage's result: a JSON
+    object with the fields of its stage; else one line naming the file (and field)."""
+    fix = "remove it to run the stage again"
+    if not isinstance(result, dict):
+        raise R1V2Error(
+            f"{path}: not a demo stage result (a JSON object expected, got "
+            f"{type(result).__name__}); {fix}"
+        )
+    for key, kind in FIELDS.get(path.stem, EVALUATION).items():
+        if key not in result:
+            raise R1V2Error(f"{path}: field '{key}' missing; {fix}")
+        if not isinstance(result[key], kind) or isinstance(result[key], bool):
+            raise R1V2Error(f"{path}: field '{key}' is {result[key]!r}, of the wrong type; {fix}")
+    for key in SECTIONS:
+        if key in result and not isinstance(result[key], dict):
+            raise R1V2Error(f"{path}: field '{key}' is not a JSON object; {fix}")
+    return result
+
+
 def load_results(out: Path) -> dict[str, dict[str, Any]]:
+    """Every stage result of a demo folder, by stage name (checked: :func:`check_result`)."""
     results = {}
     for path in sorted((out / "results").glob("*.json")):
-        results[path.stem] = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise R1V2Error(
+                f"{path}: not valid JSON ({e}); remove it to run the stage again"
+            ) from e
+        results[path.stem] = check_result(path, data)
     return results
 
 
@@ -184,7 +226,7 @@ def arm_table(out: Path, results: dict[str, dict[str, Any]], names: list[str]) -
         stable = f"no: {note}" if note else "yes"
         rows.append(
             [
-                r["label"],
+                r.get("label", name),
                 _pct(r["accuracy"]),
                 _pct(r["hallucination_rate"]),
                 alignment_cell(r),
@@ -586,9 +628,41 @@ def alignment_summary(results: list[dict[str, Any]]) -> str:
     return f"{shapes} / {empty}"
 
 
+def demo_seed(results: dict[str, dict[str, Any]]) -> int | None:
+    """The seed a demo folder's results record (None: none records one)."""
+    for result in results.values():
+        for section in ("inputs", "config"):
+            seed = (result.get(section) or {}).get("seed")
+            if seed is not None:
+                return seed
+    return None
+
+
+def check_distinct(folders: list[str | Path], loaded: list[dict[str, dict[str, Any]]]) -> None:
+    """Refuse a folder named twice, or two folders of one seed: the +- is over seeds."""
+    by_path: dict[Path, str | Path] = {}
+    by_seed: dict[int, str | Path] = {}
+    for folder, results in zip(folders, loaded):
+        path, seed = Path(folder).resolve(), demo_seed(results)
+        if path in by_path:
+            raise R1V2Error(
+                f"{by_path[path]} and {folder} are the same demo folder; name each seed's "
+                "folder once"
+            )
+        if seed in by_seed:
+            raise R1V2Error(
+                f"{by_seed[seed]} and {folder} are both seed {seed}; two runs of one seed are "
+                "not two seeds: name one folder per seed"
+            )
+        by_path[path] = folder
+        if seed is not None:
+            by_seed[seed] = folder
+
+
 def seed_summary(folders: list[str | Path]) -> list[str]:
     """A table of every stage and arm over several demo folders: mean +- std (sample std)."""
     loaded = [load_results(Path(f)) for f in folders]
+    check_distinct(folders, loaded)
     names = [n for n in ("assembled", "mpo", "grpo") if any(n in r for r in loaded)]
     names += sorted({n for r in loaded for n in r} - set(names) - {"toy"})
     rows = []
@@ -606,7 +680,7 @@ def seed_summary(folders: list[str | Path]) -> list[str]:
                 str(len(have)),
             ]
         )
-    rm = [r["toy"]["rm_accuracy_hallucinated"] for r in loaded if "toy" in r]
+    rm = [r["toy"].get("rm_accuracy_hallucinated") for r in loaded if "toy" in r]
     rm = [v for v in rm if v is not None]
     header = ["stage", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "seeds"]
     lines = _table(header, rows)
