@@ -200,6 +200,12 @@ COMMANDS: list[Command] = [
         ),
     ),
     Command(
+        name="vllm-serve",
+        help="Start the vLLM rollout server of engine=vllm (in the Python that has vLLM)",
+        config="r1v2.rollout.vllm_engine:VLLMServeConfig",
+        run="r1v2.rollout.vllm_engine:serve",
+    ),
+    Command(
         name="prefilter",
         help="Drop prompts whose k rollouts all get the same reward (offline filtering for GRPO)",
         config="r1v2.train.prefilter:PrefilterConfig",

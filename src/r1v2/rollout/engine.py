@@ -1,9 +1,10 @@
 """Generation engines behind one small interface, so the training loops do not care which runs.
 
 An engine turns prompts into a :class:`r1v2.model.policy.Rollout` (``G`` completions per
-prompt, group-major) and is told when the trained weights change. Both engines here sample
-with the policy's own model, so they never need a weight sync; a served engine (vLLM) would
-copy the weights in :meth:`RolloutEngine.sync_weights` and be added to :data:`ENGINES`.
+prompt, group-major) and is told when the trained weights change
+(:meth:`RolloutEngine.sync_weights`, after every optimizer step). The local engines sample
+with the policy's own model and have nothing to copy; the vLLM engine pushes the weights to
+its server.
 
 - ``transformers``: :class:`TransformersEngine`, transformers ``generate`` (padded batches,
   a dynamic KV cache; prefix sharing with ``share_prefix``).
@@ -11,6 +12,8 @@ copy the weights in :meth:`RolloutEngine.sync_weights` and be added to :data:`EN
   sampling loop whose decode step runs through ``torch.compile`` (compiled on first use).
 - ``continuous``: :class:`r1v2.rollout.continuous.ContinuousBatchingEngine`, transformers'
   continuous batching (paged KV cache, finished sequences replaced as they end).
+- ``vllm``: :class:`r1v2.rollout.vllm_engine.VLLMEngine`, a vLLM server in its own process
+  (:mod:`r1v2.rollout.vllm_server`), text-only policies.
 """
 
 from __future__ import annotations
@@ -84,13 +87,20 @@ class TransformersEngine:
 
 
 # The names a config's ``engine`` field takes (r1v2 grpo); build_engine makes them.
-ENGINES = ("transformers", "compiled", "continuous")
+ENGINES = ("transformers", "compiled", "continuous", "vllm")
 
 
-def build_engine(name: str, policy: Policy, *, share_prefix: bool = False) -> RolloutEngine:
+def build_engine(
+    name: str, policy: Policy, *, share_prefix: bool = False, **vllm: Any
+) -> RolloutEngine:
     """The engine called ``name`` (one of :data:`ENGINES`) on ``policy``. ``share_prefix``
     applies to the transformers and compiled engines; continuous batching always prefills a
-    prompt once for its samples."""
+    prompt once for its samples. ``vllm``: ``url``, ``timeout`` and ``weights_dir`` of
+    :class:`r1v2.rollout.vllm_engine.VLLMEngine`."""
+    if name == "vllm":
+        from r1v2.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(policy, **vllm)
     if name == "transformers":
         return TransformersEngine(policy, share_prefix=share_prefix)
     if name == "compiled":

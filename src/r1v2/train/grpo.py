@@ -173,7 +173,7 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "bench/prefix_sharing.py (toy-sized VLM, CPU, 8 prompts x G=8, 64 new tokens): steps "
         "1.2-1.3x faster with the toy's 39-token prompts, 1.3-1.6x with 111-token ones",
     )
-    engine: Literal["transformers", "compiled", "continuous"] = option(
+    engine: Literal["transformers", "compiled", "continuous", "vllm"] = option(
         "transformers",
         "rollout engine (r1v2.rollout): transformers = transformers generate on padded batches "
         "(share_prefix applies); compiled = the same prefill, then each decode step through "
@@ -186,8 +186,13 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "equal, sampled ones other draws). Measured on a CPU (one thread, bench/RESULTS.md): "
         "compiled generates 1.3-1.8x faster than transformers (GRPO steps 1.1-1.4x) at the "
         "toy's sizes; continuous gives 0.2-0.3x the tokens/s of transformers; neither measured "
-        "on a GPU yet",
+        "on a GPU yet; vllm = a vLLM server in its own process (r1v2 vllm-serve; vllm_url), "
+        "weights pushed after every optimizer step, text-only policies",
     )
+    vllm_url: str = option(
+        "http://127.0.0.1:8100", "the vLLM server of engine=vllm (r1v2 vllm-serve)"
+    )
+    vllm_timeout: float = option(600.0, "seconds engine=vllm waits for one server request")
     clip_low: float = option(
         0.2, "epsilon_low of the clipped ratio (TRL: epsilon; verl: clip_ratio_low)"
     )
@@ -532,11 +537,16 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         reference.load_state_dict(start_weights)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg.optim, params, cfg.max_steps)
+    vllm = {}
+    if cfg.engine == "vllm":
+        if cfg.sharding == "fsdp":
+            raise R1V2Error("engine=vllm takes sharding=replicate: it pushes whole weights")
+        vllm = {"url": cfg.vllm_url, "timeout": cfg.vllm_timeout, "weights_dir": out / "vllm"}
     run = GRPORun(
         cfg=cfg,
         accelerator=accelerator,
         policy=policy,
-        engine=build_engine(cfg.engine, policy, share_prefix=cfg.share_prefix),
+        engine=build_engine(cfg.engine, policy, share_prefix=cfg.share_prefix, **vllm),
         reference=reference,
         root_call=root_call,
         params=params,
@@ -604,6 +614,8 @@ def one_step(run: GRPORun, step: int) -> tuple[dict[str, float], bool]:
     """Steps 1-7 of one GRPO step on this process; returns the step's metrics (averaged over
     processes) and whether the optimizer stepped."""
     cfg, policy = run.cfg, run.policy
+    if step > 1:  # the weights may have moved (an update, a resume, a guard rollback)
+        run.engine.sync_weights()  # engine=vllm pushes them to its server; others share them
     rollouts = roll_out(run, step)  # 1-2
     batch = score_and_replay(run, rollouts, step)  # 3-5
     n = len(rollouts.completions)
