@@ -169,15 +169,16 @@ def test_max_new_tokens_and_ignore_eos(vlm):
 
 
 def test_engines_follow_the_protocol_and_build_by_name(lm):
-    assert ENGINES == ("transformers", "compiled", "continuous")
-    for name, cls in zip(ENGINES, (TransformersEngine, CompiledEngine, ContinuousBatchingEngine)):
+    assert ENGINES == ("transformers", "compiled", "continuous", "vllm")
+    local = (TransformersEngine, CompiledEngine, ContinuousBatchingEngine)
+    for name, cls in zip(ENGINES, local):
         engine = build_engine(name, lm, share_prefix=True)
         assert type(engine) is cls and isinstance(engine, RolloutEngine)
         engine.sync_weights()  # shares the policy's modules: nothing to do
     assert build_engine("transformers", lm, share_prefix=True).share_prefix
     assert build_engine("compiled", lm, share_prefix=True).share_prefix
-    with pytest.raises(R1V2Error, match="unknown rollout engine 'vllm'.*transformers, compiled"):
-        build_engine("vllm", lm)
+    with pytest.raises(R1V2Error, match="unknown rollout engine 'sglang'.*transformers, compiled"):
+        build_engine("sglang", lm)
 
 
 def test_refusals(lm, vlm, monkeypatch):
@@ -228,7 +229,7 @@ def test_grpo_trains_with_the_continuous_engine(tmp_path):
         "tensorboard=false",
     ]
     with pytest.raises(R1V2Error, match="engine"):
-        resolve(GRPOConfig, None, [*args, "engine=vllm"])
+        resolve(GRPOConfig, None, [*args, "engine=sglang"])
     cfg = resolve(GRPOConfig, None, [*args, "engine=continuous"])
     assert resolve(GRPOConfig, None, args).engine == "transformers"  # the default
     train(cfg)
