@@ -20,12 +20,14 @@ from r1v2.toy.demo import (
     MAIN,
     DemoConfig,
     check_unchanged,
+    group_accuracy,
     model_path,
     selected_arms,
     stage_config,
     write_result,
 )
 from r1v2.toy.report import (
+    group_table,
     guard_note,
     pairs_text,
     replay_note,
@@ -225,6 +227,29 @@ def test_seed_summary_is_mean_and_sample_std(tmp_path):
     assert "| 35.0% +- 5.0% | 75.0% +- 5.0% | - | 3 |" in "\n".join(seed_summary(folders))
 
 
+def test_group_accuracy_by_hand():
+    """Five samples: two numeric at level 1 (right, wrong), a numeric at level 3 that cannot
+    be graded, two multiple choice at level 3 (right, right)."""
+    from types import SimpleNamespace as S
+
+    samples = [S(kind=k, metadata={"level": lv}) for k, lv in
+               [("math", 1), ("math", 1), ("math", 3), ("choice", 3), ("choice", 3)]]  # fmt: skip
+    got = group_accuracy(samples, [1.0, 0.0, None, 1.0, 1.0])
+    assert got == {"math": 0.5, "choice": 1.0, "level 1": 0.5, "level 3": 1.0}
+
+
+def test_group_table_is_one_value_or_mean_and_sample_std():
+    one = {"groups": {"math": 0.9, "choice": 0.3, "level 1": 0.5}}
+    other = {"groups": {"math": 0.7, "choice": 0.5, "level 1": 0.7}}
+    lines = group_table([("MPO", [one]), ("GRPO", [one, other]), ("old", [{"accuracy": 1}])])
+    text = "\n".join(lines)
+    assert "| MPO | 90.0% | 30.0% | 50.0% | - | - |" in text
+    # (0.9, 0.7): 80.0% +- 14.1%; (0.3, 0.5): 40.0% +- 14.1%; (0.5, 0.7): 60.0% +- 14.1%
+    assert "| GRPO | 80.0% +- 14.1% | 40.0% +- 14.1% | 60.0% +- 14.1% | - | - |" in text
+    assert "old" not in text  # a result from before the groups were measured
+    assert group_table([("old", [{"accuracy": 1}])]) == []
+
+
 def test_report_numbers_are_the_results_and_the_metrics(tmp_path):
     out = _fake_demo(tmp_path / "demo", 0.25, 0.75, 0.93, shapes=0.5)
     run = out / "runs" / "grpo"
@@ -292,6 +317,9 @@ def test_demo_fast_end_to_end(tmp_path):
     ratio = [r["effective_ratio"] for r in grpo_rows if "effective_ratio" in r]
     assert f"effective ratio {sum(ratio) / len(ratio):.3f}" in report
     assert (out / "plots" / "stages.png").is_file()
+    groups = results["grpo"]["groups"]  # accuracy by kind and level, in the report's table
+    row = _table_row(report.split("by question kind")[1], "MPO + GRPO (final model)")
+    assert row[1:3] == [f"{groups[k]:.1%}" if k in groups else "-" for k in ("math", "choice")]
 
     # The final model is an ordinary checkpoint with the GRPO run's final weights.
     assert (out / "model" / "config.json").is_file()

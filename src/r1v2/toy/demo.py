@@ -448,7 +448,7 @@ def evaluate_model(cfg: DemoConfig, model: Path) -> dict[str, Any]:
     import torch
 
     from r1v2.data.synthetic import Scene
-    from r1v2.eval.greedy import probe
+    from r1v2.eval.greedy import grade, greedy_texts
     from r1v2.model.policy import Policy
     from r1v2.toy.align import alignment_error
     from r1v2.train.stage import load_pool
@@ -456,15 +456,33 @@ def evaluate_model(cfg: DemoConfig, model: Path) -> dict[str, Any]:
     samples = load_pool(str(cfg.toy_dir / "data" / "test"))[: cfg.budget.eval_size]
     policy = Policy.from_pretrained(model)
     with torch.inference_mode():
-        metrics = probe(policy, samples, max_new_tokens=128)
+        texts = greedy_texts(policy, samples, max_new_tokens=128)
+    graded = grade(texts, [s.answer for s in samples], [s.choices for s in samples],
+                   [s.metadata["scene"] for s in samples])  # fmt: skip
     scenes = [Scene.from_any(s.metadata) for s in samples[:ALIGNMENT_SCENES]]
     return {
         "model": str(model),
         "n": len(samples),
-        "accuracy": metrics["probe_accuracy"],
-        "hallucination_rate": metrics["hallucination_rate"],
+        "accuracy": graded["accuracy"],
+        "hallucination_rate": graded["hallucination_rate"],
+        "groups": group_accuracy(samples, graded["correct"]),
         "alignment": alignment_error(policy.model, policy.processor, scenes),
     }
+
+
+GROUPS = ("math", "choice", "level 1", "level 2", "level 3")
+
+
+def group_accuracy(samples: list, correct: list[float | None]) -> dict[str, float]:
+    """Accuracy per question kind (``math``: a number, ``choice``: a letter) and per level,
+    over the samples of each group that could be graded."""
+    tags = [(s.kind, f"level {s.metadata['level']}") for s in samples]
+    out = {}
+    for name in GROUPS:
+        scored = [c for t, c in zip(tags, correct) if name in t and c is not None]
+        if scored:
+            out[name] = sum(scored) / len(scored)
+    return out
 
 
 def stage_config(cfg: DemoConfig, arm: Arm, start_model: Path):

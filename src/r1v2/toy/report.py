@@ -193,6 +193,35 @@ def stage_table(results: dict[str, dict[str, Any]]) -> list[str]:
     return _table(header, rows)
 
 
+GROUP_HEADER = ["numeric", "multiple choice", "level 1", "level 2", "level 3"]
+GROUP_KEYS = ("math", "choice", "level 1", "level 2", "level 3")
+
+
+def group_table(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """Held-out accuracy per question kind and level: one row per stage, each cell the value
+    of one result or the mean +- std over several (seeds); stages without groups are left
+    out."""
+    body = []
+    for label, results in rows:
+        groups = [r["groups"] for r in results if isinstance(r.get("groups"), dict)]
+        if not groups:
+            continue
+        cells = []
+        for key in GROUP_KEYS:
+            values = [g[key] for g in groups if key in g]
+            one = len(groups) == 1
+            cells.append(_pct(values[0]) if one and values else mean_std(values) if values else "-")
+        body.append([label, *cells])
+    if not body:
+        return []
+    return [
+        "Held-out accuracy by question kind (a number / a letter among options) and by level:",
+        "",
+        *_table(["stage", *GROUP_HEADER], body),
+        "",
+    ]
+
+
 def alignment_note(results: dict[str, dict[str, Any]]) -> list[str]:
     """What the image-token column measures, with the cells and nearest-word accuracies."""
     measured = [results[n]["alignment"] for n, _ in STAGE_ROWS if "alignment" in results.get(n, {})]
@@ -368,7 +397,9 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             "",
         ]
     lines += ["## Accuracy and hallucination per stage (greedy, held-out)", ""]
-    lines += stage_table(results) + [""] + alignment_note(results)
+    lines += stage_table(results) + [""]
+    lines += group_table([(label, [results[n]]) for n, label in STAGE_ROWS if n in results])
+    lines += alignment_note(results)
     for name, title in (("mpo", "MPO"), ("grpo", "GRPO")):
         s = training_stats(metrics_of(out, name))
         if s["steps"] == 0:
@@ -665,12 +696,13 @@ def seed_summary(folders: list[str | Path]) -> list[str]:
     check_distinct(folders, loaded)
     names = [n for n in ("assembled", "mpo", "grpo") if any(n in r for r in loaded)]
     names += sorted({n for r in loaded for n in r} - set(names) - {"toy"})
-    rows = []
+    rows, groups = [], []
     for name in names:
         have = [r[name] for r in loaded if name in r and "accuracy" in r[name]]
         if not have:
             continue
         label = have[0].get("label", dict(STAGE_ROWS).get(name, name))
+        groups.append((label, have))
         rows.append(
             [
                 label,
@@ -684,6 +716,8 @@ def seed_summary(folders: list[str | Path]) -> list[str]:
     rm = [v for v in rm if v is not None]
     header = ["stage", "accuracy", "hallucination rate", ALIGNMENT_HEADER, "seeds"]
     lines = _table(header, rows)
+    if any(isinstance(h.get("groups"), dict) for _, have in groups for h in have):
+        lines += [""] + group_table(groups)[:-1]
     if rm:
         lines += ["", f"reward model vs hallucinated responses: {mean_std(rm)} (min {min(rm):.1%})"]
     return lines
