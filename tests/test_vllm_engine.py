@@ -167,3 +167,19 @@ def test_vllm_serve_with_a_python_without_vllm_is_one_line(lm, capsys):
     assert main(["vllm-serve", f"model={lm}", f"python={sys.executable}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot import vllm" in err[0]
+
+
+def test_a_server_that_does_not_answer_is_one_line_naming_the_timeout(lm):
+    """A port that accepts connections and never replies: the engine gives up after
+    ``timeout`` seconds with one line naming it (no vLLM needed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        policy = Policy.from_pretrained(lm)
+        with pytest.raises(
+            R1V2Error, match=r"/health did not answer within 0.5 s \(vllm_timeout\)"
+        ):
+            VLLMEngine(policy, url, timeout=0.5)

@@ -167,14 +167,9 @@ class VLLMEngine:
             except (ValueError, AttributeError):
                 detail = ""
             raise R1V2Error(f"vLLM server {self.url}{path}: HTTP {e.code}: {detail}") from e
-        except TimeoutError as e:
-            raise R1V2Error(
-                f"vLLM server {self.url}{path} did not answer within {self.timeout:g} s "
-                "(vllm_timeout)"
-            ) from e
-        except (urllib.error.URLError, ConnectionError, OSError) as e:
+        except OSError as e:  # URLError, a refused or reset connection, a timeout
             reason = getattr(e, "reason", e)
-            if isinstance(reason, TimeoutError):
+            if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
                 raise R1V2Error(
                     f"vLLM server {self.url}{path} did not answer within {self.timeout:g} s "
                     "(vllm_timeout)"
