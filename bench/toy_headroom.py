@@ -54,21 +54,22 @@ def write_pool(toy: Path, out: Path, levels: list[int], kinds: list[str]) -> int
 
 
 def scores(toy: Path, model: Path, n: int = 500) -> dict[str, list]:
-    """Greedy [accuracy, hallucination rate, samples] per level, per kind and overall."""
-    from r1v2.eval.greedy import probe
+    """Greedy [accuracy, hallucination rate, samples] per level, per kind and overall, from
+    one generation over the held-out samples."""
+    from r1v2.eval.greedy import grade, greedy_texts
     from r1v2.model.policy import Policy
     from r1v2.train.stage import load_pool
 
     samples = load_pool(str(toy / "data" / "test"))[:n]
-    policy = Policy.from_pretrained(model)
-    groups = {f"level {lv}": [s for s in samples if s.metadata["level"] == lv] for lv in (1, 2, 3)}
-    groups |= {kind: [s for s in samples if s.kind == kind] for kind in ("math", "choice")}
-    groups["all"] = samples
-    out = {}
     with torch.inference_mode():
-        for name, sub in groups.items():
-            m = probe(policy, sub, max_new_tokens=128)
-            out[name] = [round(m["probe_accuracy"], 3), round(m["hallucination_rate"], 3), len(sub)]
+        texts = greedy_texts(Policy.from_pretrained(model), samples, max_new_tokens=128)
+    tags = [{"all", s.kind, f"level {s.metadata['level']}"} for s in samples]
+    out = {}
+    for name in ("level 1", "level 2", "level 3", "math", "choice", "all"):
+        rows = [(t, s) for t, s, tag in zip(texts, samples, tags) if name in tag]
+        g = grade([t for t, _ in rows], [s.answer for _, s in rows],
+                  [s.choices for _, s in rows], [s.metadata["scene"] for _, s in rows])  # fmt: skip
+        out[name] = [round(g["accuracy"], 3), round(g["hallucination_rate"], 3), len(rows)]
     return out
 
 

@@ -129,10 +129,9 @@ class VLLMEngine:
             folder = self.weights_dir / f"v{version:06d}"
             quiet_save(self.policy.model, folder)
             self._request("POST", "/load_weights", {"path": str(folder), "version": version})
-            if folder.parent.is_dir():  # the older versions are not needed any more
-                for old in folder.parent.glob("v*"):
-                    if old != folder:
-                        shutil.rmtree(old, ignore_errors=True)
+            for old in folder.parent.glob("v*"):  # the older versions are not needed any more
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
         if distributed:
             dist.barrier()
         self.version = version
