@@ -40,7 +40,10 @@ def write_pairs(toy: Path, out: Path, levels: list[int]) -> int:
     return len(keep)
 
 
-def write_pool(toy: Path, out: Path, levels: list[int], kinds: list[str]) -> int:
+def write_pool(
+    toy: Path, out: Path, levels: list[int], kinds: list[str], math_cap: int | None = None
+) -> int:
+    """The training prompts of ``levels`` and ``kinds`` (at most ``math_cap`` numeric ones)."""
     train = toy / "data/train"
     rows = [json.loads(line) for line in (train / "samples.jsonl").read_text().splitlines()]
     keep = [
@@ -48,6 +51,10 @@ def write_pool(toy: Path, out: Path, levels: list[int], kinds: list[str]) -> int
         for r in rows
         if r["metadata"]["level"] in levels and r["kind"] in kinds
     ]
+    if math_cap is not None:
+        numeric = [r["id"] for r in keep if r["kind"] == "math"]
+        drop = set(numeric[math_cap:])
+        keep = [r for r in keep if r["id"] not in drop]
     out.mkdir(parents=True, exist_ok=True)
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     return len(keep)
@@ -99,6 +106,7 @@ def main() -> None:
     p.add_argument("--pair-levels", default="1,2", help="levels of the MPO pairs")
     p.add_argument("--pool-levels", default="1,2,3", help="levels of the GRPO pool")
     p.add_argument("--pool-kinds", default="choice", help="kinds of the GRPO pool (math,choice)")
+    p.add_argument("--math-cap", type=int, default=None, help="at most this many numeric prompts")
     p.add_argument("--trainable", default="llm+adapter", help="GRPO's trainable")
     p.add_argument("--lr", type=float, default=3e-5, help="GRPO's peak learning rate")
     p.add_argument("--steps", type=int, default=250, help="GRPO steps")
@@ -118,7 +126,12 @@ def main() -> None:
         print(json.dumps({key: value}), flush=True)
 
     say("pairs", write_pairs(toy, out / "pairs", levels(args.pair_levels)))
-    say("pool", write_pool(toy, out / "pool", levels(args.pool_levels), args.pool_kinds.split(",")))
+    say(
+        "pool",
+        write_pool(
+            toy, out / "pool", levels(args.pool_levels), args.pool_kinds.split(","), args.math_cap
+        ),
+    )
     common = [f"seed={args.seed}", f"probe_data={toy / 'data/test'}", "progress=false"]
     common += ["tensorboard=false", "overwrite=true", "guard.action=rollback"]
     common += ["optim.schedule=cosine", "optim.warmup_steps=10", "probe_size=100"]

@@ -31,6 +31,10 @@ Layouts (field names as published):
   export) with Question, Correct Answer, Incorrect Answer 1-3, Record ID, High-level domain.
   The four answers are shuffled per item with a seed (option ``seed``, default 0:
   ``gpqa[seed=1]=PATH``) and asked as letters A-D; category = High-level domain.
+- ``ifeval`` (text only): key, prompt, instruction_id_list, kwargs (one dict per instruction;
+  None values are dropped, as lm-eval does), Google's ``input_data.jsonl`` or the parquet
+  export. The prompt is asked as it is (no boxed-answer instruction) and scored by lm-eval's
+  checkers (``r1v2.eval.ifeval``); category = the first instruction's group (``change_case``).
 - ``livecodebench`` (alias ``lcb``; code generation): question_id, question_title,
   question_content, platform, contest_id, contest_date, starter_code, difficulty,
   public_test_cases, private_test_cases (JSON, or base64 of zlib of a pickle, read without ever
@@ -626,6 +630,35 @@ def _gpqa_options(raw: dict[str, str]) -> int:
         raise BenchmarkError(f"gpqa option seed: expected an integer, got {raw['seed']!r}") from e
 
 
+def ifeval(row: Row):
+    """IFEval: a prompt with its verifiable instructions (ids from lm-eval's registry) and the
+    keyword arguments of each."""
+    ids = _as_list(row, "instruction_id_list", row.get("instruction_id_list"))
+    kwargs = _as_list(row, "kwargs", row.get("kwargs", default=[{}] * len(ids)))
+    if not ids or not all(isinstance(i, str) for i in ids):
+        raise row.error("instruction_id_list", "expected a non-empty list of instruction ids")
+    if len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
+        raise row.error("kwargs", f"expected {len(ids)} dicts, one per instruction")
+    from r1v2.eval.ifeval import known_instructions
+
+    unknown = sorted(set(ids) - known_instructions())
+    if unknown:
+        raise row.error("instruction_id_list", f"unknown instruction {unknown[0]!r}")
+    return _sample(
+        id=str(row.get("key", "id", default=row.line)),
+        question=row.get("prompt", kind=str),
+        images=[],
+        answer="",
+        choices=None,
+        kind="instruction",
+        metadata={
+            "instruction_id_list": ids,
+            "kwargs": [{k: v for k, v in d.items() if v is not None} for d in kwargs],
+            "category": ids[0].partition(":")[0],
+        },
+    )
+
+
 def livecodebench(row: Row, options: Any = None):
     from r1v2.eval.livecodebench import Options, convert  # imports this module: loaded on use
 
@@ -664,6 +697,7 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("aime2024", aime2024, "accuracy"),
         Adapter("pope", pope, "yesno"),
         Adapter("gpqa", gpqa, "accuracy", options=_gpqa_options),
+        Adapter("ifeval", ifeval, "ifeval", instruct=False),
         Adapter("livecodebench", livecodebench, "code", options=_livecodebench_options),
         # Sample files are shown as they are stored: the toy models know only their own words.
         Adapter("samples", None, "accuracy", instruct=False),

@@ -31,7 +31,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -39,6 +39,7 @@ from r1v2.data.schema import Sample
 from r1v2.errors import R1V2Error
 from r1v2.eval import metrics
 from r1v2.eval.benchmarks import Benchmark, category
+from r1v2.eval.ifeval import Followed
 from r1v2.eval.jsonl import complete_lines
 from r1v2.eval.judge import NOT_ASKED, JudgeClient, JudgeItem
 from r1v2.eval.prompts import judge_question, judge_reference, prompt_sample
@@ -48,6 +49,7 @@ from r1v2.eval.scoring import (
     Scorer,
     code_correct,
     code_pass_rate,
+    ifeval_followed,
     rule_input,
     yes_no,
 )
@@ -261,6 +263,7 @@ class Scored:
     score: float | None = None
     source: AnswerSource | None = None  # where the rules' answer came from; None: no answer
     pass_rate: float | None = None  # code: the fraction of tests passed; None otherwise
+    followed: Followed | None = None  # IFEval: each instruction followed, strictly and loosely
 
     def to_json(self) -> dict:
         return {
@@ -274,6 +277,7 @@ class Scored:
             "missing": self.response is None,
             "answer_source": self.source,
             "pass_rate": self.pass_rate,
+            **({"followed": asdict(self.followed)} if self.followed is not None else {}),
         }
 
 
@@ -287,8 +291,8 @@ def needs_judge(s: Scored, sample: Sample, scorer: str, when: JudgeWhen) -> bool
     would say. "always": every response, every rule score (1 included) is the judge's.
     POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
     """
-    if s.response is None or scorer == "yesno" or sample.kind == "code":
-        return False  # code is decided by its tests
+    if s.response is None or scorer in ("yesno", "ifeval") or sample.kind == "code":
+        return False  # code is decided by its tests, IFEval by its checkers
     if when == "always" or s.rule is None:
         return True
     if when == "undecided" or s.rule != 0.0 or s.source is None:
@@ -445,6 +449,10 @@ def _score_rules(
     """The rules' score of one (sample, run); a missing response is wrong (0.0)."""
     if text is None:
         return Scored(sample.id, run, None, 0.0, score=0.0)
+    if scorer_name == "ifeval":  # the whole response is the answer: no boxed reading
+        followed = ifeval_followed(text, sample)
+        rule = float(all(followed.strict))
+        return Scored(sample.id, run, text, rule, score=rule, followed=followed)
     rule_text, source = rule_input(text, sample, scorer_name)
     rule = scorer(rule_text, sample)
     return Scored(sample.id, run, text, rule, score=rule, source=source)
@@ -476,6 +484,8 @@ def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) 
         )
     if bench.scorer == "yesno":
         out["pope"] = _pope(bench, table, runs)
+    if bench.scorer == "ifeval":
+        out["ifeval"] = _ifeval(bench, table, n_runs)
     scenes = [s.metadata.get("scene") for s in bench.samples]
     if any(sc is not None for sc in scenes):
         out.update(_hallucination(table, scenes, n_runs))
@@ -504,6 +514,31 @@ def _pope(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) -> d
     if by_cat:
         out["categories"] = by_cat
     return out
+
+
+def _ifeval(bench: Benchmark, table: list[list[Scored]], n_runs: int) -> dict:
+    """IFEval's four accuracies per run (a missing response follows nothing): mean, std."""
+    per_run: dict[str, list[float]] = {}
+    for j in range(n_runs):
+        found: dict[str, list[bool]] = {"strict": [], "loose": []}
+        prompts: dict[str, list[bool]] = {"strict": [], "loose": []}
+        for s, row in zip(bench.samples, table):
+            f = row[j].followed
+            for mode in ("strict", "loose"):
+                got = list(getattr(f, mode)) if f else [False] * len(s.metadata["kwargs"])
+                found[mode] += got
+                prompts[mode].append(all(got))
+        for mode in ("strict", "loose"):
+            per_run.setdefault(f"prompt_level_{mode}", []).append(_share(prompts[mode]))
+            per_run.setdefault(f"inst_level_{mode}", []).append(_share(found[mode]))
+    out = {}
+    for name, values in per_run.items():
+        out[name], out[f"{name}_std"] = metrics.mean_std(values)
+    return out
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
 
 
 def _hallucination(table: list[list[Scored]], scenes: list, n_runs: int) -> dict:

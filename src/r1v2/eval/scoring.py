@@ -17,6 +17,9 @@ tolerance, math-verify) plus what its benchmark's protocol adds:
   (:func:`r1v2.rewards.code.sample_code_reward`, as in training); correct only when it passes
   every test (pass rate 1.0). The harness scores every ``kind: code`` sample this way,
   whatever its benchmark's scorer, several at a time, and also reports the mean pass rate.
+- ``ifeval``: IFEval's instruction checkers (lm-eval's, :mod:`r1v2.eval.ifeval`) on the whole
+  response after ``</think>``: 1.0 when it follows every instruction strictly (prompt-level
+  strict accuracy); the harness also reports the loose and instruction-level accuracies.
 
 A response without a final answer, or with one the rules cannot parse or verify in time, scores
 0.0; None means only that the *reference* cannot be graded (the harness counts it, asks the
@@ -172,6 +175,18 @@ def score_code(response: str, sample: Sample) -> float | None:
     return code_correct(code_pass_rate(response, sample))
 
 
+def ifeval_followed(response: str, sample: Sample):
+    """lm-eval's verdicts of ``response`` on each of the sample's IFEval instructions."""
+    from r1v2.eval.ifeval import follow
+
+    meta = sample.metadata
+    return follow(response, sample.question, meta["instruction_id_list"], meta["kwargs"])
+
+
+def score_ifeval(response: str, sample: Sample) -> float | None:
+    return float(all(ifeval_followed(response, sample).strict))
+
+
 SCORERS: dict[str, Scorer] = {
     "accuracy": score_accuracy,
     "any_of": score_any_of,
@@ -179,6 +194,7 @@ SCORERS: dict[str, Scorer] = {
     "olympiad": score_olympiad,
     "yesno": score_yesno,
     "code": score_code,
+    "ifeval": score_ifeval,
 }
 
 
