@@ -96,7 +96,7 @@ def known_instructions() -> frozenset[str]:
 
 def answer_part(response: str) -> str:
     """The part of a response the instructions apply to: after the last ``</think>``."""
-    head, sep, tail = response.rpartition("</think>")
+    _, sep, tail = response.rpartition("</think>")
     return tail.strip() if sep else response
 
 
