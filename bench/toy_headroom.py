@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--trainable", default="llm+adapter", help="GRPO's trainable")
     p.add_argument("--lr", type=float, default=3e-5, help="GRPO's peak learning rate")
     p.add_argument("--steps", type=int, default=250, help="GRPO steps")
+    p.add_argument("--kl", type=float, default=None, help="GRPO's kl_coef (default: GRPO's own)")
     p.add_argument("--k", type=int, default=8, help="rollouts per prompt for the solve rate")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args()
@@ -146,6 +147,7 @@ def main() -> None:
     grpo = [f"model={out / 'mpo/final'}", f"data={out / 'pool'}", f"output_dir={out / 'grpo'}"]
     grpo += [f"reward.rm_path={toy / 'rm'}", f"max_steps={args.steps}", f"optim.lr={args.lr}"]
     grpo += [f"trainable={args.trainable}", "probe_every=25", "save_steps=25"]
+    grpo += [] if args.kl is None else [f"kl_coef={args.kl}"]
     if r1v2(["grpo", *grpo, *common]) != 0:
         raise SystemExit("r1v2 grpo failed")
     say("grpo_seconds", round(time.perf_counter() - start, 1))
