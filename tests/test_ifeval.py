@@ -6,6 +6,7 @@ import pytest
 from fixtures.eval_benchmarks import write_jsonl, write_parquet
 
 from r1v2.cli import main
+from r1v2.errors import R1V2Error
 from r1v2.eval.benchmarks import load_benchmark
 from r1v2.eval.ifeval import PUNKT_FILES, answer_part, ensure_punkt, follow
 
@@ -134,8 +135,19 @@ def test_an_unknown_instruction_is_one_line_naming_file_line_and_field(tmp_path,
     assert "no_such_check" in err
 
 
-def test_kwargs_that_do_not_match_the_instructions_are_refused(tmp_path):
-    row = {**CASES[2][0], "kwargs": [{}]}
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ([{}], "expected 2 dicts"),
+        (
+            [{"relation": "at least", "num_words": 5}, {"foo": 1}],
+            "unexpected keyword argument 'foo'",
+        ),
+        ([{"relation": "about", "num_words": 5}, {}], "'length_constraints:number_words'"),
+    ],
+)
+def test_kwargs_that_do_not_match_the_instructions_are_refused(tmp_path, kwargs, message):
+    row = {**CASES[2][0], "kwargs": kwargs}
     data = write_jsonl(tmp_path / "input_data.jsonl", [row])
-    with pytest.raises(Exception, match="input_data.jsonl:1: field 'kwargs': expected 2 dicts"):
+    with pytest.raises(R1V2Error, match=f"input_data.jsonl:1: field 'kwargs': .*{message}"):
         load_benchmark(f"ifeval={data}")

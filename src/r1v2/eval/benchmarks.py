@@ -639,11 +639,12 @@ def ifeval(row: Row):
         raise row.error("instruction_id_list", "expected a non-empty list of instruction ids")
     if len(kwargs) != len(ids) or not all(isinstance(k, dict) for k in kwargs):
         raise row.error("kwargs", f"expected {len(ids)} dicts, one per instruction")
-    from r1v2.eval.ifeval import known_instructions
+    from r1v2.eval.ifeval import instruction_error
 
-    unknown = sorted(set(ids) - known_instructions())
-    if unknown:
-        raise row.error("instruction_id_list", f"unknown instruction {unknown[0]!r}")
+    error = instruction_error(ids, kwargs)
+    if error is not None:
+        field = "instruction_id_list" if error.startswith("unknown") else "kwargs"
+        raise row.error(field, error)
     return _sample(
         id=str(row.get("key", "id", default=row.line)),
         question=row.get("prompt", kind=str),

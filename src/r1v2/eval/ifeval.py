@@ -87,11 +87,22 @@ def checkers() -> ModuleType:
     return utils
 
 
-def known_instructions() -> frozenset[str]:
+def instruction_error(instruction_ids: list[str], kwargs: list[dict]) -> str | None:
+    """Why lm-eval cannot build these instructions with these arguments (an unknown id, an
+    argument it does not take, a value it refuses), or None when it can."""
+    checkers()
     from lm_eval.tasks.ifeval.instructions_registry import INSTRUCTION_DICT
 
-    checkers()
-    return frozenset(INSTRUCTION_DICT)
+    for instruction_id, args in zip(instruction_ids, kwargs):
+        if instruction_id not in INSTRUCTION_DICT:
+            return f"unknown instruction {instruction_id!r}"
+        try:  # as the checkers do: None values dropped
+            INSTRUCTION_DICT[instruction_id](instruction_id).build_description(
+                **{k: v for k, v in args.items() if v}
+            )
+        except Exception as e:  # noqa: BLE001 (lm-eval raises TypeError, ValueError, ...)
+            return f"instruction {instruction_id!r}: {type(e).__name__}: {e}"
+    return None
 
 
 def answer_part(response: str) -> str:

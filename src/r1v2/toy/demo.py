@@ -470,15 +470,14 @@ def evaluate_model(cfg: DemoConfig, model: Path) -> dict[str, Any]:
     }
 
 
-GROUPS = ("math", "choice", "level 1", "level 2", "level 3")
-
-
 def group_accuracy(samples: list, correct: list[float | None]) -> dict[str, float]:
     """Accuracy per question kind (``math``: a number, ``choice``: a letter) and per level,
     over the samples of each group that could be graded."""
+    from r1v2.toy.report import GROUP_KEYS
+
     tags = [(s.kind, f"level {s.metadata['level']}") for s in samples]
     out = {}
-    for name in GROUPS:
+    for name in GROUP_KEYS:
         scored = [c for t, c in zip(tags, correct) if name in t and c is not None]
         if scored:
             out[name] = sum(scored) / len(scored)
