@@ -43,6 +43,7 @@ from r1v2.model.policy import format_question
 RED_CIRCLES, RED, BLUE, GREEN = Group("red", "circle"), Group("red"), Group("blue"), Group("green")
 CIRCLES, SQUARES = Group(shape="circle"), Group(shape="square")
 BLUE_SQUARES, GREEN_TRIANGLES = Group("blue", "square"), Group("green", "triangle")
+BLUE_CIRCLES = Group("blue", "circle")
 
 
 # --- scenes and rendering -------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_render_puts_each_object_in_its_own_16px_cell():
 
 def test_sample_scene_object_counts_by_level():
     rng = random.Random(0)
-    for level, (lo, hi) in {1: (3, 10), 2: (3, 9), 3: (3, 8)}.items():
+    for level, (lo, hi) in {1: (3, 10), 2: (3, 9), 3: (3, 8), 4: (4, 8)}.items():
         counts = {sum(c is not None for c in sample_scene(rng, level).cells) for _ in range(300)}
         assert min(counts) == lo and max(counts) == hi
 
@@ -173,6 +174,22 @@ def test_sample_scene_object_counts_by_level():
             "3",  # 3 + 1 - 1
             "<think> redcircle : 3 . bluesquare : 1 . greentriangle : 1 . "
             "3 + 1 = 4 . 4 - 1 = 3 . </think> \\boxed{3}",
+        ),
+        (
+            Question("sum4", (RED_CIRCLES, BLUE_SQUARES, GREEN_TRIANGLES, BLUE_CIRCLES)),
+            "how many red circles , blue squares , green triangles and blue circles are there "
+            "in total ?",
+            "6",  # 3 + 1 + 1 + 1
+            "<think> redcircle : 3 . bluesquare : 1 . greentriangle : 1 . bluecircle : 1 . "
+            "3 + 1 = 4 . 4 + 1 = 5 . 5 + 1 = 6 . </think> \\boxed{6}",
+        ),
+        (
+            Question("addsub4", (RED_CIRCLES, BLUE, GREEN_TRIANGLES, Group("red", "square"))),
+            "what is red circles plus blue objects plus green triangles minus red squares ?",
+            "5",  # 3 + 2 + 1 - 1
+            "<think> redcircle : 3 . bluecircle : 1 , bluesquare : 1 , bluetriangle : 0 . "
+            "1 + 1 + 0 = 2 . blue objects : 2 . greentriangle : 1 . redsquare : 1 . "
+            "3 + 2 = 5 . 5 + 1 = 6 . 6 - 1 = 5 . </think> \\boxed{5}",
         ),
     ],
 )
@@ -292,8 +309,29 @@ def test_make_question_compare_only_with_choice():
         "diff",
         "compare",
     }
-    with pytest.raises(ValueError, match="level 4"):
-        make_question(rng, scene, 4)
+    with pytest.raises(ValueError, match="level 5"):
+        make_question(rng, scene, 5)
+
+
+def test_level_4_is_drawn_only_when_asked_and_its_traces_hold():
+    """Four disjoint groups, 7 steps, the smallest group subtracted, every claim true; the
+    default levels stay 1-3 (the data of a default run does not change)."""
+    from r1v2.rewards import accuracy_reward
+
+    assert {s.question.level for s in iter_samples(30, seed=0)} == {1, 2, 3}
+    samples = list(iter_samples(300, seed=5, levels=[4], choice_fraction=0.3))
+    assert {s.question.qtype for s in samples} == {"sum4", "addsub4"}
+    for s in samples:
+        q, groups = s.question, s.question.groups
+        assert len(groups) == 4 and s.metadata()["steps"] == 7
+        assert not any(a.overlaps(b) for i, a in enumerate(groups) for b in groups[i + 1 :])
+        counts = [g.count(s.scene) for g in groups]
+        if q.qtype == "addsub4":
+            assert counts[3] == min(counts) and int(q.value(s.scene)) == sum(counts) - 2 * counts[3]
+        else:
+            assert int(q.value(s.scene)) == sum(counts)
+        assert all(c.holds for c in claims(s.trace, s.scene))
+        assert accuracy_reward(s.trace.removeprefix("<think> "), s.answer, choices=q.options) == 1.0
 
 
 # --- generator, loader, CLI -------------------------------------------------------------------
@@ -359,5 +397,5 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert main(["data", "synth", f"out={out}", "n=20", "seed=0", "overwrite=true"]) == 0
     assert (tmp_path / "synth" / "samples.jsonl").read_bytes() == first
-    assert main(["data", "synth", "--out", out, "levels=[4]"]) == 2
+    assert main(["data", "synth", "--out", out, "levels=[5]", "overwrite=true"]) == 2
     assert "levels" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from typing import Any
 
 from r1v2.config import option
 from r1v2.data.synthetic import generate
+from r1v2.data.synthetic.generate import LEVELS
 from r1v2.errors import R1V2Error
 from r1v2.fsutil import write_atomic
 from r1v2.model.assemble import assemble
@@ -84,9 +85,9 @@ class ToyBuildConfig:
     def validate(self) -> None:
         for name in ("data", "lm", "vision", "align", "rm"):
             getattr(self, name).validate(prefix=f"{name}.")
-        if not self.levels or any(lv not in (1, 2, 3) for lv in self.levels):
+        if not self.levels or any(lv not in LEVELS for lv in self.levels):
             raise R1V2Error(
-                f"config field 'levels' must be drawn from [1, 2, 3], got {self.levels}"
+                f"config field 'levels' must be drawn from {list(LEVELS)}, got {self.levels}"
             )
 
 

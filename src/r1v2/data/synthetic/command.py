@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1v2.config import ConfigError, option
-from r1v2.data.synthetic.generate import CHOICE_FRACTION, LEVELS, generate
+from r1v2.data.synthetic.generate import CHOICE_FRACTION, DEFAULT_LEVELS, LEVELS, generate
 from r1v2.data.synthetic.render import IMAGE_SIZE
 from r1v2.data.synthetic.scene import GRID
 
@@ -18,9 +18,9 @@ class SynthConfig:
     n: int = option(1000, "number of samples")
     seed: int = option(0, "random seed; the same seed and options give the same bytes")
     levels: list[int] = option(
-        list(LEVELS),
+        list(DEFAULT_LEVELS),
         "difficulty levels to draw, in equal shares: 1 = count one group, 2 = sum, difference "
-        "or comparison of two groups, 3 = arithmetic over three groups",
+        "or comparison of two groups, 3 = arithmetic over three groups, 4 = over four groups",
     )
     choice_fraction: float = option(
         CHOICE_FRACTION, "share of multiple-choice questions (answer is a letter A-D)"

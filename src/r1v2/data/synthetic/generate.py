@@ -35,7 +35,8 @@ from r1v2.errors import R1V2Error
 
 SAMPLES_FILE = "samples.jsonl"
 IMAGES_DIR = "images"
-LEVELS = (1, 2, 3)
+LEVELS = (1, 2, 3, 4)  # the levels there are
+DEFAULT_LEVELS = (1, 2, 3)  # the levels drawn unless asked (level 4 is for harder RL pools)
 # The multiple-choice share is ours (the paper's data mix is not published for this task).
 CHOICE_FRACTION = 0.25
 
@@ -98,7 +99,7 @@ def sample_at(
     seed: int,
     index: int,
     *,
-    levels: Sequence[int] = LEVELS,
+    levels: Sequence[int] = DEFAULT_LEVELS,
     choice_fraction: float = CHOICE_FRACTION,
     grid: int = GRID,
 ) -> SynthSample:
@@ -120,7 +121,7 @@ def iter_samples(
     n: int,
     seed: int = 0,
     *,
-    levels: Sequence[int] = LEVELS,
+    levels: Sequence[int] = DEFAULT_LEVELS,
     choice_fraction: float = CHOICE_FRACTION,
     grid: int = GRID,
     start: int = 0,
@@ -141,7 +142,7 @@ def generate(
     seed: int,
     out_dir: str | Path,
     *,
-    levels: Sequence[int] = LEVELS,
+    levels: Sequence[int] = DEFAULT_LEVELS,
     choice_fraction: float = CHOICE_FRACTION,
     image_size: int = IMAGE_SIZE,
     grid: int = GRID,

@@ -7,10 +7,17 @@
     level 3  sum3      how many red circles , squares and green objects are there in total ?
                                                                                     c0 + c1 + c2
              addsub    what is red circles plus squares minus green objects ?       c0 + c1 - c2
+    level 4  sum4      how many red circles , squares , green objects and blue triangles are
+                       there in total ?                                             c0 + c1 + c2 + c3
+             addsub4   what is red circles plus squares plus green objects minus blue triangles ?
+                                                                                    c0 + c1 + c2 - c3
+
+Level 4 is not drawn by default: it exists for a GRPO pool harder than the levels that
+have reference traces (its traces are still written, one count per group as everywhere).
 
 A group is a colour and shape (``red circles``), a colour (``red objects``) or a shape
 (``squares``); the groups of one question are disjoint, so sums never count an object twice.
-``diff`` and ``addsub`` order their groups so the answer is never negative.
+``diff``, ``addsub`` and ``addsub4`` order their groups so the answer is never negative.
 
 Multiple choice ("choice" kind): the options are appended to the question as
 ``options : A 2 , B 5 , C 3 , D 4`` and the answer is the letter of the right option. Numeric
@@ -35,6 +42,8 @@ QTYPE_LEVEL: dict[str, int] = {
     "compare": 2,
     "sum3": 3,
     "addsub": 3,
+    "sum4": 4,
+    "addsub4": 4,
 }
 CHOICE_ONLY = ("compare",)
 DISTRACTOR_RADIUS = 4
@@ -71,6 +80,8 @@ class Question:
             "compare": lambda: f"are there more {g[0]} than {g[1]} ?",
             "sum3": lambda: f"how many {g[0]} , {g[1]} and {g[2]} are there in total ?",
             "addsub": lambda: f"what is {g[0]} plus {g[1]} minus {g[2]} ?",
+            "sum4": lambda: f"how many {g[0]} , {g[1]} , {g[2]} and {g[3]} are there in total ?",
+            "addsub4": lambda: f"what is {g[0]} plus {g[1]} plus {g[2]} minus {g[3]} ?",
         }[self.qtype]()
         if not self.options:
             return base
@@ -89,6 +100,8 @@ class Question:
                 "diff": lambda: c[0] - c[1],
                 "sum3": lambda: c[0] + c[1] + c[2],
                 "addsub": lambda: c[0] + c[1] - c[2],
+                "sum4": lambda: c[0] + c[1] + c[2] + c[3],
+                "addsub4": lambda: c[0] + c[1] + c[2] - c[3],
             }[self.qtype]()
         )
 
@@ -158,20 +171,21 @@ def make_question(
     """A random question of ``level`` about ``scene`` (multiple choice when ``choice``).
 
     The type is uniform among the level's types (``compare`` only when ``choice``); groups are
-    ordered so that ``diff`` and ``addsub`` answers are >= 0.
+    ordered so that ``diff``, ``addsub`` and ``addsub4`` answers are >= 0 (the subtracted
+    group is the smallest).
     """
     qtypes = [
         q for q, lv in QTYPE_LEVEL.items() if lv == level and (choice or q not in CHOICE_ONLY)
     ]
     if not qtypes:
-        raise ValueError(f"no question type has level {level}; levels are 1, 2, 3")
+        raise ValueError(f"no question type has level {level}; levels are 1, 2, 3, 4")
     qtype = rng.choice(qtypes)
     groups = _disjoint_groups(rng, scene, level)
     counts = [g.count(scene) for g in groups]
     if qtype == "diff" and counts[0] < counts[1]:
         groups.reverse()
-    if qtype == "addsub":
-        smallest = min(range(3), key=lambda i: (counts[i], i))
+    if qtype in ("addsub", "addsub4"):
+        smallest = min(range(len(groups)), key=lambda i: (counts[i], i))
         groups.append(groups.pop(smallest))
     question = Question(qtype, tuple(groups))
     if not choice:

@@ -27,7 +27,7 @@ GRID = 4
 
 # Objects per scene by level, inclusive (min, max). Sparser scenes at level 3 keep its traces,
 # which list the cells of three groups, near 60 words.
-OBJECTS_PER_LEVEL: dict[int, tuple[int, int]] = {1: (3, 10), 2: (3, 9), 3: (3, 8)}
+OBJECTS_PER_LEVEL: dict[int, tuple[int, int]] = {1: (3, 10), 2: (3, 9), 3: (3, 8), 4: (4, 8)}
 
 Cell = tuple[str, str] | None  # (colour, shape) or None for an empty cell
 

@@ -98,6 +98,11 @@ def _arithmetic(qtype: str, c: list[int]) -> str:
         return f"{c[0]} + {c[1]} = {s} . {s} + {c[2]} = {s + c[2]} ."
     if qtype == "addsub":
         return f"{c[0]} + {c[1]} = {s} . {s} - {c[2]} = {s - c[2]} ."
+    t = s + c[2]
+    if qtype == "sum4":
+        return f"{c[0]} + {c[1]} = {s} . {s} + {c[2]} = {t} . {t} + {c[3]} = {t + c[3]} ."
+    if qtype == "addsub4":
+        return f"{c[0]} + {c[1]} = {s} . {s} + {c[2]} = {t} . {t} - {c[3]} = {t - c[3]} ."
     raise ValueError(f"unknown question type {qtype!r}")
 
 
