@@ -35,6 +35,12 @@ Layouts (field names as published):
   None values are dropped, as lm-eval does), Google's ``input_data.jsonl`` or the parquet
   export. The prompt is asked as it is (no boxed-answer instruction) and scored by lm-eval's
   checkers (``r1v2.eval.ifeval``); category = the first instruction's group (``change_case``).
+- ``bfcl`` (Berkeley Function Calling Leaderboard; text only): the leaderboard's JSON-lines
+  files (``BFCL_v4_simple_python.json``, ``_multiple``, ``_parallel``, ``_parallel_multiple``:
+  id, question (one turn of messages), function (the JSON docs)) with their possible answers
+  where the leaderboard keeps them, ``possible_answer/<same name>`` beside the data file. The
+  prompt is BFCL's own and the calls are checked by its AST checker (``r1v2.eval.bfcl``, in
+  bfcl-eval's own environment); category = BFCL's category (``parallel``).
 - ``livecodebench`` (alias ``lcb``; code generation): question_id, question_title,
   question_content, platform, contest_id, contest_date, starter_code, difficulty,
   public_test_cases, private_test_cases (JSON, or base64 of zlib of a pickle, read without ever
@@ -193,11 +199,18 @@ def _jsonl_rows(file: Path) -> Iterator[Row]:
 
 
 def _json_rows(file: Path) -> Iterator[Row]:
+    """One JSON document (a list of rows, or an object of them), or JSON Lines under a
+    ``.json`` name (BFCL's files): several documents, or one object that is a row."""
     try:
         data = json_loads(_text(file))
     except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # more than one document: JSON Lines
+            yield from _jsonl_rows(file)
+            return
         raise BenchmarkError(f"{file}:{e.lineno}: malformed JSON: {e.msg}") from e
-    if isinstance(data, dict):  # {"id": row, ...}, as some benchmark dumps are written
+    if isinstance(data, dict) and not all(isinstance(v, dict) for v in data.values()):
+        data = [data]  # one JSON-lines row: not an object of rows
+    elif isinstance(data, dict):  # {"id": row, ...}, as some benchmark dumps are written
         data = [
             {"id": k, **v} if isinstance(v, dict) and "id" not in v else v for k, v in data.items()
         ]
@@ -660,6 +673,82 @@ def ifeval(row: Row):
     )
 
 
+@functools.cache
+def _bfcl_answers(data_file: Path) -> tuple[Path, dict[str, list]]:
+    """The possible answers of a BFCL data file, by id, from ``possible_answer/<name>``."""
+    path = data_file.parent / "possible_answer" / data_file.name
+    if not path.is_file():
+        raise BenchmarkError(
+            f"{data_file}: no possible answers at {path} (BFCL's layout: possible_answer/"
+            "<the same file name> beside the data file)"
+        )
+    answers = {}
+    for row in read_rows(path):
+        truth = row.get("ground_truth", kind=list)
+        answers[str(row.get("id", kind=str))] = truth
+    return path, answers
+
+
+def bfcl(row: Row):
+    """BFCL, AST categories: one user turn, the functions the model may call, and the possible
+    answers of the entry (BFCL's ``possible_answer`` file); the prompt is BFCL's, built when
+    the file is loaded (:func:`_bfcl_prompts`)."""
+    from r1v2.eval.bfcl import CATEGORIES, category_of
+
+    if row.file.parent.name == "possible_answer":
+        raise row.error(
+            None, "a possible-answer file: give BFCL's data file, its answers are read beside it"
+        )
+    entry_id = row.get("id", kind=str)
+    category = category_of(entry_id)
+    if category not in CATEGORIES:
+        raise row.error(
+            "id", f"BFCL category {category!r} is not scored (r1v2 scores {', '.join(CATEGORIES)})"
+        )
+    turns = row.get("question", kind=list)
+    if len(turns) != 1 or not isinstance(turns[0], list) or not turns[0]:
+        raise row.error("question", "expected one turn: a non-empty list of messages")
+    if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in turns[0]):
+        raise row.error("question", "expected messages with a role and a text content")
+    functions = row.get("function", kind=list)
+    if not functions or not all(isinstance(f, dict) and "name" in f for f in functions):
+        raise row.error("function", "expected a non-empty list of function docs with a name")
+    path, answers = _bfcl_answers(row.file)
+    if entry_id not in answers:
+        raise row.error("id", f"no possible answer for {entry_id!r} in {path}")
+    return _sample(
+        id=entry_id,
+        question="",
+        images=[],
+        answer="",
+        choices=None,
+        kind="function_call",
+        metadata={
+            "category": category,
+            "bfcl_question": turns,
+            "function": functions,
+            "possible_answer": answers[entry_id],
+        },
+    )
+
+
+def _bfcl_prompts(samples: list[Sample]) -> list[Sample]:
+    """The samples with BFCL's prompts (one call to bfcl-eval for the whole file)."""
+    from dataclasses import replace
+
+    from r1v2.eval.bfcl import prompts
+
+    entries = [
+        {"id": s.id, "question": s.metadata["bfcl_question"], "function": s.metadata["function"]}
+        for s in samples
+    ]
+    try:
+        texts = prompts(entries)
+    except R1V2Error as e:
+        raise BenchmarkError(str(e)) from None
+    return [replace(s, question=text) for s, text in zip(samples, texts)]
+
+
 def livecodebench(row: Row, options: Any = None):
     from r1v2.eval.livecodebench import Options, convert  # imports this module: loaded on use
 
@@ -685,6 +774,7 @@ class Adapter:
     scorer: str
     instruct: bool = True
     options: Callable[[dict[str, str]], Any] | None = None
+    finish: Callable[[list[Sample]], list[Sample]] | None = None  # on all samples, once
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -699,6 +789,7 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("pope", pope, "yesno"),
         Adapter("gpqa", gpqa, "accuracy", options=_gpqa_options),
         Adapter("ifeval", ifeval, "ifeval", instruct=False),
+        Adapter("bfcl", bfcl, "bfcl", instruct=False, finish=_bfcl_prompts),
         Adapter("livecodebench", livecodebench, "code", options=_livecodebench_options),
         # Sample files are shown as they are stored: the toy models know only their own words.
         Adapter("samples", None, "accuracy", instruct=False),
@@ -800,6 +891,8 @@ def load_benchmark(spec: str, *, limit: int | None = None) -> Benchmark:
         samples = samples[:limit]
     if not samples:
         raise BenchmarkError(f"{path}: no samples to evaluate for benchmark {label!r}")
+    if adapter.finish is not None:
+        samples = adapter.finish(samples)
     return Benchmark(
         label,
         adapter.name,

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -47,6 +48,7 @@ from r1v2.eval.scoring import (
     SCORERS,
     AnswerSource,
     Scorer,
+    bfcl_item,
     code_correct,
     code_pass_rate,
     ifeval_followed,
@@ -264,6 +266,7 @@ class Scored:
     source: AnswerSource | None = None  # where the rules' answer came from; None: no answer
     pass_rate: float | None = None  # code: the fraction of tests passed; None otherwise
     followed: Followed | None = None  # IFEval: each instruction followed, strictly and loosely
+    call_error: str | None = None  # BFCL: the checker's error type of a wrong call
 
     def to_json(self) -> dict:
         return {
@@ -278,6 +281,7 @@ class Scored:
             "answer_source": self.source,
             "pass_rate": self.pass_rate,
             **({"followed": asdict(self.followed)} if self.followed is not None else {}),
+            **({"bfcl_error": self.call_error} if self.call_error is not None else {}),
         }
 
 
@@ -291,8 +295,8 @@ def needs_judge(s: Scored, sample: Sample, scorer: str, when: JudgeWhen) -> bool
     would say. "always": every response, every rule score (1 included) is the judge's.
     POPE's yes/no is never judged (our choice: a yes/no word needs no judge).
     """
-    if s.response is None or scorer in ("yesno", "ifeval") or sample.kind == "code":
-        return False  # code is decided by its tests, IFEval by its checkers
+    if s.response is None or scorer in ("yesno", "ifeval", "bfcl") or sample.kind == "code":
+        return False  # code is decided by its tests, IFEval and BFCL by their checkers
     if when == "always" or s.rule is None:
         return True
     if when == "undecided" or s.rule != 0.0 or s.source is None:
@@ -373,9 +377,11 @@ def score_benchmark(
     """
     scorer = SCORERS[bench.scorer]
     code = _score_code(bench, responses, runs, code_workers, on_scored)
+    if bench.scorer == "bfcl":
+        code.update(_score_bfcl(bench, responses, runs, on_scored))
     table = []
     for s in bench.samples:
-        if s.kind == "code":
+        if s.kind == "code" or bench.scorer == "bfcl":
             table.append([code[(s.id, r)] for r in runs])
             continue
         row = []
@@ -443,6 +449,32 @@ def _score_code(
     return out
 
 
+def _score_bfcl(
+    bench: Benchmark,
+    responses: dict[Key, str],
+    runs: Sequence[int],
+    on_scored: Callable[[int], None] | None,
+) -> dict[Key, Scored]:
+    """The Scored of every (BFCL sample, run): one batch through BFCL's checker."""
+    from r1v2.eval.bfcl import check
+
+    given = [(s, r, responses.get((s.id, r))) for s in bench.samples for r in runs]
+    asked = [(s, r, text) for s, r, text in given if text is not None]
+    results = iter(check([bfcl_item(text, s) for s, r, text in asked]))
+    out: dict[Key, Scored] = {}
+    for s, r, text in given:
+        if text is None:  # an answer not given is wrong
+            out[(s.id, r)] = Scored(s.id, r, None, 0.0, score=0.0)
+            continue
+        verdict = next(results)
+        rule = float(verdict["valid"])
+        error = None if verdict["valid"] else verdict["error_type"] or "invalid"
+        out[(s.id, r)] = Scored(s.id, r, text, rule, score=rule, call_error=error)
+    if on_scored is not None:
+        on_scored(len(given))
+    return out
+
+
 def _score_rules(
     scorer: Scorer, scorer_name: str, sample: Sample, run: int, text: str | None
 ) -> Scored:
@@ -486,6 +518,9 @@ def summarize(bench: Benchmark, table: list[list[Scored]], runs: Sequence[int]) 
         out["pope"] = _pope(bench, table, runs)
     if bench.scorer == "ifeval":
         out["ifeval"] = _ifeval(bench, table, n_runs)
+    if bench.scorer == "bfcl":  # why calls were wrong, over all runs (BFCL's error types)
+        errors = Counter(x.call_error for row in table for x in row if x.call_error)
+        out["bfcl_errors"] = dict(errors.most_common())
     scenes = [s.metadata.get("scene") for s in bench.samples]
     if any(sc is not None for sc in scenes):
         out.update(_hallucination(table, scenes, n_runs))

@@ -20,6 +20,9 @@ tolerance, math-verify) plus what its benchmark's protocol adds:
 - ``ifeval``: IFEval's instruction checkers (lm-eval's, :mod:`r1v2.eval.ifeval`) on the whole
   response after ``</think>``: 1.0 when it follows every instruction strictly (prompt-level
   strict accuracy); the harness also reports the loose and instruction-level accuracies.
+- ``bfcl``: the function calls after ``</think>`` decoded and checked by the Berkeley Function
+  Calling Leaderboard's own AST checker (``bfcl-eval``, :mod:`r1v2.eval.bfcl`) against the
+  sample's possible answers; the harness checks a benchmark's responses in one batch.
 
 A response without a final answer, or with one the rules cannot parse or verify in time, scores
 0.0; None means only that the *reference* cannot be graded (the harness counts it, asks the
@@ -187,6 +190,24 @@ def score_ifeval(response: str, sample: Sample) -> float | None:
     return float(all(ifeval_followed(response, sample).strict))
 
 
+def bfcl_item(response: str, sample: Sample) -> dict:
+    """What BFCL's checker is given for ``response`` to ``sample``."""
+    meta = sample.metadata
+    return {
+        "id": sample.id,
+        "function": meta["function"],
+        "possible_answer": meta["possible_answer"],
+        "output": response,
+    }
+
+
+def score_bfcl(response: str, sample: Sample) -> float | None:
+    from r1v2.eval.bfcl import check
+
+    (result,) = check([bfcl_item(response, sample)])
+    return float(result["valid"])
+
+
 SCORERS: dict[str, Scorer] = {
     "accuracy": score_accuracy,
     "any_of": score_any_of,
@@ -195,6 +216,7 @@ SCORERS: dict[str, Scorer] = {
     "yesno": score_yesno,
     "code": score_code,
     "ifeval": score_ifeval,
+    "bfcl": score_bfcl,
 }
 
 
