@@ -11,9 +11,10 @@ On a toy build (``r1v2 toy build --out TOY seed=S``):
    none, and in some (the mixed groups GRPO learns from);
 4. ``grpo``: ``r1v2 grpo`` from the MPO model on the pool: the training prompts of
    ``--pool-levels`` and ``--pool-kinds`` (answers only), the demo's GRPO settings with
-   ``--trainable`` and ``--lr``;
+   ``--trainable``, ``--lr`` and any ``--grpo-set KEY=VALUE``;
 5. greedy accuracy and hallucination rate of the assembled, MPO and GRPO models on the 500
-   held-out samples, per level and per kind (numeric / multiple choice).
+   held-out samples, per level (those the toy was built with: ``r1v2 toy build
+   levels=[1,2,3,4]`` adds level 4) and per kind (numeric / multiple choice).
 
 Run: ``python bench/toy_headroom.py --toy runs/toy --out runs/headroom`` (about 6 minutes on
 2 CPU cores after the toy build; ``--help``). It prints one JSON line per measurement and
@@ -72,8 +73,10 @@ def scores(toy: Path, model: Path, n: int = 500) -> dict[str, list]:
         texts = greedy_texts(Policy.from_pretrained(model), samples, max_new_tokens=128)
     tags = [{"all", s.kind, f"level {s.metadata['level']}"} for s in samples]
     out = {}
-    for name in ("level 1", "level 2", "level 3", "math", "choice", "all"):
+    for name in ("level 1", "level 2", "level 3", "level 4", "math", "choice", "all"):
         rows = [(t, s) for t, s, tag in zip(texts, samples, tags) if name in tag]
+        if not rows:  # a level the toy was not built with
+            continue
         g = grade([t for t, _ in rows], [s.answer for _, s in rows],
                   [s.choices for _, s in rows], [s.metadata["scene"] for _, s in rows])  # fmt: skip
         out[name] = [round(g["accuracy"], 3), round(g["hallucination_rate"], 3), len(rows)]
@@ -111,6 +114,10 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-5, help="GRPO's peak learning rate")
     p.add_argument("--steps", type=int, default=250, help="GRPO steps")
     p.add_argument("--kl", type=float, default=None, help="GRPO's kl_coef (default: GRPO's own)")
+    p.add_argument(
+        "--grpo-set", action="append", default=[], metavar="KEY=VALUE",
+        help="another GRPO setting (repeatable), e.g. ssb.enabled=false",
+    )  # fmt: skip
     p.add_argument("--k", type=int, default=8, help="rollouts per prompt for the solve rate")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
     args = p.parse_args()
@@ -148,6 +155,7 @@ def main() -> None:
     grpo += [f"reward.rm_path={toy / 'rm'}", f"max_steps={args.steps}", f"optim.lr={args.lr}"]
     grpo += [f"trainable={args.trainable}", "probe_every=25", "save_steps=25"]
     grpo += [] if args.kl is None else [f"kl_coef={args.kl}"]
+    grpo += args.grpo_set
     if r1v2(["grpo", *grpo, *common]) != 0:
         raise SystemExit("r1v2 grpo failed")
     say("grpo_seconds", round(time.perf_counter() - start, 1))
