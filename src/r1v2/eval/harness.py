@@ -376,13 +376,13 @@ def score_benchmark(
     scored, ``on_judge_start(n)`` before n judge requests, ``on_judged()`` after each verdict.
     """
     scorer = SCORERS[bench.scorer]
-    code = _score_code(bench, responses, runs, code_workers, on_scored)
+    batched = _score_code(bench, responses, runs, code_workers, on_scored)
     if bench.scorer == "bfcl":
-        code.update(_score_bfcl(bench, responses, runs, on_scored))
+        batched.update(_score_bfcl(bench, responses, runs, on_scored))
     table = []
     for s in bench.samples:
         if s.kind == "code" or bench.scorer == "bfcl":
-            table.append([code[(s.id, r)] for r in runs])
+            table.append([batched[(s.id, r)] for r in runs])
             continue
         row = []
         for r in runs:
