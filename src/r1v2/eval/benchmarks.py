@@ -673,7 +673,6 @@ def ifeval(row: Row):
     )
 
 
-@functools.cache
 def _bfcl_answers(data_file: Path) -> tuple[Path, dict[str, list]]:
     """The possible answers of a BFCL data file, by id, from ``possible_answer/<name>``."""
     path = data_file.parent / "possible_answer" / data_file.name
@@ -682,11 +681,15 @@ def _bfcl_answers(data_file: Path) -> tuple[Path, dict[str, list]]:
             f"{data_file}: no possible answers at {path} (BFCL's layout: possible_answer/"
             "<the same file name> beside the data file)"
         )
-    answers = {}
-    for row in read_rows(path):
-        truth = row.get("ground_truth", kind=list)
-        answers[str(row.get("id", kind=str))] = truth
-    return path, answers
+    stat = path.stat()
+    return path, _read_bfcl_answers(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_bfcl_answers(path: Path, mtime_ns: int, size: int) -> dict[str, list]:
+    """Read once per load of a file (keyed on its modification time and size, so an edited
+    file is read again)."""
+    return {str(r.get("id", kind=str)): r.get("ground_truth", kind=list) for r in read_rows(path)}
 
 
 def bfcl(row: Row):
