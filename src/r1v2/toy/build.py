@@ -67,7 +67,9 @@ class ToyBuildConfig:
     out: str = option("runs/toy", "folder to build into (lm/, vision/, vlm/, rm/, data/)")
     seed: int = option(0, "seed of every stage; the same seed and sizes give the same models")
     levels: list[int] = option(
-        [1, 2, 3], "question levels of the LM corpus, the RL prompt pool and the test set"
+        [1, 2, 3],
+        "question levels of the LM corpus, the RL prompt pool and the test set (1-4: 4 asks "
+        "about four groups)",
     )
     data: DataConfig = option(DataConfig(), "the RL prompt pool and the held-out test set")
     lm: LMConfig = option(LMConfig(), "LM pretraining on text traces (stage lm/)")
