@@ -9,7 +9,7 @@ from fixtures.eval_benchmarks import write_jsonl
 from r1v2.cli import main
 from r1v2.errors import R1V2Error
 from r1v2.eval.benchmarks import load_benchmark
-from r1v2.eval.bfcl import answer_text, bfcl_python, category_of
+from r1v2.eval.bfcl import bfcl_python, category_of
 
 
 def has_bfcl() -> bool:
@@ -91,10 +91,9 @@ def write_bfcl(root, name, cases):
     return data
 
 
-def test_categories_and_answer_text():
+def test_categories():
     assert category_of("parallel_multiple_12") == "parallel_multiple"
     assert category_of("simple_python_0") == "simple_python"
-    assert answer_text("<think>[f(x=1)]</think> [g(y=2)] ") == "[g(y=2)]"
 
 
 @needs_bfcl
@@ -146,6 +145,10 @@ def test_missing_possible_answers_and_a_missing_checker_are_clear(tmp_path, monk
     )
     write_jsonl(tmp_path / "b" / "BFCL_v4_multiple.json", [entry])
     with pytest.raises(R1V2Error, match=r"BFCL_v4_multiple.json:1: field 'id': no possible answer for 'multiple_0'"):  # fmt: skip
+        load_benchmark(f"bfcl={data}")
+    bad = {**entry, "function": [{"name": "get_weather", "description": "no parameters"}]}
+    data = write_bfcl(tmp_path / "d", "BFCL_v4_multiple.json", [(bad, [])])
+    with pytest.raises(R1V2Error, match=r"BFCL_v4_multiple.json:1: field 'function': .*parameters"):
         load_benchmark(f"bfcl={data}")
     data = write_bfcl(tmp_path / "c", "BFCL_v4_multiple.json", [(entry, [])])
     monkeypatch.setenv("R1V2_BFCL_PYTHON", str(tmp_path / "no-python"))

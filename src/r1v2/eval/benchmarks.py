@@ -692,6 +692,17 @@ def _read_bfcl_answers(path: Path, mtime_ns: int, size: int) -> dict[str, list]:
     return {str(r.get("id", kind=str)): r.get("ground_truth", kind=list) for r in read_rows(path)}
 
 
+def _bfcl_doc(doc: Any) -> bool:
+    """Whether ``doc`` has what BFCL's prompt and checker read of a function doc."""
+    params = doc.get("parameters") if isinstance(doc, dict) else None
+    return (
+        isinstance(doc.get("name") if isinstance(doc, dict) else None, str)
+        and isinstance(doc.get("description"), str)
+        and isinstance(params, dict)
+        and isinstance(params.get("properties"), dict)
+    )
+
+
 def bfcl(row: Row):
     """BFCL, AST categories: one user turn, the functions the model may call, and the possible
     answers of the entry (BFCL's ``possible_answer`` file); the prompt is BFCL's, built when
@@ -714,8 +725,12 @@ def bfcl(row: Row):
     if not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in turns[0]):
         raise row.error("question", "expected messages with a role and a text content")
     functions = row.get("function", kind=list)
-    if not functions or not all(isinstance(f, dict) and "name" in f for f in functions):
-        raise row.error("function", "expected a non-empty list of function docs with a name")
+    if not functions or not all(_bfcl_doc(f) for f in functions):
+        raise row.error(
+            "function",
+            "expected a non-empty list of function docs (name, description, "
+            "parameters with properties)",
+        )
     path, answers = _bfcl_answers(row.file)
     if entry_id not in answers:
         raise row.error("id", f"no possible answer for {entry_id!r} in {path}")

@@ -62,11 +62,6 @@ def category_of(entry_id: str) -> str:
     return head if head and tail.isdigit() else entry_id
 
 
-def answer_text(response: str) -> str:
-    """What is decoded: the response after its last ``</think>``, stripped."""
-    return response.rsplit("</think>", 1)[-1].strip()
-
-
 def run_worker(op: str, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One request to :mod:`r1v2.eval.bfcl_worker` in bfcl-eval's environment."""
     python = bfcl_python()
@@ -99,9 +94,11 @@ def prompts(entries: Sequence[dict[str, Any]]) -> list[str]:
 def check(items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """BFCL's verdicts: ``items`` hold ``id``, ``function``, ``possible_answer`` and the
     response ``output``; each result has ``valid``, ``error_type`` and ``error``."""
+    from r1v2.eval.ifeval import answer_part  # the part after the last </think>
+
     if not items:
         return []
-    sent = [{**item, "output": answer_text(item["output"])} for item in items]
+    sent = [{**item, "output": answer_part(item["output"])} for item in items]
     return run_worker("check", sent)["results"]
 
 

@@ -33,17 +33,8 @@ def prompts(items):
     ]
 
 
-def language(category):
-    from bfcl_eval.constants.enums import Language, ReturnFormat
-
-    if "java" in category and "javascript" not in category:
-        return Language.JAVA, ReturnFormat.JAVA
-    if "javascript" in category:
-        return Language.JAVASCRIPT, ReturnFormat.JAVASCRIPT
-    return Language.PYTHON, ReturnFormat.PYTHON
-
-
 def check_one(item):
+    from bfcl_eval.constants.enums import Language, ReturnFormat
     from bfcl_eval.eval_checker.ast_eval.ast_checker import ast_checker
     from bfcl_eval.model_handler.utils import default_decode_ast_prompting
     from bfcl_eval.utils import (
@@ -53,9 +44,8 @@ def check_one(item):
     )
 
     category = extract_test_category_from_id(item["id"])
-    lang, fmt = language(category)
-    try:
-        decoded = default_decode_ast_prompting(item["output"], fmt)
+    try:  # r1v2 scores the Python categories only
+        decoded = default_decode_ast_prompting(item["output"], ReturnFormat.PYTHON)
     except Exception as e:  # BFCL's own runner counts any decoding failure as invalid
         return {"valid": False, "error_type": "ast_decoder:decoder_failed", "error": str(e)}
     if not is_function_calling_format_output(decoded):
@@ -68,7 +58,12 @@ def check_one(item):
         [{"id": item["id"], "function": copy.deepcopy(item["function"])}]
     )
     result = ast_checker(
-        function["function"], decoded, item["possible_answer"], lang, category, CHECKER_MODEL
+        function["function"],
+        decoded,
+        item["possible_answer"],
+        Language.PYTHON,
+        category,
+        CHECKER_MODEL,
     )
     errors = result.get("error") or []
     return {
