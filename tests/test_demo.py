@@ -87,11 +87,11 @@ def test_a_finished_arm_trained_otherwise_is_not_reused(tmp_path):
         check_unchanged(cfg, MAIN[0], start)
     assert str(e.value) == (
         f"{tmp_path / 'demo' / 'results' / 'mpo.json'} was trained with other settings: data "
-        f"('{tmp_path}/demo/toy/data/train' -> '{tmp_path}/demo/toy/data/pairs'), loss.beta "
+        f"('{tmp_path}/demo/toy/data/train' -> '{tmp_path}/demo/data/pairs'), loss.beta "
         f"(0.1 -> 0.01); give another --out, or remove that file and "
         f"{tmp_path / 'demo' / 'runs' / 'mpo'} (and those of the arms that start from it: grpo, "
-        "grpo_nossb, late_ssb, late_nossb, late_uniform, grpo_llm, grpo_vision) to train 'mpo' "
-        "again"
+        "grpo_nossb, grpo_rule, late_ssb, late_nossb, late_uniform, grpo_adapter, grpo_vision) "
+        "to train 'mpo' again"
     )
     write_result(tmp_path / "demo", "mpo", scores)  # no config recorded: reused
     check_unchanged(cfg, MAIN[0], start)
@@ -239,13 +239,18 @@ def test_group_accuracy_by_hand():
 
 
 def test_group_table_is_one_value_or_mean_and_sample_std():
-    one = {"groups": {"math": 0.9, "choice": 0.3, "level 1": 0.5}}
+    one = {"groups": {"math": 0.9, "choice": 0.3, "level 1": 0.5, "level 3": 0.2}}
     other = {"groups": {"math": 0.7, "choice": 0.5, "level 1": 0.7}}
-    lines = group_table([("MPO", [one]), ("GRPO", [one, other]), ("old", [{"accuracy": 1}])])
+    lines = group_table([("MPO", [one]), ("GRPO", [other, other]), ("old", [{"accuracy": 1}])])
     text = "\n".join(lines)
-    assert "| MPO | 90.0% | 30.0% | 50.0% | - | - |" in text
+    # levels 2 and 4: no stage has them, no column; level 3: one stage, "-" for the other
+    assert "| stage | numeric | multiple choice | level 1 | level 3 |" in text
+    assert "| MPO | 90.0% | 30.0% | 50.0% | 20.0% |" in text
+    lines = group_table([("GRPO", [one, other])])
     # (0.9, 0.7): 80.0% +- 14.1%; (0.3, 0.5): 40.0% +- 14.1%; (0.5, 0.7): 60.0% +- 14.1%
-    assert "| GRPO | 80.0% +- 14.1% | 40.0% +- 14.1% | 60.0% +- 14.1% | - | - |" in text
+    assert "| GRPO | 80.0% +- 14.1% | 40.0% +- 14.1% | 60.0% +- 14.1% | 20.0% |" in (
+        "\n".join(lines)
+    )
     assert "old" not in text  # a result from before the groups were measured
     assert group_table([("old", [{"accuracy": 1}])]) == []
 
@@ -297,7 +302,29 @@ def test_demo_fast_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = (out / "report.md").read_text()
     results = {p.stem: json.loads(p.read_text()) for p in (out / "results").glob("*.json")}
-    assert set(results) == {"toy", "assembled", "mpo", "grpo", "model"}  # model: its copy
+    assert set(results) == {"toy", "data", "assembled", "mpo", "grpo", "model"}  # model: its copy
+
+    # MPO trains on the reference pairs of levels 1-2, GRPO on the level 3-4 prompts (answers
+    # only), each row as the toy wrote it, its images read where the toy drew them.
+    def rows(path):
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    pairs, pool = rows(out / "data/pairs/pairs.jsonl"), rows(out / "data/pool/samples.jsonl")
+    toy_pairs, toy_train = (
+        rows(out / "toy/data/pairs/pairs.jsonl"),
+        rows(out / "toy/data/train/samples.jsonl"),
+    )
+    assert [r["id"] for r in pairs] == [r["id"] for r in toy_pairs if r["metadata"]["level"] <= 2]
+    assert [r["id"] for r in pool] == [r["id"] for r in toy_train if r["metadata"]["level"] >= 3]
+    assert {r["metadata"]["level"] for r in toy_train} == {1, 2, 3, 4}
+    assert results["data"]["pairs"] == len(pairs) and results["data"]["pool"] == len(pool)
+    assert pool[0]["answer"] == next(r for r in toy_train if r["id"] == pool[0]["id"])["answer"]
+    for folder, row in (("pairs", pairs[0]), ("pool", pool[0])):
+        assert (out / "data" / folder / row["images"][0]).resolve() == (
+            out / "toy/data/train/images" / f"{row['id']}.png"
+        )
+    assert results["grpo"]["config"]["data"] == str(out / "data" / "pool")
+    assert f"Training data: MPO on {len(pairs)} reference pairs" in report
 
     # The table is the stages' evaluations; the training lines are the runs' own metrics.
     for name, label in (
@@ -332,7 +359,7 @@ def test_demo_fast_end_to_end(tmp_path):
     (out / "results" / "grpo.json").unlink()
     again = _demo("--fast", "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(re.findall(r"done earlier", again.stdout)) == 3  # toy, assembled, mpo; grpo reran
+    assert len(re.findall(r"done earlier", again.stdout)) == 4  # toy, data, assembled, mpo
     redone = json.loads((out / "results" / "grpo.json").read_text())
     assert redone["accuracy"] == lost["accuracy"]
     assert redone["hallucination_rate"] == lost["hallucination_rate"]
@@ -365,7 +392,7 @@ def test_demo_fast_end_to_end(tmp_path):
     assert "with uniform replays" in report
     # The main MPO and SFT train on the toy's offline pairs, iterative MPO samples its own
     # from the training prompts, and its GRPO continues from it.
-    pairs = str(out / "toy" / "data" / "pairs")
+    pairs = str(out / "data" / "pairs")
     for name in ("mpo", "sft"):
         assert json.loads((out / "results" / f"{name}.json").read_text())["config"]["data"] == pairs
     assert sft["config"]["loss"]["weights"] == {"nll": 1.0}
@@ -374,6 +401,9 @@ def test_demo_fast_end_to_end(tmp_path):
     assert sampled["n"] == 4 and sampled["threshold"] not in (0.0, 1.0)
     after = json.loads((out / "results" / "grpo_sampled.json").read_text())["config"]
     assert after["model"] == str(out / "runs/mpo_sampled/final")
+    rule = json.loads((out / "results" / "grpo_rule.json").read_text())["config"]
+    assert rule["reward"]["weights"] == {"accuracy": 10.0, "rm": 1.0, "format": 1.0}
+    assert "### An over-weighted rule reward, and the hallucination guard" in report
     assert "### MPO's pairs: offline reference pairs vs sampled and scored" in report
 
     # A toy build with other settings is never rebuilt over: one line, exit code 2.

@@ -31,6 +31,7 @@ NUMBER = (int, float)
 # The fields a stage's result must have, by stage name; other stages are evaluations.
 FIELDS: dict[str, dict[str, Any]] = {
     "toy": {"toy": str},
+    "data": {"pairs": int, "pool": int},
     "model": {"model": str, "digest": str},
     "late_pool": dict.fromkeys(
         ("scored", "kept", "solved", "solved_share", "tied", "mean_accuracy", "group_size"),
@@ -193,14 +194,14 @@ def stage_table(results: dict[str, dict[str, Any]]) -> list[str]:
     return _table(header, rows)
 
 
-GROUP_HEADER = ["numeric", "multiple choice", "level 1", "level 2", "level 3"]
-GROUP_KEYS = ("math", "choice", "level 1", "level 2", "level 3")
+GROUP_HEADER = ["numeric", "multiple choice", "level 1", "level 2", "level 3", "level 4"]
+GROUP_KEYS = ("math", "choice", "level 1", "level 2", "level 3", "level 4")
 
 
 def group_table(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     """Held-out accuracy per question kind and level: one row per stage, each cell the value
-    of one result or the mean +- std over several (seeds); stages without groups are left
-    out."""
+    of one result or the mean +- std over several (seeds); stages without groups, and groups
+    no stage has (level 4 of a toy built without it), are left out."""
     body = []
     for label, results in rows:
         groups = [r["groups"] for r in results if isinstance(r.get("groups"), dict)]
@@ -214,10 +215,12 @@ def group_table(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
         body.append([label, *cells])
     if not body:
         return []
+    kept = [0] + [i + 1 for i in range(len(GROUP_KEYS)) if any(row[i + 1] != "-" for row in body)]
+    header = ["stage", *GROUP_HEADER]
     return [
         "Held-out accuracy by question kind (a number / a letter among options) and by level:",
         "",
-        *_table(["stage", *GROUP_HEADER], body),
+        *_table([header[i] for i in kept], [[row[i] for i in kept] for row in body]),
         "",
     ]
 
@@ -379,6 +382,21 @@ def _setting(results: dict[str, dict[str, Any]], name: str, key: str) -> Any:
 # ---- the report ------------------------------------------------------------------------------
 
 
+def split_lines(split: dict[str, Any] | None) -> list[str]:
+    """What each training stage learns from (the demo's ``data`` stage)."""
+    if not split:
+        return []
+    levels = split.get("inputs", {})
+    named = lambda key: ", ".join(map(str, levels.get(key, []))) or "?"  # noqa: E731
+    return [
+        f"Training data: MPO on {split['pairs']} reference pairs (a faithful trace over a "
+        f"hallucinated one) of the level {named('pair_levels')} prompts; GRPO on "
+        f"{split['pool']} prompts of level {named('pool_levels')}, with their answers only "
+        "(no traces), the verifiable pool of the harder questions.",
+        "",
+    ]
+
+
 def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path]) -> list[str]:
     toy = results.get("toy", {})
     lines = ["# r1v2 demo report", ""]
@@ -396,6 +414,7 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             f"{_pct(toy.get('rm_accuracy_repetitive'))} against repetitive ones.",
             "",
         ]
+    lines += split_lines(results.get("data"))
     lines += ["## Accuracy and hallucination per stage (greedy, held-out)", ""]
     lines += stage_table(results) + [""]
     lines += group_table([(label, [results[n]]) for n, label in STAGE_ROWS if n in results])
@@ -432,7 +451,8 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
         ("Iterative MPO threshold", ["mpo_t0", "mpo_sampled", "mpo_t1"]),
         ("GRPO after each MPO", ["grpo", "grpo_sampled"]),
         ("GRPO with and without SSB", ["grpo", "grpo_nossb"]),
-        ("What trains in GRPO", ["grpo", "grpo_llm", "grpo_vision"]),
+        ("What trains in GRPO", ["grpo", "grpo_adapter", "grpo_vision"]),
+        ("An over-weighted rule reward, and the hallucination guard", ["grpo", "grpo_rule"]),
         ("GRPO from MPO vs from the assembled model", ["grpo", "grpo_assembled"]),
         (
             "SSB where advantages vanish (continuing from the final model)",
