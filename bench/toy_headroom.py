@@ -32,12 +32,11 @@ import torch
 
 
 def write_pairs(toy: Path, out: Path, levels: list[int]) -> int:
-    rows = [json.loads(line) for line in (toy / "data/pairs/pairs.jsonl").read_text().splitlines()]
-    keep = [r for r in rows if r["metadata"]["level"] in levels]
-    for r in keep:  # the toy's pairs point at ../train/images: make them absolute
-        r["images"] = [str((toy / "data/pairs" / p).resolve()) for p in r["images"]]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    """The toy's pairs of ``levels`` (references exist for the easier questions)."""
+    from r1v2.toy.split import rows_of_levels, write_rows
+
+    keep = rows_of_levels(toy / "data/pairs/pairs.jsonl", levels)
+    write_rows(keep, out / "pairs.jsonl")
     return len(keep)
 
 
@@ -45,19 +44,16 @@ def write_pool(
     toy: Path, out: Path, levels: list[int], kinds: list[str], math_cap: int | None = None
 ) -> int:
     """The training prompts of ``levels`` and ``kinds`` (at most ``math_cap`` numeric ones)."""
-    train = toy / "data/train"
-    rows = [json.loads(line) for line in (train / "samples.jsonl").read_text().splitlines()]
+    from r1v2.toy.split import rows_of_levels, write_rows
+
     keep = [
-        {**r, "images": [str((train / p).resolve()) for p in r["images"]]}
-        for r in rows
-        if r["metadata"]["level"] in levels and r["kind"] in kinds
+        r for r in rows_of_levels(toy / "data/train/samples.jsonl", levels) if r["kind"] in kinds
     ]
     if math_cap is not None:
         numeric = [r["id"] for r in keep if r["kind"] == "math"]
         drop = set(numeric[math_cap:])
         keep = [r for r in keep if r["id"] not in drop]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    write_rows(keep, out / "samples.jsonl")
     return len(keep)
 
 

@@ -2,22 +2,29 @@
 
 The pipeline, each stage with its progress display and a one-line result::
 
-    toy        r1v2 toy build into TOY (stages already built with the same settings reused)
+    toy        r1v2 toy build into TOY, levels 1-4 (stages built with the same settings reused)
+    data       OUT/data: the pairs of levels 1-2 (pairs/) and the prompts of levels 3-4 (pool/)
     assembled  greedy accuracy and hallucination rate of TOY/vlm on the held-out set
-    mpo        r1v2 mpo from TOY/vlm on the toy's offline pairs (then its eval)
-    grpo       r1v2 grpo from mpo/final: hybrid reward (reward model on), SSB (then its eval)
+    mpo        r1v2 mpo from TOY/vlm on OUT/data/pairs (then its eval)
+    grpo       r1v2 grpo from mpo/final on OUT/data/pool: hybrid reward (reward model on), SSB,
+               LLM + adapter trained (then its eval)
     model      OUT/model, the final model (an ordinary transformers checkpoint)
     report     OUT/report.md, OUT/report.html and OUT/plots/*.png, from the run's own logs
 
-The MPO stage trains on ``TOY/data/pairs`` (InternVL's MMPR layout): each training prompt's
+The data is split as real training data comes (:mod:`r1v2.toy.split`): reference traces
+exist for the easier questions only, the harder ones have answers alone. The MPO stage
+trains on the level 1-2 pairs of ``TOY/data/pairs`` (InternVL's MMPR layout): each prompt's
 reference trace chosen over a hallucinated trace of it (:mod:`r1v2.toy.pairs`), the
-preference data that teaches the assembled model to read its image tokens. The paper's
+preference data that teaches the assembled model to read its image tokens. GRPO trains on
+the level 3-4 prompts, verifiable by their answers, where the MPO model solves some of its
+rollouts but not all (the mixed groups GRPO learns from). The paper's
 iterative MPO (pairs the policy samples itself, scored by the reward model and the rules) runs
 as an ablation arm, with its thresholds.
 
 ``--ablations`` adds arms on the same budget (``ARMS``): SFT on the same offline pairs;
 iterative MPO, SFT on its pair builder, two more thresholds and GRPO after it; GRPO without
-SSB, LLM+adapter and adapter+vision training, GRPO from the assembled model, and SSB against
+SSB, with the rule reward over-weighted (ten to one against the reward model), adapter-only
+and adapter+vision training, GRPO from the assembled model, and SSB against
 no SSB where advantages vanish: the arms continue from the trained model on ``OUT/late_pool``,
 the training prompts it already solves in at least 75% of its rollouts
 (:func:`build_late_pool`), so most groups are all correct, as late in training; SSB runs
@@ -245,8 +252,9 @@ class DemoConfig:
         False,
         "add the paper's comparisons in miniature, each arm on the main run's budget: SFT "
         "vs MPO; iterative MPO (pairs sampled and scored by the reward model) with SFT on its "
-        "pairs, thresholds 0 / 1.0 and GRPO after it; GRPO without SSB, LLM+adapter and "
-        "adapter+vision training, GRPO from the assembled model, SSB where advantages vanish "
+        "pairs, thresholds 0 / 1.0 and GRPO after it; GRPO without SSB, with an over-weighted "
+        "rule reward, adapter-only and adapter+vision training, GRPO from the assembled model, "
+        "SSB where advantages vanish "
         "(from the final model, on the training prompts it already solves: SSB as the paper "
         "draws, uniform replays, no SSB); about an hour more on 2 CPU cores",
     )
