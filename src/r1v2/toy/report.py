@@ -390,8 +390,8 @@ def split_lines(split: dict[str, Any] | None) -> list[str]:
     named = lambda key: ", ".join(map(str, levels.get(key, []))) or "?"  # noqa: E731
     return [
         f"Training data: MPO on {split['pairs']} reference pairs (a faithful trace over a "
-        f"hallucinated one) of the level {named('pair_levels')} prompts; GRPO on "
-        f"{split['pool']} prompts of level {named('pool_levels')}, with their answers only "
+        f"hallucinated one) of the prompts of levels {named('pair_levels')}; GRPO on "
+        f"{split['pool']} prompts of levels {named('pool_levels')}, with their answers only "
         "(no traces), the verifiable pool of the harder questions.",
         "",
     ]
