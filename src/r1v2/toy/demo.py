@@ -655,7 +655,7 @@ def split_stage(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _split_line(budget: Budget) -> Callable[[dict[str, Any]], str]:
-    levels = lambda ls: "-".join(map(str, (ls[0], ls[-1]))) if len(ls) > 1 else str(ls[0])  # noqa: E731
+    levels = lambda ls: ", ".join(map(str, ls))  # noqa: E731
     return lambda r: (
         f"{r['pairs']} reference pairs of levels {levels(budget.pair_levels)} for MPO, "
         f"{r['pool']} prompts of levels {levels(budget.pool_levels)} (answers only) for GRPO"
