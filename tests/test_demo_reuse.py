@@ -33,10 +33,14 @@ def _weights(folder: Path, *values: float) -> dict:
     return {}
 
 
-def _rows(folder: Path, n: int, seed: int) -> None:
+def _rows(folder: Path, n: int, seed: int, name: str = "samples.jsonl") -> None:
+    """``n`` rows of levels 1-4 in turn (the demo splits them by level)."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [json.dumps({"question": f"q{i} of seed {seed}"}) for i in range(n)]
-    (folder / "samples.jsonl").write_text("\n".join(rows) + "\n")
+    rows = [
+        json.dumps({"question": f"q{i} of seed {seed}", "metadata": {"level": i % 4 + 1}})
+        for i in range(n)
+    ]
+    (folder / name).write_text("\n".join(rows) + "\n")
 
 
 def _md5(folder: Path) -> str:
@@ -72,7 +76,11 @@ def fakes():
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(toy_build, "_build_data", _fake_data)
-        mp.setattr(toy_build, "write_reference_pairs", lambda t, p, n, **kw: _rows(p, n, 0) or {})
+        mp.setattr(
+            toy_build,
+            "write_reference_pairs",
+            lambda t, p, n, **kw: _rows(p, n, 0, "pairs.jsonl") or {},
+        )
         mp.setattr(toy_build, "train_lm", lambda out, c, seed, **kw: _weights(out, seed))
         mp.setattr(toy_build, "train_vision", lambda out, c, seed, **kw: _weights(out, seed, 1))
         mp.setattr(toy_build, "_build_vlm", lambda c, out: _weights(out / "vlm", c.seed, 2))
@@ -117,7 +125,7 @@ def _result(out: Path, name: str) -> dict:
 
 def test_a_moved_demo_reuses_every_stage_and_names_its_own_toy(out, capsys):
     demo.run_demo(_cfg(out))
-    assert capsys.readouterr().out.count("done earlier") == 4
+    assert capsys.readouterr().out.count("done earlier") == 5  # toy, data, assembled, mpo, grpo
     assert _result(out, "toy")["toy"] == str(out / "toy")
     assert f"Toy world `{out / 'toy'}`" in (out / "report.md").read_text()
 
