@@ -41,6 +41,8 @@ def test_split_refuses_a_toy_without_the_levels_or_their_field(tmp_path):
     toy = _toy(tmp_path / "toy", [1, 2, 3])
     with pytest.raises(R1V2Error, match=r"no pool rows of levels \[4\]"):
         split_by_level(toy, tmp_path / "a", tmp_path / "b", [1, 2], [4])
-    (toy / "data/train/samples.jsonl").write_text('{"id": "x", "metadata": {}}\n')
-    with pytest.raises(R1V2Error, match=r"samples.jsonl:1: field 'metadata.level': missing"):
-        split_by_level(toy, tmp_path / "a", tmp_path / "b", [1, 2], [3])
+    for line, n in (('{"id": "x", "metadata": {}}', 1), ('{"metadata": {"level": 3}}\n{"id": ', 2)):
+        (toy / "data/train/samples.jsonl").write_text(line + "\n")
+        with pytest.raises(R1V2Error, match=rf"samples.jsonl:{n}: field 'metadata.level': missing"):
+            split_by_level(toy, tmp_path / "a", tmp_path / "b", [1, 2], [3])
+    assert not (tmp_path / "b").exists()  # nothing written before the rows were read

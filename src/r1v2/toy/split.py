@@ -29,10 +29,14 @@ def rows_of_levels(path: Path, levels: Collection[int]) -> list[dict[str, Any]]:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        level = (row.get("metadata") or {}).get("level")
-        if level is None:
-            raise R1V2Error(f"{path}:{n}: field 'metadata.level': missing (not a toy build row)")
+        try:
+            row = json.loads(line)
+            level = row["metadata"]["level"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise R1V2Error(
+                f"{path}:{n}: field 'metadata.level': missing or unreadable ({e.__class__.__name__}"
+                "; not a toy build row)"
+            ) from e
         if level in levels:
             row["images"] = [str((path.parent / p).absolute()) for p in row.get("images", [])]
             keep.append(row)
