@@ -123,12 +123,78 @@ def test_grpo_trains_with_the_compiled_engine(tmp_path):
         "tensorboard=false",
     ]
     rows = {}
-    for engine in ("transformers", "compiled"):
-        out = tmp_path / engine
-        train(resolve(GRPOConfig, None, [*args, f"output_dir={out}", f"engine={engine}"]))
-        rows[engine] = [r for r in read_metrics(out) if r.get("step", 0) > 0]
-    assert [r["step"] for r in rows["compiled"]] == [1, 2]
-    for a, b in zip(rows["transformers"], rows["compiled"]):
-        assert a["response_length_mean"] == b["response_length_mean"]
-        assert a["reward_mean"] == pytest.approx(b["reward_mean"])
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
+    runs = {
+        "transformers": ["engine=transformers"],
+        "compiled": ["engine=compiled"],
+        "static": ["engine=compiled", "static_cache=true"],  # CUDA's default, forced here
+    }
+    for name, extra in runs.items():
+        out = tmp_path / name
+        train(resolve(GRPOConfig, None, [*args, f"output_dir={out}", *extra]))
+        rows[name] = [r for r in read_metrics(out) if r.get("step", 0) > 0]
+    for name in ("compiled", "static"):
+        assert [r["step"] for r in rows[name]] == [1, 2]
+        for a, b in zip(rows["transformers"], rows[name]):
+            assert a["response_length_mean"] == b["response_length_mean"]
+            assert a["reward_mean"] == pytest.approx(b["reward_mean"])
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-7)
+
+
+# ---- static KV cache (CUDA graphs on CUDA) ----------------------------------------------------
+
+
+def static_engine(policy, *, compiled: bool, share_prefix: bool = False) -> CompiledEngine:
+    """engine=compiled with the static cache forced on (on CUDA it is the default); eager
+    when not ``compiled`` (the same code path, without torch.compile's minute)."""
+    engine = CompiledEngine(policy, share_prefix=share_prefix, static_cache=True)
+    if not compiled:
+        engine.failed = "not compiled in this test"
+    return engine
+
+
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_static_cache_greedy_equals_the_transformers_engine(lm, vlm, share_prefix):
+    """Off the buckets' edges: 3 prompts x group sizes 1 and 3 fill 3 and 9 of 8 and 16
+    rows, the cache length rounds up from prompt + 10 tokens to 64."""
+    for policy, items in ((lm, TEXTS), (vlm, vlm_items())):
+        engine = static_engine(policy, compiled=False, share_prefix=share_prefix)
+        for group_size in (1, 3):
+            a = TransformersEngine(policy, share_prefix=share_prefix).generate(
+                items, GREEDY, group_size=group_size
+            )
+            assert_same_rollout(a, engine.generate(items, GREEDY, group_size=group_size))
+        assert engine._cache[0] == (16, 64)  # the last bucket's cache, kept for the next call
+
+
+def test_static_cache_samples_as_the_transformers_engine(lm):
+    """The extra rows draw no random numbers: a seed gives the transformers engine's
+    samples; a longer completion than the first bucket moves to the next length bucket."""
+    sampling = SamplingConfig(max_new_tokens=70, temperature=0.8, top_p=0.9)
+    engine = static_engine(lm, compiled=False)
+    torch.manual_seed(5)
+    a = TransformersEngine(lm).generate(TEXTS, sampling, group_size=2)
+    torch.manual_seed(5)
+    assert_same_rollout(a, engine.generate(TEXTS, sampling, group_size=2))
+    assert engine._cache[0][1] >= 128
+
+
+def test_static_cache_compiled_step(lm):
+    """The compiled step on the static cache (mode=reduce-overhead: CUDA graphs on CUDA, a
+    plain compiled graph here): the transformers engine's greedy tokens, and in-place
+    weight updates reach it."""
+    engine = static_engine(lm, compiled=True)
+    assert_same_rollout(
+        TransformersEngine(lm).generate(TEXTS, GREEDY), engine.generate(TEXTS, GREEDY)
+    )
+    assert engine.failed is None
+    head = lm.model.get_output_embeddings().weight
+    saved = head.detach().clone()
+    try:
+        with torch.no_grad():
+            head.mul_(-1.0)
+        after = engine.generate(TEXTS, GREEDY)
+        assert_same_rollout(TransformersEngine(lm).generate(TEXTS, GREEDY), after)
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    assert engine.failed is None

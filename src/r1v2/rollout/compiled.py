@@ -15,6 +15,13 @@ bookkeeping. This engine
   ``torch.compile(model, dynamic=True)``: one graph serves every cache length and prompt
   length (a first change of batch size may recompile once, after which the batch size is
   symbolic too);
+- or, with ``static_cache`` (the default on CUDA), decodes against transformers'
+  ``StaticCache`` with the batch and the cache length rounded up to buckets
+  (:class:`StaticDecode`), so that every step input has one shape per bucket, and compiles
+  the step with ``mode="reduce-overhead"``: on CUDA it is captured once per bucket and
+  replayed as a CUDA graph (a launch-bound decode step then costs one graph launch); on a
+  CPU the same code runs as a plain compiled graph (tested there; with no graphs to replay
+  it is off by default; ``bench/static_cache.py`` compares the two caches);
 - samples as ``generate`` does: float32 logits, transformers' own temperature, top-k and
   top-p warpers in ``generate``'s order, a softmax and one ``torch.multinomial`` over the
   whole batch per step (finished rows included), the pad id after a row's first EOS, a stop
@@ -34,11 +41,13 @@ trace decodes eagerly after a one-line warning. Refused: a policy sharded across
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from transformers import StaticCache
 from transformers.generation import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -73,12 +82,17 @@ class CompiledEngine(TransformersEngine):
         batch_size: int | None = None,
         share_prefix: bool = False,
         ignore_eos: bool = False,
+        static_cache: bool | None = None,
     ):
         refuse_sharded(policy)
         super().__init__(policy, batch_size=batch_size, share_prefix=share_prefix)
         self.ignore_eos = ignore_eos
+        if static_cache is None:
+            static_cache = policy.device.type == "cuda"
+        self.static_cache = static_cache
         self.failed: str | None = None
         self._compiled: Callable[..., Any] | None = None  # built on first use
+        self._cache: tuple[tuple[int, int], StaticCache] | None = None  # static_cache's
 
     def _generate_options(self) -> dict[str, Any]:
         return {"share_prefix": self.share_prefix, "decode": self.decode}
@@ -97,29 +111,17 @@ class CompiledEngine(TransformersEngine):
         refuse_sharded(self.policy)  # sharded after the engine was built
         if streamer is not None:
             raise R1V2Error("engine=compiled takes no streamer: use engine=transformers")
-        policy, model = self.policy, self.policy.model
-        embeds, mask = inputs.embeds, inputs.mask
-        batch = embeds.shape[0]
-        positions = inputs.prompt_positions()  # [B, Tp] or [3, B, Tp]
-        if cache is None:
-            out = prefill(model, inputs)
-        else:  # the prompts' last token (text) against the cache of the others
-            out = model(
-                inputs_embeds=embeds[:, -1:],
-                attention_mask=mask.long(),
-                position_ids=positions[..., -1:],
-                use_cache=True,
-                logits_to_keep=1,
-                **{CACHE_KWARG: cache},
-            )
-        cache = kv_cache(out)
-        logits = out.logits[:, -1].float()  # [B, V]
+        policy = self.policy
+        batch = inputs.embeds.shape[0]
+        if self.static_cache:
+            step = StaticDecode(self, inputs, sampling, cache)
+        else:
+            step = DynamicDecode(self, inputs, cache)
+        logits = step.first_logits
         warpers = logits_warpers(sampling)
         eos_ids = [] if self.ignore_eos else policy.eos_ids
-        eos = torch.tensor(eos_ids, dtype=torch.long, device=embeds.device)
-        attention = mask.long()  # [B, Tp + t]
-        position = positions[..., -1:]  # [B, 1] or [3, B, 1]
-        done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=inputs.embeds.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=inputs.embeds.device)
         tokens: list[torch.Tensor] = []
         for t in range(sampling.max_new_tokens):
             token = sample(logits, sampling, warpers, tokens)  # [B]
@@ -128,19 +130,7 @@ class CompiledEngine(TransformersEngine):
             done |= torch.isin(token, eos)
             if t + 1 == sampling.max_new_tokens or bool(done.all()):
                 break
-            attention = torch.cat([attention, attention.new_ones(batch, 1)], dim=1)
-            position = position + 1
-            logits = (
-                self._step(
-                    input_ids=token[:, None],
-                    attention_mask=attention,
-                    position_ids=position,
-                    use_cache=True,
-                    **{CACHE_KWARG: cache},
-                )
-                .logits[:, -1]
-                .float()
-            )
+            logits = step(token)
         return torch.stack(tokens, dim=1)
 
     def _step(self, **inputs: Any) -> Any:
@@ -148,8 +138,10 @@ class CompiledEngine(TransformersEngine):
         model = self.policy.model
         if self.failed is None:
             if self._compiled is None:
-                self._compiled = torch.compile(model, dynamic=True)
+                self._compiled = self._compile(model)
             try:
+                if self.static_cache:  # a replay may reuse the last replay's output memory
+                    torch.compiler.cudagraph_mark_step_begin()
                 return self._compiled(**inputs)
             except Exception as e:  # a forward torch.compile cannot trace: decode eagerly
                 lines = str(e).strip().splitlines()
@@ -160,6 +152,142 @@ class CompiledEngine(TransformersEngine):
                     file=sys.stderr,
                 )
         return model(**inputs)
+
+    def _compile(self, model: torch.nn.Module) -> Callable[..., Any]:
+        if self.static_cache:  # every shape fixed per bucket: CUDA graphs on CUDA
+            return torch.compile(model, mode="reduce-overhead", dynamic=False)
+        return torch.compile(model, dynamic=True)
+
+    def static_cache_for(self, rows: int, length: int) -> StaticCache:
+        """The engine's static KV cache for ``rows`` sequences of up to ``length`` tokens,
+        emptied: kept while the bucket repeats (its tensors' addresses are what a captured
+        graph reads and writes), replaced when it changes."""
+        if self._cache is None or self._cache[0] != (rows, length):
+            self._cache = (
+                (rows, length),
+                StaticCache(config=self.policy.model.config, max_cache_len=length),
+            )
+        self._cache[1].reset()
+        return self._cache[1]
+
+
+class DynamicDecode:
+    """Decode steps against transformers' dynamic KV cache: the attention mask grows by a
+    column per step, the compiled graph takes every length (``dynamic=True``)."""
+
+    def __init__(self, engine: CompiledEngine, inputs: PromptInputs, cache: Any):
+        model = engine.policy.model
+        self.engine = engine
+        positions = inputs.prompt_positions()  # [B, Tp] or [3, B, Tp]
+        if cache is None:
+            out = prefill(model, inputs)
+        else:  # the prompts' last token (text) against the cache of the others
+            out = model(
+                inputs_embeds=inputs.embeds[:, -1:],
+                attention_mask=inputs.mask.long(),
+                position_ids=positions[..., -1:],
+                use_cache=True,
+                logits_to_keep=1,
+                **{CACHE_KWARG: cache},
+            )
+        self.cache = kv_cache(out)
+        self.first_logits = out.logits[:, -1].float()  # [B, V]
+        self.attention = inputs.mask.long()  # [B, Tp + t]
+        self.position = positions[..., -1:]  # [B, 1] or [3, B, 1]
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """The logits ``[B, V]`` after feeding ``token`` ``[B]``."""
+        self.attention = torch.cat([self.attention, self.attention.new_ones(len(token), 1)], 1)
+        self.position = self.position + 1
+        out = self.engine._step(
+            input_ids=token[:, None],
+            attention_mask=self.attention,
+            position_ids=self.position,
+            use_cache=True,
+            **{CACHE_KWARG: self.cache},
+        )
+        return out.logits[:, -1].float()
+
+
+class StaticDecode:
+    """Decode steps against a static KV cache: the batch rounded up to a multiple of
+    :data:`ROWS_BUCKET` (extra rows repeat the last prompt; their tokens are never sampled
+    nor returned), the cache length (prompt + ``max_new_tokens``) to a multiple of
+    :data:`LENGTH_BUCKET`, so a step's every input has one shape per bucket and the compiled
+    step (``mode="reduce-overhead"``) runs as a CUDA graph on CUDA. The attention mask is the
+    prompts' followed by ones to the cache's end, the same for every step: causal masking
+    hides the slots not written yet."""
+
+    def __init__(
+        self, engine: CompiledEngine, inputs: PromptInputs, sampling: SamplingConfig, cache: Any
+    ):
+        model = engine.policy.model
+        self.engine, self.batch = engine, inputs.embeds.shape[0]
+        tp = inputs.mask.shape[1]
+        rows = round_up(self.batch, ROWS_BUCKET)
+        length = round_up(tp + sampling.max_new_tokens, LENGTH_BUCKET)
+        device = inputs.embeds.device
+        index = torch.arange(rows, device=device).clamp(max=self.batch - 1)  # [R]
+        self.index = index
+        inputs = inputs.rows(index)
+        self.cache = engine.static_cache_for(rows, length)
+        self.by_slot = "cache_position" in inspect.signature(model.forward).parameters
+        positions = inputs.prompt_positions()  # [R, Tp] or [3, R, Tp]
+        self.attention = torch.cat(
+            [inputs.mask.long(), inputs.mask.new_ones(rows, length - tp).long()], dim=1
+        )  # [R, L]
+        if cache is None:
+            out = inputs.forward(
+                model, use_cache=True, logits_to_keep=1, **self._slots(0, tp, device)
+            )
+        else:  # the shared prefix's cache copied in, then the prompts' last token
+            slots = torch.arange(tp - 1, device=device)
+            for i, layer in enumerate(cache.layers):
+                self.cache.update(
+                    layer.keys[index], layer.values[index], i, {"cache_position": slots}
+                )
+            out = model(
+                inputs_embeds=inputs.embeds[:, -1:],
+                attention_mask=self.attention,
+                position_ids=positions[..., -1:],
+                use_cache=True,
+                logits_to_keep=1,
+                **self._slots(tp - 1, tp, device),
+            )
+        self.first_logits = out.logits[: self.batch, -1].float()  # [B, V]
+        self.position = positions[..., -1:]  # [R, 1] or [3, R, 1]
+        self.slot = tp
+
+    def _slots(self, start: int, stop: int, device: torch.device) -> dict[str, Any]:
+        """The cache and, for transformers versions whose models take it, the cache slots
+        ``start..stop - 1`` the forward writes (later versions count them in the cache)."""
+        kwargs: dict[str, Any] = {CACHE_KWARG: self.cache}
+        if self.by_slot:
+            kwargs["cache_position"] = torch.arange(start, stop, device=device)
+        return kwargs
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        """The logits ``[B, V]`` after feeding ``token`` ``[B]`` (the extra rows repeat the
+        last one's)."""
+        self.position = self.position + 1
+        out = self.engine._step(
+            input_ids=token[self.index][:, None],
+            attention_mask=self.attention,
+            position_ids=self.position,
+            use_cache=True,
+            **self._slots(self.slot, self.slot + 1, token.device),
+        )
+        self.slot += 1
+        # a copy: the next replay of a captured graph overwrites its outputs
+        return out.logits[: self.batch, -1].float().clone()
+
+
+ROWS_BUCKET = 8  # the static cache's batch: a multiple of this (one graph per bucket)
+LENGTH_BUCKET = 64  # the static cache's length: a multiple of this
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def logits_warpers(sampling: SamplingConfig) -> LogitsProcessorList:

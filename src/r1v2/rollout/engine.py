@@ -91,22 +91,23 @@ ENGINES = ("transformers", "compiled", "continuous", "vllm")
 
 
 def build_engine(
-    name: str, policy: Policy, *, share_prefix: bool = False, **vllm: Any
+    name: str, policy: Policy, *, share_prefix: bool = False, **options: Any
 ) -> RolloutEngine:
     """The engine called ``name`` (one of :data:`ENGINES`) on ``policy``. ``share_prefix``
     applies to the transformers and compiled engines; continuous batching always prefills a
-    prompt once for its samples. ``vllm``: ``url``, ``timeout`` and ``weights_dir`` of
-    :class:`r1v2.rollout.vllm_engine.VLLMEngine`."""
+    prompt once for its samples. ``options``: for vllm ``url``, ``timeout`` and
+    ``weights_dir`` of :class:`r1v2.rollout.vllm_engine.VLLMEngine`; for compiled
+    ``static_cache`` of :class:`r1v2.rollout.compiled.CompiledEngine`."""
     if name == "vllm":
         from r1v2.rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(policy, **vllm)
+        return VLLMEngine(policy, **options)
     if name == "transformers":
         return TransformersEngine(policy, share_prefix=share_prefix)
     if name == "compiled":
         from r1v2.rollout.compiled import CompiledEngine
 
-        return CompiledEngine(policy, share_prefix=share_prefix)
+        return CompiledEngine(policy, share_prefix=share_prefix, **options)
     if name == "continuous":
         from r1v2.rollout.continuous import ContinuousBatchingEngine
 

@@ -189,6 +189,12 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "on a GPU yet; vllm = a vLLM server in its own process (r1v2 vllm-serve; vllm_url), "
         "weights pushed after every optimizer step, text-only policies",
     )
+    static_cache: bool | None = option(
+        None,
+        "engine=compiled: decode against a static KV cache (batch and length rounded up to "
+        "buckets), the step compiled with mode=reduce-overhead, so it replays as CUDA graphs on "
+        "CUDA; null: on CUDA, off on a CPU (where the dynamic cache is the faster)",
+    )
     vllm_url: str = option(
         "http://127.0.0.1:8100", "the vLLM server of engine=vllm (r1v2 vllm-serve)"
     )
@@ -525,9 +531,13 @@ def setup(cfg: GRPOConfig) -> GRPORun:
     state: dict[str, Any] = {}
     if ckpt is not None:  # weights before sharding: the checkpoint holds whole tensors
         state = load_checkpoint(ckpt, policy.model, rank=accelerator.process_index)[0]
-        # share_prefix changes only float rounding, like micro_batch_size
+        # share_prefix and static_cache change only float rounding, like micro_batch_size
         check_resumable(
-            state.get("config", {}), cfg, ckpt, state["step"], RESUMABLE | {"share_prefix"}
+            state.get("config", {}),
+            cfg,
+            ckpt,
+            state["step"],
+            RESUMABLE | {"share_prefix", "static_cache"},
         )
         check_same_data(state, pool, cfg.data, ckpt)
     root_call = _root_call(cfg, policy, accelerator)
@@ -537,16 +547,18 @@ def setup(cfg: GRPOConfig) -> GRPORun:
         reference.load_state_dict(start_weights)
     params = [p for p in policy.model.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(cfg.optim, params, cfg.max_steps)
-    vllm = {}
+    options: dict[str, Any] = {}
     if cfg.engine == "vllm":
         if cfg.sharding == "fsdp":
             raise R1V2Error("engine=vllm takes sharding=replicate: it pushes whole weights")
-        vllm = {"url": cfg.vllm_url, "timeout": cfg.vllm_timeout, "weights_dir": out / "vllm"}
+        options = {"url": cfg.vllm_url, "timeout": cfg.vllm_timeout, "weights_dir": out / "vllm"}
+    if cfg.engine == "compiled":
+        options = {"static_cache": cfg.static_cache}
     run = GRPORun(
         cfg=cfg,
         accelerator=accelerator,
         policy=policy,
-        engine=build_engine(cfg.engine, policy, share_prefix=cfg.share_prefix, **vllm),
+        engine=build_engine(cfg.engine, policy, share_prefix=cfg.share_prefix, **options),
         reference=reference,
         root_call=root_call,
         params=params,
