@@ -16,13 +16,14 @@ Measured, on one device, for ``P`` prompts x ``G`` samples with one image tile e
   (``transformers``: transformers ``generate`` through :class:`r1v2.rollout.TransformersEngine`,
   every sample prefilling its own copy of the prompt; ``compiled``: r1v2's sampling loop with
   torch.compile'd decode steps, :class:`r1v2.rollout.CompiledEngine`, each prompt prefilled
-  once and its KV cache expanded to its G samples (``share_prefix``), compiled in the
-  untimed warm-up call; ``continuous``: transformers' continuous
+  once and its KV cache expanded to its G samples (``share_prefix``), on a static KV cache
+  with the step captured as CUDA graphs (its default on CUDA), compiled and captured in the
+  untimed warm-up call at the timed length; ``compiled_dynamic``: the same on transformers'
+  dynamic cache (``static_cache=False``); ``continuous``: transformers' continuous
   batching through :class:`r1v2.rollout.ContinuousBatchingEngine`, each prompt prefilled once
   and forked to its G samples, the manager built and its cache sized for each call), sampling
   at temperature 1 with EOS held off (``min_new_tokens`` for ``generate``, no EOS for the
-  others) so every completion has ``max_new_tokens`` tokens. The step rows use
-  the first engine's rollout;
+  others) so every completion has ``max_new_tokens`` tokens;
 - ``reference``: per-token log-probs of the batch under a frozen copy of the model (the KL
   reference of eq. 8), no gradients;
 - ``update/<trainable>``: one GRPO update (the micro-batch loop of
@@ -38,8 +39,8 @@ Measured, on one device, for ``P`` prompts x ``G`` samples with one image tile e
   embeddings once), the vision encoder its patch tokens (+1 class token) once per image; both
   MFU with and without the vision encoder are given. Attention's quadratic term is not counted
   (the 6ND convention);
-- ``step/<trainable>``: a full step = generation + reference log-probs + update, composed from
-  the timings above (rewards and prompt preprocessing excluded), its tokens/s/GPU (EasyR1's
+- ``step/<trainable>/<engine>``: a full step = generation by that engine + reference log-probs
+  + update, composed from the timings above (rewards and prompt preprocessing excluded), its tokens/s/GPU (EasyR1's
   and verl's ``perf/throughput``) and the share of the step each phase takes;
 - peak memory per phase: ``torch.cuda.max_memory_allocated`` (reset before each phase; the
   policy and the reference model stay resident throughout, as in ``r1v2 grpo``).
@@ -54,7 +55,11 @@ Run (one GPU; a few minutes on an H200, under 8; nothing is downloaded, so
 
     python bench/gpu.py --json bench/gpu_results.json
 
-``--dry-run`` runs the same code on the CPU with tiny shapes in fp32 (well under a minute);
+``--quick`` finishes in under 5 minutes (the engines of :data:`QUICK_ENGINES`, 256 new tokens,
+one timed update) and runs ``--check`` first: on a tiny fp32 model on the same device, whether
+``compiled`` and ``compiled_dynamic`` give the transformers engine's tokens, greedy and sampled
+for a seed (``check/*`` rows, their own table). ``--dry-run`` runs the same code on the CPU
+with tiny shapes in fp32 (about a minute);
 ``--peak-tflops`` overrides the peak looked up from the card's name; ``--help`` lists the rest.
 """
 
@@ -311,9 +316,16 @@ def transformers_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngi
 
 
 def compiled_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
-    """r1v2's CompiledEngine (torch.compile'd decode steps) with ``share_prefix`` on, as
-    ``r1v2 grpo`` runs it. Fixed lengths: EOS is switched off."""
-    return CompiledEngine(policy, share_prefix=True, ignore_eos=True)
+    """r1v2's CompiledEngine with ``share_prefix`` on, as ``r1v2 grpo`` runs it on CUDA: a
+    static KV cache, the decode step captured as CUDA graphs (on the CPU of a dry run the same
+    code without graphs). Fixed lengths: EOS is switched off."""
+    return CompiledEngine(policy, share_prefix=True, ignore_eos=True, static_cache=True)
+
+
+def compiled_dynamic_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
+    """CompiledEngine on transformers' dynamic KV cache (``static_cache=False``): one
+    ``dynamic=True`` graph for every length, no CUDA graphs."""
+    return CompiledEngine(policy, share_prefix=True, ignore_eos=True, static_cache=False)
 
 
 def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine:
@@ -322,14 +334,18 @@ def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine
     return ContinuousBatchingEngine(policy, ignore_eos=True)
 
 
-# name -> factory(policy, sampling) -> engine; a vLLM engine would be added here.
+# name -> factory(policy, sampling) -> engine. engine=vllm serves text-only policies (its VLM
+# path is untested here), so it has no row on this InternVL workload.
 ENGINES: dict[str, Callable[[Policy, SamplingConfig], RolloutEngine]] = {
     "transformers": transformers_engine,
     "compiled": compiled_engine,
+    "compiled_dynamic": compiled_dynamic_engine,
     "continuous": continuous_engine,
 }
 # Engines that run each prompt's prefill once for its G samples (FLOPs count it once).
-PREFILL_ONCE = {"compiled", "continuous"}
+PREFILL_ONCE = {"compiled", "compiled_dynamic", "continuous"}
+# --quick: every engine but the second compile (a minute or two of its own on a GPU)
+QUICK_ENGINES = ("transformers", "compiled", "continuous")
 
 
 # ---- measuring -----------------------------------------------------------------------------
@@ -459,10 +475,15 @@ class Bench:
     def rollout(self, engine_name: str, prompts: PromptBatch) -> tuple[dict, Batch]:
         s = self.s
         factory = ENGINES[engine_name]
-        warm = SamplingConfig(max_new_tokens=min(16, s.new_tokens), temperature=1.0)
-        factory(self.policy, warm).generate(prompts, warm, group_size=s.group_size)
         sampling = SamplingConfig(max_new_tokens=s.new_tokens, temperature=1.0)
         engine = factory(self.policy, sampling)
+        # Warmed up on the engine it times. A static cache's graphs are per (batch, length)
+        # bucket: its warm-up runs the timed length, the others' a short one.
+        static = getattr(engine, "static_cache", False)
+        warm = SamplingConfig(
+            max_new_tokens=s.new_tokens if static else min(16, s.new_tokens), temperature=1.0
+        )
+        engine.generate(prompts, warm, group_size=s.group_size)
         torch.manual_seed(1)
         out, seconds = self.dev.time(
             lambda: engine.generate(prompts, sampling, group_size=s.group_size)
@@ -584,8 +605,8 @@ def flop_coefficients(trainable: str) -> dict[str, int]:
     return coef
 
 
-def step_row(trainable: str, rollout: dict, reference: dict, update: dict) -> dict:
-    """A full step composed from its phases' timings."""
+def step_row(trainable: str, engine: str, rollout: dict, reference: dict, update: dict) -> dict:
+    """A full step composed from its phases' timings (generation by ``engine``)."""
     phases = {
         "generation": rollout["seconds"],
         "reference": reference["seconds"],
@@ -593,7 +614,7 @@ def step_row(trainable: str, rollout: dict, reference: dict, update: dict) -> di
     }
     total = sum(phases.values())
     return {
-        "name": f"step/{trainable}",
+        "name": f"step/{trainable}/{engine}",
         "kind": "step",
         "seconds": total,
         "tokens": update["tokens"],
@@ -603,6 +624,20 @@ def step_row(trainable: str, rollout: dict, reference: dict, update: dict) -> di
             rollout["peak_mem_gib"], reference["peak_mem_gib"], update["peak_mem_gib"]
         ),
     }
+
+
+def step_rows(rollouts: dict[str, dict], reference: dict, updates: dict[str, dict]) -> list[dict]:
+    """A step row per trainable and engine (an error row where one of its phases failed)."""
+    rows = []
+    for trainable, update in updates.items():
+        for name, rollout in rollouts.items():
+            parts = (rollout, reference, update)
+            if any("error" in r for r in parts):
+                error = {"error": "a phase failed"}
+                rows.append({"name": f"step/{trainable}/{name}", "kind": "step", **error})
+            else:
+                rows.append(step_row(trainable, name, *parts))
+    return rows
 
 
 def random_batch(policy: Policy, prompts: PromptBatch, s: Shapes) -> Batch:
@@ -658,6 +693,8 @@ def table(rows: list[dict]) -> str:
     """One markdown row per measurement; empty cells where a figure does not apply."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
+        if row["kind"] == "check":  # check_table's
+            continue
         if "error" in row:
             cells = [row["name"], row["error"]] + [""] * (len(COLUMNS) - 2)
             lines.append("| " + " | ".join(cells) + " |")
@@ -677,6 +714,27 @@ def table(rows: list[dict]) -> str:
             _fmt(row["peak_mem_gib"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check_table(rows: list[dict]) -> str:
+    """The check/* rows as markdown ('' when there are none)."""
+    checks = [r for r in rows if r["kind"] == "check"]
+    if not checks:
+        return ""
+    lines = [
+        "| check | greedy = transformers | sampled (seed 7) = transformers | compiled |",
+        "|---|---|---|---|",
+    ]
+    for r in checks:
+
+        def verdict(kind: str, r=r) -> str:
+            if r[f"{kind}_equal"]:
+                return "equal"
+            return f"differs from token {r[f'{kind}_first_difference']}"
+
+        compiled = "yes" if r["compile_failed"] is None else f"no: {r['compile_failed']}"
+        lines.append(f"| {r['name']} | {verdict('greedy')} | {verdict('sampled')} | {compiled} |")
     return "\n".join(lines)
 
 
@@ -705,8 +763,11 @@ def notes(meta: dict, rows: list[dict]) -> list[str]:
         f"(about {100 * meta['attention_extra']:.0f}% more here) is not counted",
         "r1v2 re-encodes all P images in each micro-batch of the update (Policy.logprobs per "
         "micro-batch); the vision FLOPs above count each image once",
-        f"rollout engines: {', '.join(meta['engines'])}; compiled (share_prefix on, compiled "
-        "in the untimed warm-up) and continuous batching prefill each prompt once for its G "
+        f"rollout engines: {', '.join(meta['engines'])}; compiled = a static KV cache (batch "
+        "and length in buckets) and the decode step compiled with mode=reduce-overhead (CUDA "
+        "graphs on CUDA), compiled_dynamic = the dynamic cache and a dynamic=True graph, both "
+        "with share_prefix on and compiled in the untimed warm-up (the static one's at the "
+        "timed length); compiled and continuous batching prefill each prompt once for its G "
         "samples; transformers uses CUDA graphs and its decode fast path for continuous "
         "batching only with flash attention (here: "
         f"{'available' if meta.get('flash_attn') else 'not installed, so neither'})",
@@ -754,28 +815,100 @@ def peak_for(device: torch.device) -> tuple[float, str]:
     return 989.0, "unknown card, H100/H200 peak assumed"
 
 
+WORKLOAD = ("prompts", "group_size", "new_tokens", "prompt_words", "micro_batch", "repeats")
+QUICK = {"new_tokens": 256, "repeats": 1}  # --quick: the same shapes, half the completion
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", default="bench/gpu_results.json", help="where to write the JSON")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU, fp32")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"under 5 minutes on an H100: the engines {', '.join(QUICK_ENGINES)}, "
+        f"{QUICK['new_tokens']} new tokens, one timed update; with --check",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="first compare the engines' tokens on a tiny fp32 model on the same device: "
+        "greedy, and sampled for a seed (check/* rows)",
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (TFLOP/s)")
-    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    ap.add_argument("--engines", nargs="+", default=None, choices=list(ENGINES))
     ap.add_argument("--trainable", nargs="+", default=["adapter", "all"], choices=list(MODES))
-    for field in ("prompts", "group_size", "new_tokens", "prompt_words", "micro_batch", "repeats"):
+    for field in WORKLOAD:
         ap.add_argument("--" + field.replace("_", "-"), type=int, default=None)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.engines is None:
+        args.engines = list(QUICK_ENGINES if args.quick else ENGINES)
+    args.check = args.check or args.quick
+    return args
+
+
+def workload(args: argparse.Namespace) -> Shapes:
+    """The shapes and workload of a run: the dry run's or the GPU's, --quick's sizes, then
+    the flags given."""
+    base = DRY_SHAPES if args.dry_run else GPU_SHAPES
+    values = dict(QUICK) if args.quick and not args.dry_run else {}
+    values |= {k: getattr(args, k) for k in WORKLOAD if getattr(args, k) is not None}
+    return dataclasses.replace(base, **values)
+
+
+CHECK_ENGINES = {
+    "compiled": lambda policy: CompiledEngine(policy, share_prefix=True, static_cache=True),
+    "compiled_dynamic": lambda policy: CompiledEngine(
+        policy, share_prefix=True, static_cache=False
+    ),
+}
+
+
+def check_engines(device: torch.device) -> list[dict]:
+    """``check/<engine>`` rows: on a tiny fp32 InternVL on ``device``, whether each compiled
+    engine gives TransformersEngine's tokens, greedy (3 prompts x 3 samples, 40 tokens) and
+    sampled for one seed (temperature 0.8, top-p 0.9), and the first position where a row
+    differs (None: none does). Stopping at EOS, as in training."""
+    s = dataclasses.replace(DRY_SHAPES, prompts=3)
+    policy = build_policy(s, device)
+    prompts = policy.encode(make_items(s, seed=1))
+    settings = {
+        "greedy": SamplingConfig(max_new_tokens=40, do_sample=False),
+        "sampled": SamplingConfig(max_new_tokens=40, temperature=0.8, top_p=0.9),
+    }
+    expected = {}
+    for kind, sampling in settings.items():
+        torch.manual_seed(7)
+        expected[kind] = TransformersEngine(policy).generate(prompts, sampling, group_size=3)
+    rows = []
+    for name, factory in CHECK_ENGINES.items():
+        engine, row = factory(policy), {"name": f"check/{name}", "kind": "check"}
+        for kind, sampling in settings.items():
+            torch.manual_seed(7)
+            got = engine.generate(prompts, sampling, group_size=3)
+            row[f"{kind}_equal"], row[f"{kind}_first_difference"] = compare(expected[kind], got)
+        row["compile_failed"] = engine.failed
+        log(f"[{row['name']}] " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "name"))
+        rows.append(row)
+    return rows
+
+
+def compare(a, b) -> tuple[bool, int | None]:
+    """Whether two rollouts' completions are equal, and the first token position where
+    any row differs (None when none does)."""
+    x, y = a.completion_ids * a.completion_mask, b.completion_ids * b.completion_mask
+    width = max(x.shape[1], y.shape[1])
+    x = torch.nn.functional.pad(x, (0, width - x.shape[1]))
+    y = torch.nn.functional.pad(y, (0, width - y.shape[1]))
+    columns = (x != y).any(dim=0).nonzero()
+    first = None if len(columns) == 0 else int(columns[0])
+    return first is None, first
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    base = DRY_SHAPES if args.dry_run else GPU_SHAPES
-    overrides = {
-        k: getattr(args, k)
-        for k in ("prompts", "group_size", "new_tokens", "prompt_words", "micro_batch", "repeats")
-        if getattr(args, k) is not None
-    }
-    s = dataclasses.replace(base, **overrides)
+    s = workload(args)
     if args.dry_run:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
@@ -787,6 +920,11 @@ def main(argv=None) -> int:
     if args.peak_tflops is not None:
         peak, peak_source = args.peak_tflops, "--peak-tflops"
     dev = Device(device)
+    rows: list[dict] = []
+    if args.check:
+        log("[check] the engines' tokens on a tiny fp32 model ...")
+        rows += check_engines(device)
+        dev.free()
 
     log(f"building the model ({'dry run' if args.dry_run else 'real shapes'}) on {device} ...")
     policy, seconds = dev.time(lambda: build_policy(s, device))
@@ -794,7 +932,6 @@ def main(argv=None) -> int:
     bench = Bench(s, policy, dev, peak)
     prompts = policy.encode(make_items(s))
 
-    rows: list[dict] = []
     batch = None
     rollouts = {}
     for name in args.engines:
@@ -828,13 +965,7 @@ def main(argv=None) -> int:
         )
         rows.append(updates[trainable])
         dev.free()
-    first = rollouts.get(args.engines[0], {})
-    for trainable, update in updates.items():
-        parts = (first, reference, update)
-        if any("error" in r or not r for r in parts):
-            rows.append({"name": f"step/{trainable}", "kind": "step", "error": "a phase failed"})
-        else:
-            rows.append(step_row(trainable, *parts))
+    rows += step_rows(rollouts, reference, updates)
 
     prompt_tokens, _ = batch.tokens()
     import transformers
@@ -845,6 +976,7 @@ def main(argv=None) -> int:
         "peak_tflops": peak,
         "peak_source": peak_source,
         "dry_run": args.dry_run,
+        "quick": args.quick,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": sys.version.split()[0],
@@ -882,6 +1014,8 @@ def main(argv=None) -> int:
     for line in meta["notes"]:
         log(f"- {line}")
     log("")
+    if check_table(rows):
+        log(check_table(rows) + "\n")
     log(table(rows))
     return 0
 

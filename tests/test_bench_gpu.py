@@ -36,23 +36,29 @@ FIELDS = {
         "peak_mem_gib",
     ],
 }
+ENGINES = ["transformers", "compiled", "compiled_dynamic", "continuous"]
 NAMES = [
-    "rollout/transformers",
-    "rollout/compiled",
-    "rollout/continuous",
+    *(f"rollout/{e}" for e in ENGINES),
     "reference",
     "update/adapter",
     "update/all",
-    "step/adapter",
-    "step/all",
+    *(f"step/{t}/{e}" for t in ("adapter", "all") for e in ENGINES),
 ]
+CHECKS = ["check/compiled", "check/compiled_dynamic"]
 
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu.py"),
+            "--dry-run",
+            "--check",
+            "--json",
+            str(out),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -65,7 +71,7 @@ def dry_run(tmp_path_factory):
 @pytest.mark.slow
 def test_every_row_has_finite_positive_figures(dry_run):
     data, _ = dry_run
-    rows = {r["name"]: r for r in data["rows"]}
+    rows = {r["name"]: r for r in data["rows"] if r["kind"] != "check"}
     assert list(rows) == NAMES
     for name, row in rows.items():
         assert "error" not in row, (name, row)
@@ -87,15 +93,15 @@ def test_figures_agree_with_each_other(dry_run):
     assert meta["fixed_lengths"] is True
     assert rows["rollout/transformers"]["tokens"] == 2 * 2 * 8
     assert rows["rollout/transformers"]["min_completion_tokens"] == 8
-    for engine in ("compiled", "continuous"):
+    for engine in ENGINES[1:]:
         assert rows[f"rollout/{engine}"]["tokens"] == 2 * 2 * 8
         assert rows[f"rollout/{engine}"]["min_completion_tokens"] == 8
     total = rows["update/all"]["tokens"]
     assert total == round(2 * 2 * (w["mean_prompt_tokens"] + 8))
     assert rows["reference"]["tokens"] == rows["update/adapter"]["tokens"] == total
-    for trainable in ("adapter", "all"):
-        step, update = rows[f"step/{trainable}"], rows[f"update/{trainable}"]
-        phases = rows["rollout/transformers"]["seconds"] + rows["reference"]["seconds"]
+    for trainable, engine in ((t, e) for t in ("adapter", "all") for e in ENGINES):
+        step, update = rows[f"step/{trainable}/{engine}"], rows[f"update/{trainable}"]
+        phases = rows[f"rollout/{engine}"]["seconds"] + rows["reference"]["seconds"]
         assert step["seconds"] == pytest.approx(phases + update["seconds"], rel=1e-12)
         shares = step["generation_share"] + step["reference_share"] + step["update_share"]
         assert shares == pytest.approx(1.0, abs=1e-12)
@@ -117,3 +123,38 @@ def test_table_is_printed_last(dry_run):
     assert all(line.startswith("|") and line.endswith("|") for line in table)
     assert [line.split("|")[1].strip() for line in table[2:]] == NAMES
     assert "EasyR1" in stdout[: stdout.index("| measurement |")]  # the reference is in the notes
+
+
+@pytest.mark.slow
+def test_check_compares_the_compiled_engines(dry_run):
+    """--check: both compiled engines give the transformers engine's tokens on the CPU
+    (greedy and sampled for a seed), in rows of their own and a table before the main one."""
+    data, stdout = dry_run
+    checks = [r for r in data["rows"] if r["kind"] == "check"]
+    assert [r["name"] for r in checks] == CHECKS
+    for row in checks:
+        assert row["greedy_equal"] and row["sampled_equal"], row
+        assert row["greedy_first_difference"] is None and row["compile_failed"] is None
+    header = stdout.index("| check | greedy = transformers")
+    assert stdout.count("| equal | equal | yes |") == 2
+    assert header < stdout.rindex("| measurement |")
+
+
+def test_quick_and_engine_flags():
+    """--quick: its engines and sizes on the GPU shapes, --check on; flags still override."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import gpu
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    quick = gpu.parse_args(["--quick"])
+    assert quick.engines == ["transformers", "compiled", "continuous"] and quick.check
+    s = gpu.workload(quick)
+    assert (s.new_tokens, s.repeats, s.hidden, s.prompts) == (256, 1, 1536, 8)
+    s = gpu.workload(gpu.parse_args(["--quick", "--new-tokens", "64"]))
+    assert (s.new_tokens, s.repeats) == (64, 1)
+    full = gpu.parse_args([])
+    assert full.engines == ENGINES and not full.check
+    assert gpu.workload(full).new_tokens == 512
+    dry = gpu.workload(gpu.parse_args(["--dry-run", "--quick"]))
+    assert (dry.hidden, dry.new_tokens) == (64, 8)  # the dry run keeps its tiny sizes
