@@ -390,6 +390,13 @@ def test_demo_fast_end_to_end(tmp_path):
         k: v for k, v in late.items() if k not in ("ssb", "output_dir")
     }  # the same arm but for how replays are drawn
     assert "with uniform replays" in report
+    # With and without SSB: the rollouts each took to the no-SSB arm's best probe (4 x 4 a step)
+    nossb = [json.loads(line) for line in (out / "runs/grpo_nossb/metrics.jsonl").open()]
+    probes = [r for r in nossb if r["step"] > 0 and r.get("probe_accuracy") is not None]
+    best = max(probes, key=lambda r: r["probe_accuracy"])  # the first of ties: reached first
+    section = report.split("### GRPO with and without SSB")[1].split("###")[0]
+    assert f"Rollouts to reach a probe accuracy of {best['probe_accuracy']:.1%}" in section
+    assert f"{best['step'] * 16:,} without." in section
     # The main MPO and SFT train on the toy's offline pairs, iterative MPO samples its own
     # from the training prompts, and its GRPO continues from it.
     pairs = str(out / "data" / "pairs")

@@ -470,6 +470,9 @@ def report_lines(out: Path, results: dict[str, dict[str, Any]], plots: list[Path
             if sum(n in results for n in names) < 2:
                 continue
             lines += [f"### {title}", ""] + arm_table(out, results, names) + [""]
+            if names == ["grpo", "grpo_nossb"]:
+                reached = reach_sentence(out, results, {"grpo": "with SSB"}, "grpo_nossb")
+                lines += [reached, ""] if reached else []
         lines += late_lines(out, results)
     if plots:
         lines += ["## Plots", ""]
@@ -499,20 +502,10 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     if not ("late_ssb" in results and "late_nossb" in results):
         return []
     arms = [n for n in LATE_ARMS if n in results]
-    rows = {n: metrics_of(out, n) for n in [*arms, "late_nossb"]}
-    prompts = _setting(results, "late_ssb", "prompts_per_step")
-    group = _setting(results, "late_ssb", "group_size")
-    per_step = prompts * group if prompts and group else None
-    trained = [r for r in rows["late_nossb"] if r["step"] > 0]
-    target = training_stats(trained).get("probe_accuracy_max")
-    if target is None or per_step is None:
+    reached = reach_sentence(out, results, {n: LATE_ARMS[n] for n in arms}, "late_nossb")
+    if reached is None:
         return []
-    stats = {n: training_stats(r) for n, r in rows.items()}
-
-    def reach(name: str) -> str:
-        n = rollouts_to_reach(rows[name], target, per_step)
-        return "not reached" if n is None else str(n)
-
+    stats = {n: training_stats(metrics_of(out, n)) for n in [*arms, "late_nossb"]}
     pool = results.get("late_pool")
     where = ""
     if pool:
@@ -531,15 +524,39 @@ def late_lines(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
     ratios = "; ".join(
         f"{LATE_ARMS[n]} {_num(stats[n].get('effective_ratio'), '.2f')} after replay" for n in arms
     )
-    reached = ", ".join(f"{reach(n)} {LATE_ARMS[n]}" for n in arms)
     notes = "".join(replay_note(stats[n], LATE_ARMS[n]) for n in arms)
     return [
         f"{where}Vanishing advantages: effective ratio before replay "
         f"{_num(stats['late_nossb'].get('effective_ratio'), '.2f')} without SSB; {ratios}. "
-        f"Rollouts to reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
-        f"{reached}, {reach('late_nossb')} without.{notes}",
+        f"{reached}{notes}",
         "",
     ]
+
+
+def reach_sentence(
+    out: Path, results: dict[str, dict[str, Any]], arms: dict[str, str], base: str
+) -> str | None:
+    """``Rollouts to reach a probe accuracy of X (the no-SSB arm's best): N with SSB, M
+    without.``: for each of ``arms`` (name -> label) and the no-SSB arm ``base``, the
+    rollouts until a probe reached the best one ``base`` had after its start (None when a
+    figure is missing)."""
+    rows = {n: metrics_of(out, n) for n in [*arms, base]}
+    first = next(iter(arms))
+    prompts = _setting(results, first, "prompts_per_step")
+    group = _setting(results, first, "group_size")
+    target = training_stats([r for r in rows[base] if r["step"] > 0]).get("probe_accuracy_max")
+    if target is None or not (prompts and group):
+        return None
+
+    def reach(name: str) -> str:
+        n = rollouts_to_reach(rows[name], target, prompts * group)
+        return "not reached" if n is None else f"{n:,}"
+
+    reached = ", ".join(f"{reach(n)} {label}" for n, label in arms.items())
+    return (
+        f"Rollouts to reach a probe accuracy of {target:.1%} (the no-SSB arm's best): "
+        f"{reached}, {reach(base)} without."
+    )
 
 
 def replay_note(stats: dict[str, float], who: str = "with SSB") -> str:
