@@ -132,21 +132,33 @@ def kept(rollout) -> list[list[int]]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_greedy_generation_equals_model_generate(checkpoints, name):
-    """engine=transformers and engine=compiled's decode loop (eagerly: compiling every
-    family is the slow test below), prefix sharing on and off: each prompt's greedy
-    completion is ``model.generate``'s of that prompt alone."""
+    """engine=transformers and engine=compiled's decode loop on its dynamic and its static
+    KV cache (eagerly: compiling every family is the slow test below), prefix sharing on and
+    off: each prompt's greedy completion is ``model.generate``'s of that prompt alone."""
     policy = load(checkpoints, name)
     items = prompts()
     greedy = SamplingConfig(max_new_tokens=8, do_sample=False)
     want = reference_greedy(policy, items, 8)
     for share in (False, True):
-        compiled = CompiledEngine(policy, share_prefix=share)
-        compiled.failed = "eager in this test"
-        for engine in (TransformersEngine(policy, share_prefix=share), compiled):
+        caches = (False,) if name == "gemma3" else (False, True)  # static: no sliding window
+        compiled = [CompiledEngine(policy, share_prefix=share, static_cache=c) for c in caches]
+        for engine in compiled:
+            engine.failed = "eager in this test"
+        for engine in (TransformersEngine(policy, share_prefix=share), *compiled):
             got = kept(engine.generate(items, greedy, group_size=G))
             assert got[::G] == [w[: len(g)] for w, g in zip(want, got[::G])]
             assert got[::G] == got[1::G]
             assert all(len(g) == 8 or g[-1] in policy.eos_ids for g in got)
+
+
+def test_the_static_cache_refuses_sliding_window_attention(checkpoints):
+    """Gemma 3's sliding-window layers: the static cache is off by default (on CUDA too) and
+    refused in one line when asked for."""
+    policy = load(checkpoints, "gemma3")
+    assert CompiledEngine(policy).static_cache is False
+    with pytest.raises(R1V2Error, match="static_cache does not serve .*sliding-window"):
+        CompiledEngine(policy, static_cache=True)
+    assert CompiledEngine(load(checkpoints, "qwen2_5_vl"), static_cache=True).static_cache
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ bookkeeping. This engine
   ``torch.compile(model, dynamic=True)``: one graph serves every cache length and prompt
   length (a first change of batch size may recompile once, after which the batch size is
   symbolic too);
-- or, with ``static_cache`` (the default on CUDA), decodes against transformers'
-  ``StaticCache`` with the batch and the cache length rounded up to buckets
+- or, with ``static_cache`` (the default on CUDA but for sliding-window attention, which
+  it refuses: Gemma 3), decodes against transformers' ``StaticCache`` with the batch and the cache length rounded up to buckets
   (:class:`StaticDecode`), so that every step input has one shape per bucket, and compiles
   the step with ``mode="reduce-overhead"``: on CUDA it is captured once per bucket and
   replayed as a CUDA graph (a launch-bound decode step then costs one graph launch); on a
@@ -87,8 +87,14 @@ class CompiledEngine(TransformersEngine):
         refuse_sharded(policy)
         super().__init__(policy, batch_size=batch_size, share_prefix=share_prefix)
         self.ignore_eos = ignore_eos
+        sliding = has_sliding_layers(policy.model)
         if static_cache is None:
-            static_cache = policy.device.type == "cuda"
+            static_cache = policy.device.type == "cuda" and not sliding
+        if static_cache and sliding:
+            raise R1V2Error(
+                f"engine=compiled: static_cache does not serve {type(policy.model).__name__}'s "
+                "sliding-window attention layers: set static_cache=false"
+            )
         self.static_cache = static_cache
         self.failed: str | None = None
         self._compiled: Callable[..., Any] | None = None  # built on first use
@@ -320,6 +326,14 @@ def sample(
         so_far = torch.stack(tokens, dim=1) if tokens else logits.new_zeros(len(logits), 0)
         scores = warpers(so_far.long(), logits)
     return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+
+def has_sliding_layers(model: torch.nn.Module) -> bool:
+    """Whether transformers' ``StaticCache`` for ``model`` has sliding-window layers (Gemma
+    3's): their rolling buffers hold the last window of tokens, which the static decode's one
+    attention mask over the whole cache does not describe."""
+    cache = StaticCache(config=model.config, max_cache_len=1)  # tensors come on first use
+    return any(getattr(layer, "is_sliding", False) for layer in cache.layers)
 
 
 def refuse_sharded(policy: Policy) -> None:
