@@ -55,8 +55,8 @@ Run (one GPU; a few minutes on an H200, under 8; nothing is downloaded, so
 
     python bench/gpu.py --json bench/gpu_results.json
 
-``--quick`` is sized to finish in under 5 minutes on one H100, not yet timed there (the engines of :data:`QUICK_ENGINES`, 256 new tokens,
-one timed update) and runs ``--check`` first: on a tiny fp32 model on the same device, whether
+``--quick`` is sized to finish in under 5 minutes on one H100, not yet timed there (the
+engines of :data:`QUICK_ENGINES`, 256 new tokens, one timed update), and runs ``--check`` first: on a tiny fp32 model on the same device, whether
 ``compiled`` and ``compiled_dynamic`` give the transformers engine's tokens, greedy and sampled
 for a seed (``check/*`` rows, their own table). ``--dry-run`` runs the same code on the CPU
 with tiny shapes in fp32 (about a minute);
