@@ -16,12 +16,14 @@ bookkeeping. This engine
   length (a first change of batch size may recompile once, after which the batch size is
   symbolic too);
 - or, with ``static_cache`` (the default on CUDA but for sliding-window attention, which
-  it refuses: Gemma 3), decodes against transformers' ``StaticCache`` with the batch and the cache length rounded up to buckets
-  (:class:`StaticDecode`), so that every step input has one shape per bucket, and compiles
-  the step with ``mode="reduce-overhead"``: on CUDA it is captured once per bucket and
-  replayed as a CUDA graph (a launch-bound decode step then costs one graph launch); on a
-  CPU the same code runs as a plain compiled graph (tested there; with no graphs to replay
-  it is off by default; ``bench/static_cache.py`` compares the two caches);
+  it refuses: Gemma 3), decodes against transformers' ``StaticCache`` with the batch and
+  the cache length rounded up to buckets (:class:`StaticDecode`), so that every step input
+  has one shape per bucket, and compiles the step with ``mode="reduce-overhead"``: on CUDA
+  it is captured once per bucket (a bucket is a recompile: GRPO's fixed batch and the
+  prompts' few lengths make a few) and replayed as a CUDA graph (a launch-bound decode step
+  then costs one graph launch); on a CPU the same code runs as a plain compiled graph
+  (tested there; with no graphs to replay it is off by default; ``bench/static_cache.py``
+  compares the two caches);
 - samples as ``generate`` does: float32 logits, transformers' own temperature, top-k and
   top-p warpers in ``generate``'s order, a softmax and one ``torch.multinomial`` over the
   whole batch per step (finished rows included), the pad id after a row's first EOS, a stop
