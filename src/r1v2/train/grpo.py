@@ -193,7 +193,8 @@ class GRPOConfig(RunSettings, ScoredSetup):
         None,
         "engine=compiled: decode against a static KV cache (batch and length rounded up to "
         "buckets), the step compiled with mode=reduce-overhead, so it replays as CUDA graphs on "
-        "CUDA; null: on CUDA, off on a CPU (where the dynamic cache is the faster)",
+        "CUDA; null: on CUDA (but for sliding-window attention, Gemma 3, which it refuses), "
+        "off on a CPU, where there are no graphs to replay",
     )
     vllm_url: str = option(
         "http://127.0.0.1:8100", "the vLLM server of engine=vllm (r1v2 vllm-serve)"
