@@ -198,3 +198,24 @@ def test_static_cache_compiled_step(lm):
         with torch.no_grad():
             head.copy_(saved)
     assert engine.failed is None
+
+
+def test_the_static_step_keeps_a_graph_per_bucket(lm):
+    """Each (rows, length) bucket is a compile of the same forward: the static step raises
+    torch's limit of graphs per frame (8, past which it would decode eagerly and silently)
+    for its own calls only."""
+    from r1v2.rollout.compiled import RECOMPILE_LIMIT, STATIC_BUCKETS
+
+    engine = CompiledEngine(lm, static_cache=True)
+    seen = []
+
+    def step(**inputs):
+        seen.append(getattr(torch._dynamo.config, RECOMPILE_LIMIT))
+        return lm.model(**inputs)
+
+    engine._compiled = step
+    assert_same_rollout(
+        TransformersEngine(lm).generate(TEXTS, GREEDY), engine.generate(TEXTS, GREEDY)
+    )
+    assert seen and set(seen) == {STATIC_BUCKETS}
+    assert getattr(torch._dynamo.config, RECOMPILE_LIMIT) < STATIC_BUCKETS  # restored after

@@ -148,8 +148,11 @@ class CompiledEngine(TransformersEngine):
             if self._compiled is None:
                 self._compiled = self._compile(model)
             try:
-                if self.static_cache:  # a replay may reuse the last replay's output memory
-                    torch.compiler.cudagraph_mark_step_begin()
+                if self.static_cache:
+                    torch.compiler.cudagraph_mark_step_begin()  # replays reuse output memory
+                    # a graph per bucket: past torch's default of 8 a frame would run eagerly
+                    with torch._dynamo.config.patch(**{RECOMPILE_LIMIT: STATIC_BUCKETS}):
+                        return self._compiled(**inputs)
                 return self._compiled(**inputs)
             except Exception as e:  # a forward torch.compile cannot trace: decode eagerly
                 lines = str(e).strip().splitlines()
@@ -292,6 +295,11 @@ class StaticDecode:
 
 ROWS_BUCKET = 8  # the static cache's batch: a multiple of this (one graph per bucket)
 LENGTH_BUCKET = 64  # the static cache's length: a multiple of this
+STATIC_BUCKETS = 64  # compiled graphs kept for the static cache (torch's own limit: 8)
+# torch's name for the most graphs one frame keeps (cache_size_limit before 2.6)
+RECOMPILE_LIMIT = (
+    "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+)
 
 
 def round_up(n: int, multiple: int) -> int:
