@@ -98,6 +98,8 @@ class CompiledEngine(TransformersEngine):
                 "sliding-window attention layers: set static_cache=false"
             )
         self.static_cache = static_cache
+        # transformers before 5.17 takes the cache slots a forward writes (cache_position)
+        self.by_slot = "cache_position" in inspect.signature(policy.model.forward).parameters
         self.failed: str | None = None
         self._compiled: Callable[..., Any] | None = None  # built on first use
         self._cache: tuple[tuple[int, int], StaticCache] | None = None  # static_cache's
@@ -242,7 +244,6 @@ class StaticDecode:
         self.index = index
         inputs = inputs.rows(index)
         self.cache = engine.static_cache_for(rows, length)
-        self.by_slot = "cache_position" in inspect.signature(model.forward).parameters
         positions = inputs.prompt_positions()  # [R, Tp] or [3, R, Tp]
         self.attention = torch.cat(
             [inputs.mask.long(), inputs.mask.new_ones(rows, length - tp).long()], dim=1
@@ -273,7 +274,7 @@ class StaticDecode:
         """The cache and, for transformers versions whose models take it, the cache slots
         ``start..stop - 1`` the forward writes (later versions count them in the cache)."""
         kwargs: dict[str, Any] = {CACHE_KWARG: self.cache}
-        if self.by_slot:
+        if self.engine.by_slot:
             kwargs["cache_position"] = torch.arange(start, stop, device=device)
         return kwargs
 

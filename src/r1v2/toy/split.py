@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from r1v2.errors import R1V2Error
+from r1v2.fsutil import write_atomic
 
 PAIRS_FILE = "pairs.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -44,13 +45,14 @@ def rows_of_levels(path: Path, levels: Collection[int]) -> list[dict[str, Any]]:
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write ``rows`` to ``path``, their (absolute) image paths made relative to its folder."""
+    """Write ``rows`` to ``path`` (through a temporary file renamed into place), their
+    (absolute) image paths made relative to its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         json.dumps({**r, "images": [os.path.relpath(p, path.parent) for p in r["images"]]})
         for r in rows
     ]
-    path.write_text("".join(line + "\n" for line in lines))
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def split_by_level(
