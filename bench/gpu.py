@@ -336,8 +336,8 @@ def continuous_engine(policy: Policy, sampling: SamplingConfig) -> RolloutEngine
     return ContinuousBatchingEngine(policy, ignore_eos=True)
 
 
-# name -> factory(policy, sampling) -> engine. engine=vllm serves text-only policies (its VLM
-# path is untested here), so it has no row on this InternVL workload.
+# name -> factory(policy, sampling) -> engine. engine=vllm has no row: the GPU machine has no
+# vLLM (and no network to install it), and its VLM path is untested against real vLLM.
 ENGINES: dict[str, Callable[[Policy, SamplingConfig], RolloutEngine]] = {
     "transformers": transformers_engine,
     "compiled": compiled_engine,

@@ -13,7 +13,7 @@ its server.
 - ``continuous``: :class:`r1v2.rollout.continuous.ContinuousBatchingEngine`, transformers'
   continuous batching (paged KV cache, finished sequences replaced as they end).
 - ``vllm``: :class:`r1v2.rollout.vllm_engine.VLLMEngine`, a vLLM server in its own process
-  (:mod:`r1v2.rollout.vllm_server`), text-only policies.
+  (:mod:`r1v2.rollout.vllm_server`); a VLM's images travel beside its prompts' ids.
 """
 
 from __future__ import annotations

@@ -16,15 +16,23 @@ and the server refuses another (HTTP 409), so a step never samples from stale we
 GPUs vLLM's NCCL weight transfer (``vllm.distributed.weight_transfer``) would avoid the file;
 it is not wired in.
 
-Text prompts only here: images are refused in one line (vLLM's multimodal path runs on the
-server's side and is not exercised by this project's tests). A server that is down, slow,
-or serves another model is one R1V2Error naming the URL.
+A vision-language policy's prompts travel the same way, with their images beside them as
+PNG bytes (``images``: one list per prompt). Their token ids are the rendered chat text's,
+before the processor expands each image's placeholder into its feature tokens: vLLM's
+multimodal processor does that expansion itself on a token prompt (one ``<IMG_CONTEXT>``,
+``<|image_pad|>`` or ``<image>`` per image, as the chat template writes it). The rollout
+keeps the policy's own encoding for the rescoring. That path is tested here against a stand-in for ``vllm.LLM`` (the request, the
+images and the rollout it makes), not through vLLM's own vision encoder, which does not run
+on the CPU-only machines of this project's CI. A server that is down, slow, or serves another
+model is one R1V2Error naming the URL.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import sys
@@ -35,10 +43,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from r1v2.config import option
 from r1v2.errors import R1V2Error
-from r1v2.model.policy import Policy, PromptBatch, Rollout, SamplingConfig, completion_masks
+from r1v2.model.policy import (
+    Policy,
+    PromptBatch,
+    Rollout,
+    SamplingConfig,
+    completion_masks,
+    prompt_name,
+    to_prompt,
+)
 
 IDENTITY = ("vocab_size", "hidden_size", "num_hidden_layers")  # compared with the server's
 
@@ -58,11 +75,6 @@ class VLLMEngine:
         timeout: float = 600.0,
         weights_dir: str | Path | None = None,
     ):
-        if policy.is_vlm:
-            raise R1V2Error(
-                "engine=vllm serves text-only policies here; use engine=transformers or "
-                "engine=compiled for a vision-language model"
-            )
         if policy.synced_gpus:
             raise R1V2Error("engine=vllm cannot push the weights of a sharded policy (FSDP)")
         self.policy = policy
@@ -86,12 +98,26 @@ class VLLMEngine:
         sampling = sampling or SamplingConfig()
         sampling.validate()
         policy = self.policy
-        batch = items if isinstance(items, PromptBatch) else policy.encode(items)
-        if batch.pixel_values is not None:
-            raise R1V2Error("engine=vllm takes text-only prompts: these have images")
-        prompts = [row[m].tolist() for row, m in zip(batch.input_ids, batch.attention_mask)]
+        if isinstance(items, PromptBatch):
+            if items.pixel_values is not None:
+                raise R1V2Error(
+                    "engine=vllm sends the prompts' images to its server: give it the samples, "
+                    "not an encoded batch"
+                )
+            batch, images = items, None
+        else:
+            prompts_in = [to_prompt(item) for item in items]
+            names = [prompt_name(item, i) for i, item in enumerate(items)]
+            batch = policy.encode(prompts_in, names)
+            images = [[png_base64(im) for im in p.images] for p in prompts_in]
+            images = images if any(images) else None
+        if images:  # one placeholder per image: vLLM's processor expands it
+            prompts = policy.processor.tokenizer(batch.texts)["input_ids"]
+        else:
+            prompts = [row[m].tolist() for row, m in zip(batch.input_ids, batch.attention_mask)]
         request = {
             "prompts": prompts,
+            **({"images": images} if images else {}),
             "n": group_size,
             "temperature": sampling.temperature if sampling.do_sample else 0.0,
             "top_p": sampling.top_p if sampling.do_sample else 1.0,
@@ -139,7 +165,7 @@ class VLLMEngine:
     # ---- pieces --------------------------------------------------------------------------
 
     def _check_model(self, health: dict) -> None:
-        config = self.policy.model.config
+        config = self.policy.model.config.get_text_config()  # a VLM's LM, as the server's
         theirs = health.get("config") or {}
         differ = [
             f"{k} {theirs.get(k)!r} (policy: {getattr(config, k, None)!r})"
@@ -177,6 +203,13 @@ class VLLMEngine:
                 f"no vLLM server at {self.url} ({reason}): start one with `r1v2 vllm-serve "
                 "--model DIR` (or point vllm_url at it)"
             ) from e
+
+
+def png_base64(image: Image.Image) -> str:
+    """An image as the text of its PNG bytes (base64), as the server's ``images`` take it."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def quiet_save(model: torch.nn.Module, folder: Path) -> None:

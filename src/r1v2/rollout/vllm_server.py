@@ -14,9 +14,15 @@ bumps the server's weight version. A generate request names the version it expec
 refused with HTTP 409 when the server holds another, so no step samples from stale weights.
 
     GET  /health        {"model", "weights_version", "vllm", "config": {...}}
-    POST /generate      {"prompts": [[ids]], "n", "temperature", "top_p", "top_k",
-                         "max_tokens", "stop_token_ids", "ignore_eos", "seed",
-                         "weights_version"} -> {"completions": [[ids] per sample], ...}
+    POST /generate      {"prompts": [[ids]], "images": [[PNG as base64] per prompt] (optional),
+                         "n", "temperature", "top_p", "top_k", "max_tokens",
+                         "stop_token_ids", "ignore_eos", "seed", "weights_version"}
+                         -> {"completions": [[ids] per sample], ...}
+
+A prompt with images goes to vLLM as ``TokensPrompt(prompt_token_ids, multi_modal_data=
+{"image": [...]})``: its ids hold one placeholder token per image, as the chat template
+writes it, which vLLM's multimodal processor expands into the image's feature tokens (a
+vision-language model is therefore served with its tokenizer loaded).
     POST /load_weights  {"path": DIR, "version": int} -> {"weights_version": int}
 
 Requests are served one at a time (one engine); vLLM batches the prompts of a request.
@@ -40,6 +46,11 @@ def model_identity(path: str) -> dict:
     return {k: text.get(k, config.get(k)) for k in CONFIG_KEYS}
 
 
+def multimodal(path: str) -> bool:
+    """Whether the checkpoint at ``path`` is a vision-language model (it has a vision config)."""
+    return "vision_config" in json.loads((Path(path) / "config.json").read_text())
+
+
 class Server:
     """The engine, its weight version, and the three operations of the API."""
 
@@ -52,7 +63,9 @@ class Server:
         self.lock = threading.Lock()
         self.llm = LLM(
             model=args.model,
-            skip_tokenizer_init=True,  # prompts and completions travel as token ids
+            # prompts and completions travel as token ids; vLLM's multimodal processors need
+            # the tokenizer (they expand the image placeholders)
+            skip_tokenizer_init=not multimodal(args.model),
             dtype=args.dtype,
             max_model_len=args.max_model_len,
             seed=args.seed,
@@ -93,7 +106,7 @@ class Server:
                 seed=None if greedy else req.get("seed"),
                 detokenize=False,
             )
-            prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in req["prompts"]]
+            prompts = token_prompts(TokensPrompt, req["prompts"], req.get("images"))
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             copies = n if greedy else 1
             completions = [list(o.token_ids) for out in outputs for o in out.outputs]
@@ -111,6 +124,29 @@ class Server:
             self.llm.reset_prefix_cache()  # cached prompt KV came from the old weights
             self.version = int(req["version"])
             return {"weights_version": self.version}
+
+
+def token_prompts(make, prompts: list, images: list | None) -> list:
+    """vLLM prompts (``make``: its ``TokensPrompt``) of token ids, each with its images
+    (decoded from base64 PNG) as multi-modal data when it has any."""
+    if images is not None and len(images) != len(prompts):
+        raise BadRequest(f"{len(images)} image lists for {len(prompts)} prompts")
+    out = []
+    for i, ids in enumerate(prompts):
+        mine = [decode_image(b) for b in (images[i] if images else ())]
+        extra = {"multi_modal_data": {"image": mine}} if mine else {}
+        out.append(make(prompt_token_ids=list(ids), **extra))
+    return out
+
+
+def decode_image(data: str):
+    """A PIL image (RGB) from the text of its PNG bytes."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
 class BadRequest(Exception):

@@ -187,7 +187,7 @@ class GRPOConfig(RunSettings, ScoredSetup):
         "compiled generates 1.3-1.8x faster than transformers (GRPO steps 1.1-1.4x) at the "
         "toy's sizes; continuous gives 0.2-0.3x the tokens/s of transformers; neither measured "
         "on a GPU yet; vllm = a vLLM server in its own process (r1v2 vllm-serve; vllm_url), "
-        "weights pushed after every optimizer step, text-only policies",
+        "weights pushed after every optimizer step; images travel beside the prompts' ids",
     )
     static_cache: bool | None = option(
         None,
