@@ -21,9 +21,9 @@ PNG bytes (``images``: one list per prompt). Their token ids are the rendered ch
 before the processor expands each image's placeholder into its feature tokens: vLLM's
 multimodal processor does that expansion itself on a token prompt (one ``<IMG_CONTEXT>``,
 ``<|image_pad|>`` or ``<image>`` per image, as the chat template writes it). The rollout
-keeps the policy's own encoding for the rescoring. That path is tested here against a stand-in for ``vllm.LLM`` (the request, the
-images and the rollout it makes), not through vLLM's own vision encoder, which does not run
-on the CPU-only machines of this project's CI. A server that is down, slow, or serves another
+keeps the policy's own encoding for the rescoring. That path is tested against a stand-in
+for ``vllm.LLM`` (the request, the images and the rollout it makes), not through vLLM's own
+vision path, which does not run on the CPU-only machines of this project's CI. A server that is down, slow, or serves another
 model is one R1V2Error naming the URL.
 """
 

@@ -18,12 +18,12 @@ refused with HTTP 409 when the server holds another, so no step samples from sta
                          "n", "temperature", "top_p", "top_k", "max_tokens",
                          "stop_token_ids", "ignore_eos", "seed", "weights_version"}
                          -> {"completions": [[ids] per sample], ...}
+    POST /load_weights  {"path": DIR, "version": int} -> {"weights_version": int}
 
 A prompt with images goes to vLLM as ``TokensPrompt(prompt_token_ids, multi_modal_data=
 {"image": [...]})``: its ids hold one placeholder token per image, as the chat template
 writes it, which vLLM's multimodal processor expands into the image's feature tokens (a
 vision-language model is therefore served with its tokenizer loaded).
-    POST /load_weights  {"path": DIR, "version": int} -> {"weights_version": int}
 
 Requests are served one at a time (one engine); vLLM batches the prompts of a request.
 """
